@@ -1,0 +1,37 @@
+"""The manager's side of ``byref``: proxies to a client's objects, called back through its channel."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from .._owner.channel import serving
+from .._owner.server import Session
+from .._proxy.endpoint import Endpoint
+from .._proxy.proxy import Proxy
+from ..errors import ReflectmgrError
+
+
+class CallbackEndpoint(Endpoint):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session.name)
+        self.session = session
+        self.gone = False
+
+    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
+        if self.gone:
+            raise ReflectmgrError(f"the client that passed this byref object ({self.session.name}) has disconnected")
+        channel = serving()
+        if channel is None or channel.peer is not self.session:
+            raise ReflectmgrError(
+                f"a byref object of {self.session.name} can be called only while that client waits "
+                "for a call to the manager (from within that call)"
+            )
+        return channel.call(op, oid, a, b, c)
+
+    def transfer(self, proxy: Proxy) -> tuple[Any, ...]:
+        raise pickle.PicklingError("a byref proxy cannot leave the manager process")
+
+    def disconnect(self) -> None:
+        self.gone = True
+        self.cache.clear()

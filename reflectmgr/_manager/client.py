@@ -1,0 +1,245 @@
+"""The client side of a manager: a pool of connections that every proxy calls through.
+
+    proxy.op() --> Client.call --> check a channel out of the pool (or open one)
+                                   channel.call (send, wait; serves callbacks meanwhile)
+                                   check it back in
+    flusher thread: every RELEASE_INTERVAL, if proxies died and no message carried their
+                    releases, send them on their own
+
+A client process is one session on the manager, however many connections its threads use. The
+pool never shrinks below one connection, so the session (and the references it holds) lasts as
+long as the client. After ``fork`` the child closes the inherited sockets, opens its own session
+and adopts the references of the proxies it inherited.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import weakref
+from collections import deque
+from typing import Any
+
+from .._owner.channel import Channel
+from .._transport.auth import client_handshake
+from .._transport.sockets import Address, connect
+from .._wire import codec
+from .._wire.framing import MAX_PREAUTH
+from .._wire.opcodes import Msg, Op
+from .._proxy.endpoint import Endpoint
+from .._proxy.proxy import Proxy
+from ..errors import (
+    BrokenManagerError,
+    ManagerClosedError,
+    ProtocolError,
+    ReflectmgrError,
+    ReflectmgrPicklingError,
+)
+
+# How long to wait for a manager to accept a connection and finish the handshake.
+CONNECT_TIMEOUT = 10.0
+# Releases of dead proxies ride on the next message; when none comes, they go alone after this.
+# Short enough that an idle client frees the manager's objects promptly, long enough to batch.
+RELEASE_INTERVAL = 0.2
+
+_clients: dict[Any, Client] = {}
+_clients_lock = threading.Lock()
+
+
+def default_authkey() -> bytes:
+    """The authkey every ``multiprocessing`` child inherits from its parent."""
+    return bytes(multiprocessing.current_process().authkey)
+
+
+def _key(address: Address) -> Any:
+    return tuple(address) if isinstance(address, (tuple, list)) else address
+
+
+def get_client(address: Address, authkey: bytes | None = None) -> Client:
+    """The client of this process for ``address``, connecting on first use."""
+    key = _key(address)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is not None and not client.closed:
+            return client
+    client = Client(address, authkey if authkey is not None else default_authkey())
+    with _clients_lock:
+        _clients[key] = client
+    return client
+
+
+class Client(Endpoint):
+    def __init__(self, address: Address, authkey: bytes) -> None:
+        super().__init__(f"manager at {address!r}")
+        self.address = address
+        self.authkey = bytes(authkey)
+        self.closed = False
+        self._pool: deque[Channel] = deque()
+        self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()
+        self._pid = os.getpid()
+        self._token = os.urandom(16)
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._fork_lock = threading.Lock()
+        self.manager_pid = 0
+        self._pool.append(self._open())
+        with _clients_lock:
+            _clients.setdefault(_key(address), self)
+
+    # -- connections -------------------------------------------------------------------------
+    def _open(self) -> Channel:
+        try:
+            transport = connect(self.address, CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise BrokenManagerError(
+                f"cannot connect to the manager at {self.address!r}: {exc}. "
+                "Is it running, and is this the address it reported?"
+            ) from exc
+        try:
+            client_handshake(transport, self.authkey)
+            transport.send(0, codec.encode((Msg.REQUEST, (), Op.HELLO, 0, self._token, os.getpid(), None))[1])
+            _, payload = transport.recv(MAX_PREAUTH)
+            reply = codec.decode(0, payload)
+            self.manager_pid = reply[2]
+            transport.sock.settimeout(None)
+        except (OSError, EOFError) as exc:
+            transport.close()
+            raise BrokenManagerError(f"the manager at {self.address!r} closed the connection during the handshake") from exc
+        except BaseException:
+            transport.close()
+            raise
+        channel = Channel(transport, self)
+        self._channels.add(channel)
+        self._start_flusher()
+        return channel
+
+    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self.closed:
+            raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
+        try:
+            channel = self._pool.pop()
+        except IndexError:
+            channel = self._open()
+        try:
+            result = channel.call(op, oid, a, b, c)
+        except (OSError, EOFError) as exc:
+            channel.transport.close()
+            if self.closed:
+                raise ManagerClosedError("the manager was shut down") from exc
+            raise BrokenManagerError(
+                f"lost the connection to the manager at {self.address!r} (pid {self.manager_pid}): "
+                "it exited or was killed"
+            ) from exc
+        except ReflectmgrPicklingError as exc:
+            self._checkin(channel)
+            if op in (Op.CALL, Op.NEW):
+                raise codec.diagnose_call(b, c, exc.__cause__ or exc) from None
+            if op == Op.CALLMETHOD:
+                raise codec.diagnose_call(b, c or {}, exc.__cause__ or exc) from None
+            raise
+        except ProtocolError:
+            channel.transport.close()
+            raise
+        except BaseException:
+            self._checkin(channel)
+            raise
+        self._checkin(channel)
+        return result
+
+    def _checkin(self, channel: Channel) -> None:
+        if channel.busy or channel.transport.closed or self.closed:
+            channel.transport.close()  # interrupted mid-call: out of step with the manager
+        else:
+            self._pool.append(channel)
+
+    # -- pickling a proxy for another process ------------------------------------------------
+    def transfer(self, proxy: Proxy) -> tuple[Any, ...]:
+        token = self.call(Op.PIN, proxy._rm_oid)
+        # Like multiprocessing: the authkey travels inside the pickle only to a child being spawned
+        # (through its private pipe); any other receiver uses the authkey it inherited.
+        authkey = self.authkey if _spawning() else None
+        return (_rebuild, (self.address, authkey, proxy._rm_oid, token))
+
+    # -- releases ----------------------------------------------------------------------------
+    def _start_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=self._flush_loop, name="reflectmgr-release", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(RELEASE_INTERVAL):
+            if self.cache.has_releases and self._pid == os.getpid():
+                try:
+                    self.call(Op.RELEASE, 0)
+                except ReflectmgrError:
+                    return  # the manager is gone or closed; nothing left to release
+
+    def flush(self) -> None:
+        """Send pending releases now (tests and benchmarks use it to observe frees promptly)."""
+        if self.cache.has_releases:
+            self.call(Op.RELEASE, 0)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self.closed = True
+        self._stop.set()
+        for channel in list(self._channels):
+            channel.transport.close()
+        self._pool.clear()
+        with _clients_lock:
+            if _clients.get(_key(self.address)) is self:
+                del _clients[_key(self.address)]
+
+    def _forget_parent(self) -> None:
+        """In a forked child: close the parent's sockets here without disturbing the parent."""
+        for channel in list(self._channels):
+            detach = getattr(channel.transport, "detach_after_fork", None)
+            if detach is not None:
+                detach()
+        self._pool.clear()
+        self._channels = weakref.WeakSet()
+        self._flusher = None
+        self._stop = threading.Event()
+
+    def _after_fork(self) -> None:
+        with self._fork_lock:
+            if self._pid == os.getpid():
+                return
+            self._forget_parent()
+            self._pid = os.getpid()
+            self._token = os.urandom(16)
+            self.table.release_all(self.holder)
+            inherited = self.cache.live()
+            channel = self._open()
+            alive = channel.call(Op.ADOPT, 0, list(inherited)) if inherited else []
+            self.cache.reset(dict.fromkeys(alive, 1))
+            self._pool.append(channel)
+
+
+def _spawning() -> bool:
+    """True while pickling for a child being spawned (its authkey is not inherited otherwise)."""
+    from multiprocessing.context import get_spawning_popen
+
+    if get_spawning_popen() is not None:
+        return True
+    try:
+        from multiprocess.context import get_spawning_popen as mp_spawning
+    except ImportError:
+        return False
+    return mp_spawning() is not None
+
+
+def _rebuild(address: Address, authkey: bytes | None, oid: int, token: bytes) -> Any:
+    """Unpickling a proxy in another process: connect (once per process) and claim the pin."""
+    return get_client(address, authkey).call(Op.CLAIM, oid, token)
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients.values()):
+        client._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

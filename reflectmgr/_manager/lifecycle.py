@@ -1,0 +1,236 @@
+"""``Manager``: start the manager process, talk to it, shut it down; ``connect`` to a running one.
+
+    Manager.start()  --multiprocess (spawn)-->  process.serve()   reports its address on a pipe
+         |                                                          |
+    Client (pool of channels) <------------- authenticated sockets -+
+         |
+    Manager.shutdown(): SHUTDOWN op -> join (shutdown_timeout) -> terminate -> kill, children too
+
+The process that starts a manager owns it: the manager exits when that process dies (watchdog),
+and a forked child that inherits the ``Manager`` object never shuts it down.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+import psutil
+
+from .._transport.sockets import TRANSPORTS, Address
+from .._wire.opcodes import Op
+from ..errors import BrokenManagerError, ManagerClosedError, ReflectmgrError
+from .client import Client, default_authkey, get_client
+from .namespace import Namespace, identity
+from .process import serve
+from .stats import Stats
+
+# How long a new manager has to bind its listener and report back.
+START_TIMEOUT = 60.0
+# How long shutdown() waits for the manager to exit by itself before terminating it.
+SHUTDOWN_TIMEOUT = 5.0
+
+
+class Factories:
+    """What a connected user can do: shared objects, the root dict, stats."""
+
+    _client: Client | None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise ManagerClosedError("this manager is not started (use `with Manager() as m:` or m.start())")
+        return self._client
+
+    # Any: these return proxies that stand for objects of any type.
+    def new(self, factory: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Build ``factory(*args, **kwargs)`` inside the manager; return a proxy to it."""
+        return self.client.call(Op.NEW, 0, factory, args, kwargs)
+
+    def share(self, obj: Any) -> Any:
+        """Copy ``obj`` into the manager (by value) and return a proxy to the copy."""
+        return self.client.call(Op.NEW, 0, identity, (obj,), {})
+
+    def dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.new(dict, *args, **kwargs)
+
+    def list(self, sequence: Any = (), /) -> Any:
+        return self.new(list, sequence)
+
+    def Namespace(self, **kwargs: Any) -> Any:  # noqa: N802 - the stdlib factory's name
+        return self.new(Namespace, **kwargs)
+
+    @property
+    def root(self) -> Any:
+        """A dict every client of this manager sees: publish objects there by name."""
+        return self.client.call(Op.ROOT, 0)
+
+    def stats(self) -> Stats:
+        """Objects referenced by clients, connected clients, manager memory (see :class:`Stats`)."""
+        self.client.flush()
+        stats: Stats = self.client.call(Op.STATS, 0)
+        return stats
+
+
+class Manager(Factories):
+    """A manager process that owns shared objects; a drop-in for ``multiprocessing.Manager()``.
+
+    ``address``: ``None`` for a private unix socket, ``(host, port)`` to listen on TCP (port 0
+    picks a free one; ``address`` then reports it). ``authkey`` defaults to the one that
+    ``multiprocessing`` children inherit. ``transport``: ``"pipe"`` (unix socket) or ``"tcp"``.
+    """
+
+    def __init__(
+        self,
+        address: Address | None = None,
+        authkey: bytes | None = None,
+        *,
+        transport: str | None = None,
+        ctx: Any = None,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    ) -> None:
+        if transport is None:
+            transport = "tcp" if isinstance(address, tuple) else "pipe"
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
+        self.transport = transport
+        self._requested = address
+        self._authkey = bytes(authkey) if authkey is not None else default_authkey()
+        self._ctx = ctx
+        self.shutdown_timeout = shutdown_timeout
+        self._client = None
+        self._process: Any = None
+        self._owner_pid = os.getpid()
+        self._finalizer: weakref.finalize | None = None
+        self.address: Address | None = None
+
+    @property
+    def authkey(self) -> bytes:
+        return self._authkey
+
+    def start(self) -> None:
+        if self._process is not None:
+            raise ReflectmgrError("this manager was already started")
+        ctx = self._ctx
+        if ctx is None or isinstance(ctx, str):
+            import multiprocess
+
+            ctx = multiprocess.get_context(ctx or "spawn")
+        reader, writer = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=serve,
+            args=(self.transport, self._requested, self._authkey, os.getpid(), writer),
+            name="reflectmgr-manager",
+        )
+        process.start()
+        writer.close()
+        try:
+            if not reader.poll(START_TIMEOUT):
+                raise BrokenManagerError(f"the manager process did not report within {START_TIMEOUT} s")
+            status, detail = reader.recv()
+        except (EOFError, OSError) as exc:
+            _stop_process(process, 0)
+            raise BrokenManagerError(f"the manager process died while starting (exit code {process.exitcode})") from exc
+        except BaseException:
+            _stop_process(process, 0)
+            raise
+        finally:
+            reader.close()
+        if status != "ok":
+            _stop_process(process, 0)
+            raise BrokenManagerError(f"the manager could not listen: {detail}")
+        self._process = process
+        self.address = detail
+        self._client = Client(detail, self._authkey)
+        self._finalizer = weakref.finalize(self, _shutdown, self._client, process, self._owner_pid, self.shutdown_timeout)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def shutdown(self) -> None:
+        """Stop the manager and its children; every proxy raises ManagerClosedError afterwards."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._process is not None:
+            self._process.join(timeout)
+
+    def __enter__(self) -> Manager:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __reduce__(self) -> Any:
+        # A Manager pickled to a child becomes a connection to the same manager (it never owns it).
+        return (connect, (self.address, None))
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._finalizer is None or not self._finalizer.alive else f"pid {self.pid}"
+        return f"<reflectmgr.Manager {self.transport} {self.address!r} {state}>"
+
+
+def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> None:
+    if os.getpid() != owner_pid:
+        return  # a forked child inherited the Manager object; the manager is not its to stop
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    try:
+        client.call(Op.SHUTDOWN, 0)
+    except ReflectmgrError:
+        pass  # already dead: we only need to reap it
+    client.close()
+    _stop_process(process, timeout)
+    _, alive = psutil.wait_procs([c for c in children if c.is_running()], timeout=timeout)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _stop_process(process: Any, timeout: float) -> None:
+    process.join(timeout)
+    if process.is_alive():
+        process.terminate()
+        process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+class Connection(Factories):
+    """A connection to a manager that someone else started (see :func:`connect`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self.address = client.address
+
+    def close(self) -> None:
+        """Drop this process's connection; every proxy through it raises ManagerClosedError."""
+        self.client.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<reflectmgr.Connection {self.address!r}>"
+
+
+def connect(address: Address, authkey: bytes | None = None) -> Connection:
+    """Attach to a running manager (a unix path, or ``(host, port)`` for TCP).
+
+    Raises :class:`BrokenManagerError` if nothing answers there and
+    :class:`~reflectmgr.AuthenticationError` if the authkey does not match.
+    """
+    return Connection(get_client(address, authkey))

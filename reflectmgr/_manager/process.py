@@ -1,0 +1,80 @@
+"""What runs in the manager process: listen, report the address, serve, watch the parent.
+
+    parent: Manager.start() --spawn--> serve(...)
+                                         bind listener, send ("ok", address) on the pipe
+                                         watchdog thread: parent gone? -> stop, kill children, exit
+                                         Server.serve_forever() until SHUTDOWN or watchdog
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+import psutil
+
+from .._owner.server import Server
+from .._transport.sockets import Listener
+from .callbacks import CallbackEndpoint
+from .stats import collect
+
+# How often the manager checks that its owner process is alive. Polling costs a syscall per
+# interval; a pipe would wake at once but forked children of the owner inherit its write end.
+WATCHDOG_INTERVAL = 0.5
+# After the last thread of the manager is asked to stop: grace for its children before SIGKILL.
+CHILD_GRACE = 2.0
+
+
+def serve(transport: str, address: Any, authkey: bytes, owner_pid: int, report: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's program, not for us
+    try:
+        listener = Listener(transport, address)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        report.send(("error", f"{type(exc).__name__}: {exc}"))
+        report.close()
+        return
+    server = Server(listener, authkey, make_importer=CallbackEndpoint, stats=collect)
+    threading.Thread(target=_watch, args=(server, owner_pid), name="reflectmgr-watchdog", daemon=True).start()
+    report.send(("ok", listener.address))
+    report.close()
+    try:
+        server.serve_forever()
+    finally:
+        _kill_children()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # connection threads may sit in recv(); nothing of theirs needs finishing
+
+
+def _watch(server: Server, owner_pid: int) -> None:
+    try:
+        owner = psutil.Process(owner_pid)
+    except psutil.NoSuchProcess:
+        server.stop()
+        return
+    while not server.wait_stopped(WATCHDOG_INTERVAL):
+        try:
+            gone = not owner.is_running() or owner.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            gone = True
+        if gone:
+            server.stop()
+            return
+
+
+def _kill_children() -> None:
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=CHILD_GRACE)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -1,0 +1,29 @@
+"""``Manager.stats()``: what the manager holds, for tests, dashboards and leak hunting."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+
+@dataclass(frozen=True)
+class Stats:
+    objects: int  # objects currently referenced by at least one client
+    clients: int  # connected client sessions (processes)
+    connections: int  # open connections over all sessions
+    rss: int  # resident memory of the manager process, in bytes
+    pid: int
+
+
+def collect(server: Any) -> Stats:
+    sessions = list(server.sessions.values())
+    return Stats(
+        objects=len(server.table),
+        clients=len(sessions),
+        connections=sum(s.connections for s in sessions),
+        rss=psutil.Process().memory_info().rss,
+        pid=os.getpid(),
+    )

@@ -1,0 +1,216 @@
+"""A channel: one transport, spoken by the same loop on both sides.
+
+    caller thread                       transport                        serving thread
+    call(op) --encode--> REQUEST ---------------------------------> serve_one()
+        wait() <------------------ REQUEST (callback) <---------- handler calls a byref proxy
+        _serve() ---------------> OK/ERR ----------------------->     (nested wait)
+        wait() <------------------ OK/ERR <---------------------- reply(result)
+
+A caller waiting for its reply also serves requests that arrive on the same connection: that is
+how the manager calls back into a client (``reflectmgr.byref``) while the client waits.
+One thread uses a channel at a time (the client checks channels out of a pool; the manager
+runs one thread per channel), so send and receive need no lock here.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+import traceback
+from typing import Any, Protocol
+
+from .._transport.base import Transport
+from .._wire.codec import decode, decoding, encode, encoding
+from .._wire.opcodes import Msg
+from ..errors import ProtocolError, ReflectmgrError, RemoteError, RemoteTraceback
+from .dispatch import HANDLERS, Context
+from .export import Describer, Value, is_shared, plan
+
+_getrefcount = sys.getrefcount
+_tls = threading.local()
+
+
+def serving() -> Channel | None:
+    """The channel whose request this thread is handling (a callback goes back through it)."""
+    return getattr(_tls, "channel", None)
+
+# Unpickling errors that mean "this pickle names something we lack", not "this is garbage":
+# the sender gets them back as an error reply and the connection keeps serving.
+_USER_DECODE_ERRORS = (ImportError, AttributeError, ReflectmgrError, TypeError)
+
+
+class Peer(Context, Protocol):
+    """What a channel needs from its side: the object table, references, releases."""
+
+    describer: Describer
+    # What proxies to the peer's objects have as ``_rm_peer``: such a proxy in a message to that
+    # peer travels as "your own object" (see Proxy.__reduce_ex__).
+    home: Any
+
+    def resolve(self, oid: int) -> Any: ...
+
+    def load_ref(self, pid: Any) -> Any: ...
+
+    def take_releases(self) -> tuple[tuple[int, int], ...]: ...
+
+    def apply_releases(self, releases: tuple[tuple[int, int], ...]) -> None: ...
+
+    def return_releases(self, releases: tuple[tuple[int, int], ...]) -> None: ...
+
+
+class Channel:
+    def __init__(self, transport: Transport, peer: Peer) -> None:
+        self.transport = transport
+        self.peer = peer
+        self.sent_types: set[int] = set()
+        # True from sending a request until its whole reply is read: a channel left busy by an
+        # interruption is out of step with its peer and must not be reused.
+        self.busy = False
+
+    # -- caller side -------------------------------------------------------------------------
+    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
+        peer = self.peer
+        releases = peer.take_releases()
+        try:
+            with encoding(peer.home):
+                flags, payload = encode((Msg.REQUEST, releases, op, oid, a, b, c))
+        except BaseException:
+            if releases:
+                peer.return_releases(releases)
+            raise
+        self.busy = True
+        self.transport.send(flags, payload)
+        return self.wait()
+
+    def wait(self) -> Any:
+        """Receive until our reply arrives, serving the peer's requests in between."""
+        while True:
+            msg = self._receive()
+            kind = msg[0]
+            if msg[1]:
+                self.peer.apply_releases(msg[1])
+            if kind == Msg.OK:
+                self.busy = False
+                return msg[2]
+            if kind == Msg.ERR:
+                self.busy = False
+                exc = msg[2]
+                exc.__cause__ = RemoteTraceback(msg[3])
+                raise exc
+            self._serve(msg)
+
+    def _receive(self) -> Any:
+        flags, payload = self.transport.recv()
+        with decoding(self.peer):
+            try:
+                msg = decode(flags, payload, self.peer.load_ref)
+            except _USER_DECODE_ERRORS as exc:
+                raise ReflectmgrError(f"could not unpickle a message from the peer: {exc!r}") from exc
+            except Exception as exc:
+                raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
+        if type(msg) is not tuple or len(msg) < 3 or msg[0] not in (0, 1, 2):
+            raise ProtocolError("malformed message from the peer")
+        return msg
+
+    # -- serving side ------------------------------------------------------------------------
+    def serve_one(self) -> None:
+        """Receive one request and answer it. Raises EOFError/OSError when the peer is gone."""
+        flags, payload = self.transport.recv()
+        with decoding(self.peer):
+            try:
+                msg = decode(flags, payload, self.peer.load_ref)
+            except _USER_DECODE_ERRORS as exc:
+                # The frame was whole; only its content names something we cannot load.
+                self._send_error(exc)
+                return
+            except Exception as exc:
+                raise ProtocolError(f"malformed request: {exc!r}") from exc
+        if type(msg) is not tuple or len(msg) != 7 or msg[0] != Msg.REQUEST:
+            raise ProtocolError("malformed request")
+        self._serve(msg)
+
+    def _serve(self, msg: tuple[Any, ...]) -> None:
+        _, releases, op, oid, a, b, c = msg
+        if releases:
+            self.peer.apply_releases(releases)
+        prev = getattr(_tls, "channel", None)
+        _tls.channel = self
+        try:
+            self._dispatch(op, oid, a, b, c)
+        finally:
+            _tls.channel = prev
+
+    def _dispatch(self, op: Any, oid: Any, a: Any, b: Any, c: Any) -> None:
+        try:
+            handle = HANDLERS[op]
+        except (KeyError, TypeError):
+            self._send_error(ProtocolError(f"unknown operation {op!r}"))
+            return
+        try:
+            result = handle(self.peer, oid, a, b, c)
+            shared = is_shared(_getrefcount(result))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+            self._send_error(exc)
+            return
+        self.reply(result, shared)
+
+    def reply(self, result: Any, shared: bool) -> None:
+        with encoding(self.peer.home):
+            self._reply(result, shared)
+
+    def _reply(self, result: Any, shared: bool) -> None:
+        peer = self.peer
+        try:
+            refs = plan(result, shared)
+            if refs is None:
+                value = result.target if type(result) is Value else result
+                flags, payload = encode((Msg.OK, peer.take_releases(), value))
+                self.transport.send(flags, payload)
+                return
+            try:
+                self._send_refs(result, refs)
+            except pickle.PicklingError:
+                if len(refs) == 1 and id(result) in refs:
+                    raise
+                self._send_refs(result, {id(result): result})  # unpicklable inside: send it all by reference
+        except (OSError, EOFError):
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            self._send_error(exc)
+
+    def _send_refs(self, result: Any, refs: dict[int, Any]) -> None:
+        peer = self.peer
+        exported: list[Any] = []
+        new_types: set[int] = set()
+        sent_types = self.sent_types
+        describe = peer.describer.describe
+
+        def persistent_id(obj: Any) -> Any:
+            target = refs.get(id(obj))
+            if target is None:
+                return None
+            desc = describe(type(target))
+            tid = desc[0]
+            exported.append(target)
+            if tid in sent_types or tid in new_types:
+                return (id(target), tid)
+            new_types.add(tid)
+            return (id(target), desc)
+
+        flags, payload = encode((Msg.OK, peer.take_releases(), result), persistent_id)
+        peer.table.add(peer.holder, exported)
+        sent_types |= new_types
+        self.transport.send(flags, payload)
+
+    def _send_error(self, exc: BaseException) -> None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = f'\n"""\n{tb}"""'
+        try:
+            with encoding(self.peer.home):
+                flags, payload = encode((Msg.ERR, (), exc, tb))
+            pickle.loads(payload)  # an exception that pickles but does not load would break the reader
+        except Exception:
+            err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
+            flags, payload = encode((Msg.ERR, (), err, tb))
+        self.transport.send(flags, payload)

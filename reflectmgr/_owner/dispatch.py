@@ -1,0 +1,167 @@
+"""Dispatch: one handler per opcode, run by whichever side owns the object.
+
+Handlers take ``(ctx, oid, a, b, c)`` and return the result; the channel applies the
+value-or-reference rule to it. ``ctx`` is the side's :class:`Context`: its object table, the holder
+(the peer's references) and, on a manager, the services (``server``); a client serving callbacks
+has no services and refuses those opcodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import islice
+from typing import Any, Protocol
+
+from .._wire.dunders import DUNDERS
+from .._wire.opcodes import Op
+from ..errors import ProtocolError
+from .export import Ref, Value
+from .table import Holder, ObjectTable
+
+
+class Services(Protocol):
+    root: dict[str, Any]
+
+    def stats(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+    def pid(self) -> int: ...
+
+
+class Context(Protocol):
+    table: ObjectTable
+    holder: Holder
+    server: Services | None
+
+
+Handler = Callable[[Context, int, Any, Any, Any], Any]
+HANDLERS: dict[int, Handler] = {}
+
+
+def handler(op: Op) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[op] = fn
+        return fn
+
+    return register
+
+
+def _services(ctx: Context) -> Services:
+    if ctx.server is None:
+        raise ProtocolError("this peer serves objects only, not manager services")
+    return ctx.server
+
+
+@handler(Op.GETATTR)
+def _getattr(ctx: Context, oid: int, name: Any, b: Any, c: Any) -> Any:
+    return getattr(ctx.table.resolve(oid), name)
+
+
+@handler(Op.SETATTR)
+def _setattr(ctx: Context, oid: int, name: Any, value: Any, c: Any) -> Any:
+    setattr(ctx.table.resolve(oid), name, value)
+
+
+@handler(Op.DELATTR)
+def _delattr(ctx: Context, oid: int, name: Any, b: Any, c: Any) -> Any:
+    delattr(ctx.table.resolve(oid), name)
+
+
+@handler(Op.CALL)
+def _call(ctx: Context, oid: int, args: Any, kwargs: Any, c: Any) -> Any:
+    return ctx.table.resolve(oid)(*args, **kwargs)
+
+
+@handler(Op.CALLMETHOD)
+def _callmethod(ctx: Context, oid: int, name: Any, args: Any, kwargs: Any) -> Any:
+    return getattr(ctx.table.resolve(oid), name)(*args, **kwargs)
+
+
+@handler(Op.DUNDER)
+def _dunder(ctx: Context, oid: int, index: Any, args: Any, c: Any) -> Any:
+    return DUNDERS[index].remote(ctx.table.resolve(oid), *args)
+
+
+@handler(Op.ITER)
+def _iter(ctx: Context, oid: int, size: Any, reverse: Any, c: Any) -> Any:
+    """First batch of a private iterator: ``(iterator ref or None when exhausted, items)``.
+
+    An object that is its own iterator (a generator, a file) is shared state: prefetching would
+    consume items other clients should see, so the caller gets ``None`` and steps it one by one.
+    """
+    obj = ctx.table.resolve(oid)
+    it = reversed(obj) if reverse else iter(obj)
+    if it is obj:
+        return None
+    items = list(islice(it, size))
+    return (Ref(it) if len(items) == size else None, items)
+
+
+@handler(Op.NEXT_BATCH)
+def _next_batch(ctx: Context, oid: int, size: Any, b: Any, c: Any) -> Any:
+    items = list(islice(ctx.table.resolve(oid), size))
+    return (len(items) < size, items)
+
+
+@handler(Op.VALUE)
+def _value(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+    return Value(ctx.table.resolve(oid))
+
+
+@handler(Op.DIR)
+def _dir(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+    return sorted(dir(ctx.table.resolve(oid)))
+
+
+@handler(Op.NEW)
+def _new(ctx: Context, oid: int, factory: Any, args: Any, kwargs: Any) -> Any:
+    _services(ctx)
+    return Ref(factory(*args, **kwargs))
+
+
+@handler(Op.ROOT)
+def _root(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+    return Ref(_services(ctx).root)
+
+
+@handler(Op.STATS)
+def _stats(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+    return _services(ctx).stats()
+
+
+@handler(Op.RELEASE)
+def _release(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+    return None  # the releases rode in the message header and are already applied
+
+
+@handler(Op.PING)
+def _ping(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+    return None
+
+
+@handler(Op.PIN)
+def _pin(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+    return ctx.table.pin(ctx.holder, oid)
+
+
+@handler(Op.CLAIM)
+def _claim(ctx: Context, oid: int, token: Any, b: Any, c: Any) -> Any:
+    return Ref(ctx.table.claim(ctx.holder, token, oid))
+
+
+@handler(Op.ADOPT)
+def _adopt(ctx: Context, oid: int, oids: Any, b: Any, c: Any) -> Any:
+    """A forked child takes over the references it inherited: count them for its own session."""
+    alive = []
+    for inherited in oids:
+        entry = ctx.table.objects.get(inherited)
+        if entry is not None:
+            alive.append(entry[0])
+    ctx.table.add(ctx.holder, alive)
+    return [id(obj) for obj in alive]
+
+
+@handler(Op.SHUTDOWN)
+def _shutdown(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+    _services(ctx).stop()

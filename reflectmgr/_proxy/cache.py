@@ -1,0 +1,109 @@
+"""The weak proxy cache and the release queue.
+
+    reference arrives --> cache.get_or_create(oid)  (count += 1; same proxy while it lives)
+    last proxy dies   --> weakref callback: append the entry to ``dead`` (no lock, no I/O)
+    next message out  --> take_releases(): entries still dead become ((oid, count), ...)
+
+The weakref callback never sends and never takes a lock: it can run in any thread, in the middle
+of a send or while this thread holds the cache lock (a GC pass), so it only appends to a deque.
+A reference that arrives again while its entry is dead but not yet drained *takes the entry over*:
+the count goes on, and the pending release is cancelled (drain sees a live proxy and skips it).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+Releases = tuple[tuple[int, int], ...]
+
+
+class _Entry:
+    __slots__ = ("count", "dead", "oid", "ref")
+
+    def __init__(self, oid: int, dead: deque[_Entry]) -> None:
+        self.oid = oid
+        self.count = 0
+        self.dead = dead
+        self.ref: weakref.ref[Any] | None = None
+
+    def died(self, _ref: weakref.ref[Any]) -> None:
+        self.dead.append(self)
+
+
+class ProxyCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, _Entry] = {}
+        self._dead: deque[_Entry] = deque()
+        self._pending: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_or_create(self, oid: int, make: Callable[[], Any]) -> Any:
+        """The live proxy for ``oid``, or a new one from ``make``; counts one reception."""
+        with self._lock:
+            entry = self._entries.get(oid)
+            if entry is None:
+                entry = self._entries[oid] = _Entry(oid, self._dead)
+            elif entry.ref is not None:
+                proxy = entry.ref()
+                if proxy is not None:
+                    entry.count += 1
+                    return proxy
+            proxy = make()
+            entry.ref = weakref.ref(proxy, entry.died)
+            entry.count += 1
+            return proxy
+
+    def live(self) -> dict[int, Any]:
+        """Every proxy alive now, by oid (used after fork to adopt inherited references)."""
+        out = {}
+        with self._lock:
+            for oid, entry in self._entries.items():
+                proxy = entry.ref() if entry.ref is not None else None
+                if proxy is not None:
+                    out[oid] = proxy
+        return out
+
+    def reset(self, counts: dict[int, int]) -> None:
+        """After fork: keep only the entries in ``counts`` with those counts; forget all releases."""
+        with self._lock:
+            self._entries = {oid: e for oid, e in self._entries.items() if oid in counts}
+            for oid, entry in self._entries.items():
+                entry.count = counts[oid]
+            self._dead.clear()
+            self._pending.clear()
+
+    @property
+    def has_releases(self) -> bool:
+        return bool(self._dead or self._pending)
+
+    def take_releases(self) -> Releases:
+        if not self._dead and not self._pending:
+            return ()
+        with self._lock:
+            dead, entries, pending = self._dead, self._entries, self._pending
+            while dead:
+                entry = dead.popleft()
+                if entries.get(entry.oid) is entry and entry.ref is not None and entry.ref() is None:
+                    del entries[entry.oid]
+                    pending.append((entry.oid, entry.count))
+            out = tuple(pending)
+            pending.clear()
+        return out
+
+    def return_releases(self, releases: Releases) -> None:
+        """Put back releases whose message could not be sent (they go with the next one)."""
+        with self._lock:
+            self._pending.extend(releases)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._dead.clear()
+            self._pending.clear()

@@ -1,0 +1,225 @@
+"""The Proxy type, generated per remote type from the dunder table.
+
+    TypeDesc (from the owner) --> proxy_class(desc) --> class <name>(Proxy):
+                                                          one method per supported dunder
+                                                          one RemoteMethod per plain method
+                                                          __hash__ = None if the type is unhashable
+
+So ``callable(p)``, ``len(p)``, ``hash(p)`` and ``iter(p)`` succeed or fail exactly where they
+would on the real object. Every operation becomes ``peer.call(op, oid, ...)``; the peer (a client
+connection pool, or the manager calling back into a client) is anything with that method.
+Attributes of a proxy itself all start with ``_rm_``; every other name is the remote object's.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from .._wire.codec import encoding_peer, register_plain, resolve_local
+from .._wire.dunders import DUNDERS
+from .._wire.opcodes import Op
+from ..errors import ReflectmgrPicklingError
+
+# First iteration batch: small, so ``next(iter(p))`` stays cheap; then doubling up to the cap, so
+# 100 000 items take about 20 round trips while a batch never holds more than MAX_BATCH items.
+FIRST_BATCH = 64
+MAX_BATCH = 8192
+
+TypeDesc = tuple[int, str, str, str, frozenset[int], frozenset[str]]
+
+
+class Caller(Protocol):
+    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any: ...
+
+    def transfer(self, proxy: Proxy) -> tuple[Any, ...]: ...
+
+
+class Proxy:
+    """Base of every proxy class; ``isinstance(x, Proxy)`` is how to tell a proxy (see is_proxy)."""
+
+    __slots__ = ("__weakref__", "_rm_oid", "_rm_peer")
+    _rm_desc: TypeDesc
+    _rm_local_class: type | None = None
+
+    # Any: a proxy stands for an object of any type; its attributes are whatever the remote has.
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_rm_"):
+            raise AttributeError(name)
+        return self._rm_peer.call(Op.GETATTR, self._rm_oid, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._rm_peer.call(Op.SETATTR, self._rm_oid, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._rm_peer.call(Op.DELATTR, self._rm_oid, name)
+
+    def __dir__(self) -> list[str]:
+        return list(self._rm_peer.call(Op.DIR, self._rm_oid))
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        if encoding_peer() is self._rm_peer:
+            return (resolve_local, (self._rm_oid,))  # going home: arrives as the real object
+        return self._rm_peer.transfer(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self._rm_peer.call(Op.VALUE, self._rm_oid)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105 - isinstance(p, RemoteType) when the type is local too
+        cls = type(self)
+        return cls._rm_local_class or cls
+
+
+class RemoteMethod:
+    """A method of the remote type: ``p.name(...)`` is one CALLMETHOD round trip."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, inst: Proxy | None, owner: type) -> Any:
+        if inst is None:
+            return self
+        return BoundRemoteMethod(inst, self.name)
+
+
+class BoundRemoteMethod:
+    __slots__ = ("__name__", "__self__")
+
+    def __init__(self, proxy: Proxy, name: str) -> None:
+        self.__self__ = proxy
+        self.__name__ = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        p = self.__self__
+        return p._rm_peer.call(Op.CALLMETHOD, p._rm_oid, self.__name__, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self.__name__} of {type(self.__self__).__name__} proxy>"
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (getattr, (self.__self__, self.__name__))
+
+
+class BatchIterator:
+    """Local iterator over a remote iterable, fetched in growing batches."""
+
+    __slots__ = ("_i", "_items", "_it", "_size")
+
+    def __init__(self, it: Proxy | None, items: list[Any]) -> None:
+        self._it = it
+        self._items = items
+        self._i = 0
+        self._size = FIRST_BATCH
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> Any:
+        i = self._i
+        items = self._items
+        if i < len(items):
+            self._i = i + 1
+            return items[i]
+        it = self._it
+        if it is None:
+            raise StopIteration
+        self._size = size = min(self._size * 2, MAX_BATCH)
+        done, self._items = it._rm_peer.call(Op.NEXT_BATCH, it._rm_oid, size)
+        if done:
+            self._it = None  # drop the remote iterator now, not when this one dies
+        if not self._items:
+            raise StopIteration
+        self._i = 1
+        return self._items[0]
+
+    def __length_hint__(self) -> int:
+        return len(self._items) - self._i
+
+
+def _iterate(self: Proxy, reverse: bool) -> Iterator[Any]:
+    r = self._rm_peer.call(Op.ITER, self._rm_oid, FIRST_BATCH, reverse)
+    if r is None:
+        return self  # type: ignore[return-value] # the remote object is its own iterator
+    return BatchIterator(r[0], r[1])
+
+
+def _iter(self: Proxy) -> Iterator[Any]:
+    return _iterate(self, False)
+
+
+def _reversed(self: Proxy) -> Iterator[Any]:
+    return _iterate(self, True)
+
+
+def _call(self: Proxy, *args: Any, **kwargs: Any) -> Any:
+    return self._rm_peer.call(Op.CALL, self._rm_oid, args, kwargs)
+
+
+def _make_dunder(index: int) -> Any:
+    def dunder(self: Proxy, *args: Any) -> Any:
+        return self._rm_peer.call(Op.DUNDER, self._rm_oid, index, args)
+
+    dunder.__name__ = dunder.__qualname__ = DUNDERS[index].name
+    return dunder
+
+
+def _make_exit(index: int) -> Any:
+    def __exit__(self: Proxy, exc_type: Any, exc: Any, tb: Any) -> Any:
+        # Tracebacks do not pickle; an exception that does not pickle travels as its type only.
+        try:
+            return self._rm_peer.call(Op.DUNDER, self._rm_oid, index, (exc_type, exc, None))
+        except ReflectmgrPicklingError:
+            return self._rm_peer.call(Op.DUNDER, self._rm_oid, index, (exc_type, None, None))
+
+    return __exit__
+
+
+_SPECIAL = {"__iter__": _iter, "__reversed__": _reversed, "__call__": _call}
+_DUNDER_METHODS = [_SPECIAL.get(d.name) or (_make_exit(i) if d.name == "__exit__" else _make_dunder(i)) for i, d in enumerate(DUNDERS)]
+_HASH = next(i for i, d in enumerate(DUNDERS) if d.name == "__hash__")
+
+
+def proxy_class(desc: TypeDesc) -> type[Proxy]:
+    """Generate the proxy class for a remote type description."""
+    _tid, module, qualname, name, supported, methods = desc
+    ns: dict[str, Any] = {"__slots__": (), "_rm_desc": desc, "__module__": "reflectmgr.proxy"}
+    for m in methods:
+        if not m.startswith("_rm_"):
+            ns[m] = RemoteMethod(m)
+    for i in supported:
+        ns[DUNDERS[i].name] = _DUNDER_METHODS[i]
+    if _HASH not in supported:
+        ns["__hash__"] = None
+    cls = type(name, (Proxy,), ns)
+    cls.__qualname__ = qualname
+    cls._rm_local_class = _local_class(module, qualname)
+    register_plain(cls)
+    return cls
+
+
+def _local_class(module: str, qualname: str) -> type | None:
+    """The same class on this side, if its module is already imported (never imports anything)."""
+    obj: Any = sys.modules.get(module)
+    if obj is None and module == "__mp_main__":
+        obj = sys.modules.get("__main__")
+    for part in qualname.split("."):
+        if obj is None or part == "<locals>":
+            return None
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) else None
+
+
+def new_proxy(cls: type[Proxy], oid: int, peer: Caller) -> Proxy:
+    p = object.__new__(cls)
+    object.__setattr__(p, "_rm_oid", oid)
+    object.__setattr__(p, "_rm_peer", peer)
+    return p
+
+
+def is_proxy(obj: object) -> bool:
+    """True if ``obj`` is a reflectmgr proxy (``isinstance`` may say it is the remote type too)."""
+    return issubclass(type(obj), Proxy)

@@ -1,0 +1,1 @@
+"""Layer 2, transports: duplex frame channels with one interface, and the authkey handshake."""

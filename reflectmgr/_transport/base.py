@@ -1,0 +1,22 @@
+"""The contract every transport keeps.
+
+A transport moves frames (``flags``, ``payload``) in order, both ways, between exactly two peers.
+``send`` and ``recv`` may be called from different threads, but never two ``send`` (or two
+``recv``) at once: the layer above owns each direction. ``recv`` blocks until a whole frame is
+there; when the peer is gone it raises :class:`EOFError` (clean close) or :class:`OSError`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Transport(Protocol):
+    def send(self, flags: int, payload: bytes | bytearray | memoryview) -> None: ...
+
+    def recv(self, max_size: int = ...) -> tuple[int, bytes | bytearray]: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...

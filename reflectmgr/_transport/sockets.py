@@ -1,0 +1,74 @@
+"""Listening and connecting for the socket transports, and the transport names users pass.
+
+``"pipe"`` is a unix-domain stream socket in a private (0700) directory; ``"tcp"`` listens on
+loopback unless an address says otherwise. An address tells its family: a ``str`` is a unix path,
+a ``(host, port)`` tuple is TCP.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from typing import Union
+
+from .stream import StreamTransport
+
+Address = Union[str, tuple[str, int]]
+TRANSPORTS = ("pipe", "tcp")
+BACKLOG = 128
+
+
+class Listener:
+    def __init__(self, transport: str, address: Address | None) -> None:
+        self._tmpdir: str | None = None
+        if transport == "tcp" or isinstance(address, tuple):
+            host, port = address if isinstance(address, tuple) else ("127.0.0.1", 0)
+            self.sock = socket.create_server((host, port), backlog=BACKLOG)
+            self.address: Address = tuple(self.sock.getsockname()[:2])  # type: ignore[assignment]
+        elif transport == "pipe":
+            if address is None:
+                self._tmpdir = tempfile.mkdtemp(prefix="reflectmgr-")
+                os.chmod(self._tmpdir, 0o700)
+                address = os.path.join(self._tmpdir, "manager.sock")
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(address)
+            os.chmod(address, 0o600)
+            self.sock.listen(BACKLOG)
+            self.address = address
+        else:
+            raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
+
+    def accept(self) -> StreamTransport:
+        sock, _ = self.sock.accept()
+        _tune(sock)
+        return StreamTransport(sock)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            if self._tmpdir is not None:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+
+def connect(address: Address, timeout: float) -> StreamTransport:
+    """Open a stream to ``address``; raises OSError (refused, missing path, timeout)."""
+    if isinstance(address, (tuple, list)):
+        sock = socket.create_connection((address[0], int(address[1])), timeout=timeout)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+    _tune(sock)
+    return StreamTransport(sock)
+
+
+def _tune(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,94 @@
+"""Transport over a stream socket (AF_UNIX for "pipe", AF_INET for "tcp").
+
+    send: header+payload in one sendall (one syscall for small frames; large payloads go straight
+          from the caller's buffer, no concatenation)
+    recv: a read-ahead buffer, so a small frame costs one recv syscall, not two
+"""
+
+from __future__ import annotations
+
+import socket
+
+from ..errors import ProtocolError
+from .._wire.framing import HEADER_SIZE, MAX_FRAME, pack_header, unpack_header
+
+# Read-ahead size: one recv usually brings a whole small frame (and often the next header too).
+CHUNK = 256 * 1024
+# Below this size header and payload are joined (one copy, one syscall); above, sent separately.
+JOIN_LIMIT = 64 * 1024
+
+
+class StreamTransport:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+        self._pos = 0
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, flags: int, payload: bytes | bytearray | memoryview) -> None:
+        header = pack_header(len(payload), flags)
+        if len(payload) <= JOIN_LIMIT:
+            self.sock.sendall(header + payload)
+        else:
+            self.sock.sendall(header)
+            self.sock.sendall(payload)
+
+    def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | bytearray]:
+        length, flags = unpack_header(self._read(HEADER_SIZE))
+        if length > max_size:
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_size} bytes")
+        return flags, self._read(length)
+
+    def _read(self, n: int) -> bytes | bytearray:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos >= n:
+            self._pos = pos + n
+            return bytes(buf[pos : pos + n])
+        have = buf[pos:]
+        self._buf, self._pos = bytearray(), 0
+        if n > CHUNK:
+            # Large frame: receive straight into its final buffer.
+            out = bytearray(n)
+            out[: len(have)] = have
+            view = memoryview(out)
+            got = len(have)
+            while got < n:
+                k = self.sock.recv_into(view[got:])
+                if not k:
+                    raise EOFError("peer closed the connection in the middle of a frame")
+                got += k
+            return out
+        while len(have) < n:
+            data = self.sock.recv(CHUNK)
+            if not data:
+                if have:
+                    raise EOFError("peer closed the connection in the middle of a frame")
+                raise EOFError("peer closed the connection")
+            have += data
+        self._buf, self._pos = have, n
+        return bytes(have[:n])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def detach_after_fork(self) -> None:
+        """Forget the socket without shutting it down: the parent still uses the connection."""
+        self._closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,208 @@
+"""Encoding of messages: pickle protocol 5, cloudpickle where plain pickle is not enough.
+
+    encode(msg)  --plain atoms/proxies-->  pickle.dumps            (fast path, ~0.3 us)
+                 --anything else------->  cloudpickle Pickler      (lambdas, __main__ classes)
+                 --with persistent_id-->  references to owner objects (FLAG_REFS set)
+
+How references cross: a proxy pickled inside a message for its own owner reduces to
+``resolve_local(oid)``, which the receiving side resolves against the object table it installed
+with :func:`decoding`. Objects the owner sends *by reference* become persistent ids, which the
+receiver turns into proxies with its ``persistent_load``. Both contexts are thread-local, so one
+thread's decoding never sees another's table.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import cloudpickle
+
+from ..errors import ReflectmgrPicklingError, ReleasedError
+from .opcodes import FLAG_REFS
+
+PROTOCOL = 5
+
+# Types that pickle by value with plain pickle, identically on every side.
+ATOMS: frozenset[type] = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        type(Ellipsis),
+        type(NotImplemented),
+        range,
+        slice,
+    }
+)
+# Classes (proxies) that know how to reduce themselves with plain pickle.
+_PLAIN: set[type] = set()
+# Beyond this many items a container is sent through cloudpickle without scanning it first.
+_SCAN_LIMIT = 32
+
+
+class LocalTable(Protocol):
+    def resolve(self, oid: int) -> Any: ...
+
+
+_tls = threading.local()
+
+
+def register_plain(cls: type) -> None:
+    """Declare that instances of ``cls`` pickle correctly with plain pickle (proxies do)."""
+    _PLAIN.add(cls)
+
+
+@contextmanager
+def encoding(peer: object) -> Iterator[None]:
+    """Mark ``peer`` as the receiver of what this thread pickles now (proxies consult it)."""
+    prev = getattr(_tls, "peer", None)
+    _tls.peer = peer
+    try:
+        yield
+    finally:
+        _tls.peer = prev
+
+
+def encoding_peer() -> object | None:
+    return getattr(_tls, "peer", None)
+
+
+@contextmanager
+def decoding(table: LocalTable) -> Iterator[None]:
+    prev = getattr(_tls, "table", None)
+    _tls.table = table
+    try:
+        yield
+    finally:
+        _tls.table = prev
+
+
+def decoding_table() -> Any:
+    table = getattr(_tls, "table", None)
+    if table is None:
+        raise ReleasedError("a reference arrived outside of a connection")
+    return table
+
+
+def resolve_local(oid: int) -> Any:
+    """Unpickling hook: the real object behind a proxy that came home to its owner."""
+    table: LocalTable | None = getattr(_tls, "table", None)
+    if table is None:
+        raise ReleasedError(f"object {oid:#x} arrived outside of a connection that owns it")
+    return table.resolve(oid)
+
+
+def _plain(obj: Any, depth: int = 0) -> bool:
+    t = type(obj)
+    if t in ATOMS or t in _PLAIN:
+        return True
+    if depth > 2:
+        return False
+    if t is tuple or t is list:
+        return len(obj) <= _SCAN_LIMIT and all(_plain(x, depth + 1) for x in obj)
+    if t is dict:
+        return len(obj) <= _SCAN_LIMIT and all(
+            _plain(k, depth + 1) and _plain(v, depth + 1) for k, v in obj.items()
+        )
+    return False
+
+
+class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    def __init__(self, file: io.BytesIO, pid: Callable[[Any], Any]) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._pid = pid
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self._pid(obj)
+
+
+class _RefUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, load: Callable[[Any], Any]) -> None:
+        super().__init__(file)
+        self._load = load
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._load(pid)
+
+
+def encode(msg: tuple[Any, ...], persistent_id: Callable[[Any], Any] | None = None) -> tuple[int, bytes]:
+    """Pickle ``msg``; returns ``(flags, payload)``.
+
+    Raises :class:`ReflectmgrPicklingError` naming what could not be pickled. Nothing is sent or
+    reserved before this returns, so a failure leaves the connection as it was.
+    """
+    try:
+        if persistent_id is not None:
+            buf = io.BytesIO()
+            _RefPickler(buf, persistent_id).dump(msg)
+            return FLAG_REFS, buf.getvalue()
+        if _plain(msg):
+            return 0, pickle.dumps(msg, PROTOCOL)
+        return 0, cloudpickle.dumps(msg, protocol=PROTOCOL)
+    except ReflectmgrPicklingError:
+        raise
+    except RecursionError:
+        raise
+    except Exception as exc:
+        raise ReflectmgrPicklingError(_diagnose(msg, exc)) from exc
+
+
+def decode(flags: int, payload: bytes | bytearray | memoryview, persistent_load: Callable[[Any], Any] | None = None) -> Any:
+    if flags & FLAG_REFS:
+        if persistent_load is None:
+            raise pickle.UnpicklingError("references from a peer that may not send them")
+        return _RefUnpickler(io.BytesIO(payload), persistent_load).load()
+    return pickle.loads(payload)
+
+
+def _diagnose(msg: Any, exc: BaseException, label: str = "message") -> str:
+    """Find the innermost part that does not pickle and say what and where it is."""
+    where, culprit = _find_unpicklable(msg, label)
+    kind = type(culprit)
+    return (
+        f"cannot pickle {kind.__module__}.{kind.__qualname__} object ({where}): {exc}. "
+        "Arguments travel by value; pass an object that pickles, a proxy, or wrap it in "
+        "reflectmgr.byref(obj) to pass it by reference."
+    )
+
+
+def diagnose_call(args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseException) -> ReflectmgrPicklingError:
+    """The error for a call whose arguments do not pickle, naming the argument by position or name."""
+    for i, arg in enumerate(args):
+        if _fails(arg):
+            return ReflectmgrPicklingError(_diagnose(arg, exc, f"argument {i}"))
+    for key, arg in kwargs.items():
+        if _fails(arg):
+            return ReflectmgrPicklingError(_diagnose(arg, exc, f"keyword argument {key!r}"))
+    return ReflectmgrPicklingError(_diagnose((args, kwargs), exc, "arguments"))
+
+
+def _fails(obj: Any) -> bool:
+    try:
+        cloudpickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        return True
+    return False
+
+
+def _find_unpicklable(obj: Any, where: str) -> tuple[str, Any]:
+    children: list[tuple[str, Any]] = []
+    if type(obj) in (tuple, list):
+        children = [(f"{where}[{i}]", x) for i, x in enumerate(obj)]
+    elif type(obj) is dict:
+        children = [(f"{where}[{k!r}]", v) for k, v in obj.items()]
+    for child_where, child in children:
+        if _fails(child):
+            return _find_unpicklable(child, child_where)
+    return where, obj
+
+

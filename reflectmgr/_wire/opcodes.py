@@ -1,0 +1,48 @@
+"""The only place where protocol numbers live.
+
+A message is a tuple whose first item is a :class:`Msg` kind and whose second item is a tuple of
+piggybacked releases ``((oid, count), ...)``; the rest depends on the kind:
+
+    (Msg.REQUEST, releases, op, oid, a, b, c)      a request for operation ``op`` on object ``oid``
+    (Msg.OK,      releases, value)                 the result (values and references, see codec)
+    (Msg.ERR,     releases, exception)             the exception, with the remote traceback inside
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Msg(IntEnum):
+    REQUEST = 0
+    OK = 1
+    ERR = 2
+
+
+class Op(IntEnum):
+    # object protocol
+    GETATTR = 1  # a=name
+    SETATTR = 2  # a=name, b=value
+    DELATTR = 3  # a=name
+    CALL = 4  # a=args, b=kwargs
+    CALLMETHOD = 5  # a=name, b=args, c=kwargs
+    DUNDER = 6  # a=index into DUNDERS, b=args
+    ITER = 7  # a=first batch size -> (iterator ref or None, items, iterates_itself)
+    NEXT_BATCH = 8  # a=batch size -> (items, exhausted)
+    VALUE = 9  # -> a deep copy, by value
+    DIR = 10  # -> sorted names
+    # owner services
+    NEW = 20  # a=callable, b=args, c=kwargs -> always a reference
+    ROOT = 21  # -> the root dict
+    STATS = 22  # -> Stats
+    RELEASE = 23  # nothing but the piggybacked releases
+    PIN = 24  # oid -> pin token (a reference held for a pickle in flight)
+    CLAIM = 25  # a=token -> the reference
+    ADOPT = 26  # a=oids inherited through fork -> oids still alive
+    HELLO = 27  # a=session token, b=pid -> manager pid
+    SHUTDOWN = 28  # stop serving
+    PING = 29  # -> None
+
+
+# Frame flags.
+FLAG_REFS = 0x01  # the payload holds persistent ids: decode it with the reference-aware unpickler
