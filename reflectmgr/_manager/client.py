@@ -237,9 +237,35 @@ def _rebuild(address: Address, authkey: bytes | None, oid: int, token: bytes) ->
     return get_client(address, authkey).call(Op.CLAIM, oid, token)
 
 
+def _fork_locks() -> list[Any]:
+    locks: list[Any] = []
+    for client in list(_clients.values()):
+        locks += [client.cache._lock, client.table.lock]
+    return locks
+
+
+_held_for_fork: list[Any] = []
+
+
+def _before_fork() -> None:
+    # Hold every lock a helper thread might hold at fork time, so the child inherits none locked.
+    _clients_lock.acquire()
+    _held_for_fork[:] = _fork_locks()
+    for lock in _held_for_fork:
+        lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for lock in reversed(_held_for_fork):
+        lock.release()
+    _held_for_fork.clear()
+    _clients_lock.release()
+
+
 def _after_fork_in_child() -> None:
+    _after_fork_in_parent()
     for client in list(_clients.values()):
         client._forget_parent()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

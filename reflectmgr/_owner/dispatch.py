@@ -147,7 +147,7 @@ def _pin(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
 
 @handler(Op.CLAIM)
 def _claim(ctx: Context, oid: int, token: Any, b: Any, c: Any) -> Any:
-    return Ref(ctx.table.claim(ctx.holder, token, oid))
+    return Ref(ctx.table.claim(token, oid))
 
 
 @handler(Op.ADOPT)

@@ -205,7 +205,7 @@ _FUNCTIONLIKE = (
 
 def _methods(t: type) -> frozenset[str]:
     """Names that are plainly methods of ``t``: the proxy calls them in one round trip."""
-    if t.__getattribute__ is not object.__getattribute__:
+    if not isinstance(dunders.lookup(t, "__getattribute__"), types.WrapperDescriptorType):
         return frozenset()  # custom attribute lookup: every access must go through it
     names: set[str] = set()
     for klass in reversed(t.__mro__):

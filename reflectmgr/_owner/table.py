@@ -97,8 +97,9 @@ class ObjectTable:
             self.pins[token] = (oid, holder)
         return token
 
-    def claim(self, holder: Holder, token: bytes, oid: int) -> Any:
-        """Move a pin to ``holder`` (the process that unpickled the proxy); returns the object.
+    def claim(self, token: bytes, oid: int) -> Any:
+        """Give up a pin and return its object, which the caller then sends as a reference
+        (counted for the claimer then, like any reference sent).
 
         A token claimed twice (the same pickle loaded twice) still works while the object lives.
         """
@@ -111,7 +112,6 @@ class ObjectTable:
                     "keep the sender's proxy alive until the receiver has loaded it"
                 )
             obj = entry[0]
-        self.add(holder, (obj,))
         if pinned is not None:
             self.release(pinned[1], ((oid, 1),))
         return obj

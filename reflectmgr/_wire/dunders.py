@@ -26,7 +26,15 @@ class Dunder:
     def supported_by(self, cls: type) -> bool:
         if not self.needs:
             return True
-        return any(getattr(cls, n, None) is not None for n in self.needs)
+        return any(lookup(cls, n) is not None for n in self.needs)
+
+
+def lookup(cls: type, name: str) -> Any:
+    """``name`` as instances of ``cls`` see it (the class's MRO, never its metaclass)."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
 
 
 def _reflected(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

@@ -1,0 +1,70 @@
+"""Fixtures: a manager per transport, and a check that no test leaves a process behind."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import reflectmgr
+
+from .helpers import DEATH
+
+TRANSPORTS = ["pipe", "tcp"]
+
+# Helper processes the stdlib keeps for the life of the test worker, not started by a test.
+_LONG_LIVED = ("resource_tracker", "forkserver", "semaphore_tracker")
+
+
+def _children() -> dict[int, psutil.Process]:
+    out = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if not any(name in cmd for name in _LONG_LIVED):
+            out[p.pid] = p
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    before = set(_children())
+    yield
+    new = [p for pid, p in _children().items() if pid not in before]
+    if not new:
+        return
+    _, alive = psutil.wait_procs(new, timeout=DEATH)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if alive:
+        pytest.fail(f"processes left running after the test: {[p.pid for p in alive]}")
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def manager(transport: str) -> Iterator[reflectmgr.Manager]:
+    address = ("127.0.0.1", 0) if transport == "tcp" else None
+    with reflectmgr.Manager(address, transport=transport) as m:
+        yield m
+
+
+@pytest.fixture
+def m() -> Iterator[reflectmgr.Manager]:
+    """One manager on the default transport, for tests that are not about transports."""
+    with reflectmgr.Manager() as mgr:
+        yield mgr
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")

@@ -1,0 +1,34 @@
+"""Shared helpers for the tests: named timeouts and polling instead of sleeping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+# Named timeouts, in seconds: generous for a loaded 2-core CI machine, far below pytest-timeout.
+PROMPT = 10.0  # something that should happen "at once" (a release flush, a child exiting)
+DEATH = 15.0  # noticing that a process died (watchdog polling, socket EOF)
+CHILD = 30.0  # a spawned child process doing a small job end to end
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = PROMPT, message: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message or predicate}")
+        time.sleep(delay)  # polling interval, not synchronisation: the predicate decides
+        delay = min(delay * 2, 0.05)
+
+
+def baseline_objects(m: Any) -> int:
+    """Objects the manager holds for clients once every released proxy has been flushed."""
+    import gc
+
+    gc.collect()
+    return int(m.stats().objects)

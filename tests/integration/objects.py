@@ -1,0 +1,146 @@
+"""Importable test classes: the manager (a spawned process) imports them by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Inventory:
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {}
+
+    def add(self, name: str, qty: int = 1, *, tags: tuple[str, ...] = ()) -> dict[str, Any]:
+        rec = self.items.setdefault(name, {"qty": 0, "tags": set()})
+        rec["qty"] += qty
+        rec["tags"].update(tags)
+        return rec
+
+    def total(self) -> int:
+        return sum(r["qty"] for r in self.items.values())
+
+
+class Vector:
+    """Arithmetic, reflected and in-place operators, comparisons, hashing, index, context."""
+
+    def __init__(self, *xs: float) -> None:
+        self.xs = list(xs)
+        self.entered = 0
+
+    def __add__(self, other: Any) -> Vector:
+        if isinstance(other, Vector):
+            return Vector(*(a + b for a, b in zip(self.xs, other.xs)))
+        return Vector(*(a + other for a in self.xs))
+
+    def __radd__(self, other: Any) -> Vector:
+        return Vector(*(other + a for a in self.xs))
+
+    def __iadd__(self, other: Any) -> Vector:
+        self.xs = [a + other for a in self.xs]
+        return self
+
+    def __sub__(self, other: Any) -> Vector:
+        return Vector(*(a - other for a in self.xs))
+
+    def __rsub__(self, other: Any) -> Vector:
+        return Vector(*(other - a for a in self.xs))
+
+    def __mul__(self, k: float) -> Vector:
+        return Vector(*(a * k for a in self.xs))
+
+    def __neg__(self) -> Vector:
+        return Vector(*(-a for a in self.xs))
+
+    def __abs__(self) -> float:
+        return float(sum(a * a for a in self.xs) ** 0.5)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vector) and self.xs == other.xs
+
+    def __lt__(self, other: Vector) -> bool:
+        return abs(self) < abs(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.xs))
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.xs[i]
+
+    def __index__(self) -> int:
+        return len(self.xs)
+
+    def __int__(self) -> int:
+        return int(sum(self.xs))
+
+    def __float__(self) -> float:
+        return float(sum(self.xs))
+
+    def __bool__(self) -> bool:
+        return any(self.xs)
+
+    def __repr__(self) -> str:
+        return f"Vector{tuple(self.xs)!r}"
+
+    def __format__(self, spec: str) -> str:
+        return "<" + ",".join(format(a, spec) for a in self.xs) + ">"
+
+    def __enter__(self) -> Vector:
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.entered -= 1
+        return exc[0] is KeyError  # swallow KeyError only
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return (args, kwargs)
+
+
+class Dynamic:
+    """Attributes made up by __getattr__."""
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("dyn_"):
+            return name[4:]
+        raise AttributeError(name)
+
+
+class Failing:
+    def boom(self, kind: str) -> None:
+        if kind == "value":
+            raise ValueError("bad value 42")
+        if kind == "key":
+            raise KeyError("missing")
+        if kind == "unpicklable":
+            raise UnpicklableError("cannot travel", lambda: None)
+
+    def counter(self) -> Any:
+        yield from range(3)
+
+
+class UnpicklableError(Exception):
+    def __reduce__(self) -> Any:
+        raise TypeError("this exception refuses to pickle")
+
+
+def make_pair(a: Any, b: Any) -> tuple[Any, Any]:
+    return (a, b)
+
+
+def child_work(d: Any, inv: Any, manager: Any) -> None:
+    """Runs in a child process that received proxies (and a Manager) by pickling or by fork."""
+    import os
+
+    d["child"] = os.getpid()
+    d["clients_seen_by_child"] = manager.stats().clients
+    inv.add("from-child", 2)
+    d["nested"]["list"].append("child")
+
+
+def pool_task(d: Any, i: int) -> Any:
+    import os
+
+    d[str(i)] = os.getpid()
+    return d["nested"]  # a proxy goes back to the parent as a proxy

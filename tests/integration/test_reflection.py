@@ -1,0 +1,141 @@
+"""The whole object protocol through a proxy, on every transport."""
+
+from __future__ import annotations
+
+import pytest
+
+import reflectmgr
+
+from .objects import Dynamic, Inventory, Vector
+
+
+def test_attributes_get_set_delete(manager: reflectmgr.Manager) -> None:
+    ns = manager.Namespace(x=1)
+    assert ns.x == 1
+    ns.y = [1, 2]
+    assert ns.y == [1, 2]
+    del ns.x
+    assert not hasattr(ns, "x")  # AttributeError crosses, so hasattr works
+    with pytest.raises(AttributeError):
+        ns.x  # noqa: B018
+    assert getattr(ns, "missing", "default") == "default"
+
+
+def test_getattr_based_objects(manager: reflectmgr.Manager) -> None:
+    d = manager.new(Dynamic)
+    assert d.dyn_hello == "hello"
+    assert not hasattr(d, "other")
+
+
+def test_calls_with_every_argument_kind(manager: reflectmgr.Manager) -> None:
+    v = manager.new(Vector, 1, 2)
+    args = (1, 2)
+    kwargs = {"k": 3}
+    assert v() == ((), {})
+    assert v(*args, **kwargs) == ((1, 2), {"k": 3})
+    assert v(0, *args, z=1, **kwargs) == ((0, 1, 2), {"z": 1, "k": 3})
+    inv = manager.new(Inventory)
+    inv.add("apple", 3, tags=("fruit",))
+    assert inv.add("apple", qty=2)["qty"] == 5
+
+
+def test_items_slices_len_contains_bool(manager: reflectmgr.Manager) -> None:
+    lst = manager.list(range(10))
+    assert lst[3] == 3 and lst[-1] == 9
+    assert lst[2:5] == [2, 3, 4] and lst[::-3] == [9, 6, 3, 0]
+    lst[0] = 100
+    lst[1:3] = ["a", "b"]
+    del lst[-1]
+    assert len(lst) == 9 and 100 in lst and 9 not in lst
+    assert bool(lst) and not bool(manager.list())
+    with pytest.raises(IndexError):
+        lst[99]
+    d = manager.dict(a=1)
+    with pytest.raises(KeyError):
+        d["b"]
+    assert d.get("b", 7) == 7
+
+
+def test_iteration_and_next(manager: reflectmgr.Manager) -> None:
+    lst = manager.list(range(1000))
+    assert list(lst) == list(range(1000))
+    assert [x for x in lst if x % 500 == 0] == [0, 500]
+    assert list(reversed(lst))[:3] == [999, 998, 997]
+    d = manager.dict({str(i): i for i in range(5)})
+    assert sorted(d) == [str(i) for i in range(5)]
+    assert dict(d.items()) == {str(i): i for i in range(5)}
+    it = iter(lst)
+    assert next(it) == 0 and next(it) == 1
+    gen = manager.new(iter, [1, 2])  # a remote iterator: stepped one item at a time
+    assert next(gen) == 1 and next(gen) == 2
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_repr_str_format_dir(manager: reflectmgr.Manager) -> None:
+    v = manager.new(Vector, 1.5, 2)
+    assert repr(v) == "Vector(1.5, 2)"
+    assert str(v) == "Vector(1.5, 2)"
+    assert f"{v:.1f}" == "<1.5,2.0>"
+    assert "xs" in dir(v) and "__add__" in dir(v)
+
+
+def test_comparisons_and_hash(manager: reflectmgr.Manager) -> None:
+    a = manager.new(Vector, 1, 2)
+    b = manager.new(Vector, 3, 4)
+    assert a == Vector(1, 2) and a != b
+    assert a < b and b > a and not (a > b)
+    assert hash(a) == hash(Vector(1, 2))
+    with pytest.raises(TypeError):
+        hash(manager.list())  # unhashable remotely, unhashable here
+
+
+def test_arithmetic_reflected_inplace(manager: reflectmgr.Manager) -> None:
+    v = manager.new(Vector, 1, 2)
+    assert v + 1 == Vector(2, 3)
+    assert 10 + v == Vector(11, 12)  # __radd__
+    assert 10 - v == Vector(9, 8)  # __rsub__
+    assert v * 2 == Vector(2, 4) and -v == Vector(-1, -2) and abs(manager.new(Vector, 3, 4)) == 5.0
+    w = v
+    v += 10  # remote __iadd__ returns the same object: still the same proxy
+    assert v is w and v.xs == [11, 12]
+    lst = manager.list([1])
+    alias = lst
+    lst += [2, 3]
+    assert lst is alias and list(lst) == [1, 2, 3]
+    n = manager.Namespace(count=1)
+    n.count += 5  # read, add locally, write back
+    assert n.count == 6
+
+
+def test_number_protocols(manager: reflectmgr.Manager) -> None:
+    v = manager.new(Vector, 1, 2, 3)
+    assert [10, 20, 30, 40][v] == 40  # __index__
+    assert int(v) == 6 and float(v) == 6.0
+    assert operator_index(v) == 3
+
+
+def operator_index(x: object) -> int:
+    import operator
+
+    return operator.index(x)
+
+
+def test_with_statement(manager: reflectmgr.Manager) -> None:
+    v = manager.new(Vector, 1)
+    with v as inside:
+        assert inside.entered == 1
+    assert v.entered == 0
+    with v:
+        raise KeyError("swallowed by the remote __exit__")
+    with pytest.raises(ValueError):
+        with v:
+            raise ValueError("not swallowed")
+    assert v.entered == 0
+
+
+def test_isinstance_and_is_proxy(manager: reflectmgr.Manager) -> None:
+    d = manager.dict()
+    assert isinstance(d, dict) and reflectmgr.is_proxy(d)
+    assert isinstance(manager.new(Inventory), Inventory)
+    assert not reflectmgr.is_proxy({}) and callable(manager.new(Vector)) and not callable(d)

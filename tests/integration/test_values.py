@@ -1,0 +1,80 @@
+"""Value or reference (DESIGN §2): shared objects come back as proxies, temporaries as values."""
+
+from __future__ import annotations
+
+import reflectmgr
+
+from .objects import Inventory, make_pair
+
+
+def test_nested_mutation_reaches_the_manager(m: reflectmgr.Manager) -> None:
+    d = m.dict(a={"b": []})
+    d["a"]["b"].append(1)
+    d["a"]["c"] = {"x": 1}
+    d["a"]["c"]["x"] += 1
+    assert reflectmgr.value(d) == {"a": {"b": [1], "c": {"x": 2}}}
+    inv = m.new(Inventory)
+    rec = inv.add("apple", 3)
+    assert reflectmgr.is_proxy(rec)
+    rec["qty"] += 1
+    assert inv.items["apple"]["qty"] == 4
+
+
+def test_fresh_temporaries_come_back_as_values(m: reflectmgr.Manager) -> None:
+    lst = m.list([[1], [2], 3])
+    copy = lst[:]
+    assert type(copy) is list and not reflectmgr.is_proxy(copy)
+    assert all(reflectmgr.is_proxy(x) for x in copy[:2])  # shared inside: still proxies
+    copy[0].append(9)
+    assert lst[0] == [1, 9]
+    d = m.dict(k=[1, 2])
+    fresh = d.copy()
+    assert type(fresh) is dict and reflectmgr.is_proxy(fresh["k"])
+    assert reflectmgr.is_proxy(m.new(sorted, [3, 1, 2]))  # new() always keeps the object in the manager
+    assert m.list([3, 1, 2]).copy() == [3, 1, 2] and type(m.list([1]).copy()) is list
+    plain = m.dict(n=5)
+    assert type(plain["n"]) is int and type(plain.keys) is not int
+
+
+def test_value_is_a_deep_local_copy(m: reflectmgr.Manager) -> None:
+    d = m.dict(a={"b": [1]})
+    v = reflectmgr.value(d)
+    assert v == {"a": {"b": [1]}} and type(v["a"]) is dict
+    v["a"]["b"].append(2)
+    assert d["a"]["b"] == [1]
+    assert reflectmgr.value([d, 1]) == [{"a": {"b": [1]}}, 1]
+
+
+def test_proxies_as_arguments_arrive_as_the_real_object(m: reflectmgr.Manager) -> None:
+    a = m.list([1])
+    b = m.dict()
+    b["a"] = a  # stored as the real list, not a proxy of a proxy
+    b["a"].append(2)
+    assert list(a) == [1, 2]
+    assert b["a"] is a  # the same remote object, so the same proxy
+    pair = m.new(make_pair, a, b)
+    assert pair[0] is a and pair[1] is b
+
+
+def test_identity_while_alive(m: reflectmgr.Manager) -> None:
+    inv = m.new(Inventory)
+    assert inv.items is inv.items
+    d = m.dict(x=[1])
+    assert d["x"] is d["x"]
+    assert m.root is m.root
+
+
+def test_root_publishes_by_name(m: reflectmgr.Manager) -> None:
+    m.root["jobs"] = []
+    other = reflectmgr.connect(m.address, m.authkey)
+    assert other.root["jobs"] == []
+    other.root["jobs"].append("one")
+    assert m.root["jobs"] == ["one"]
+
+
+def test_share_copies_a_local_object_in(m: reflectmgr.Manager) -> None:
+    local = Inventory()
+    local.add("pear", 2)
+    shared = m.share(local)
+    shared.add("pear", 1)
+    assert local.items["pear"]["qty"] == 2 and shared.total() == 3
