@@ -32,3 +32,15 @@ def baseline_objects(m: Any) -> int:
 
     gc.collect()
     return int(m.stats().objects)
+
+
+def second_session(m: Any) -> Any:
+    """A connection with its own session, as another process would have (closed by the caller).
+
+    ``reflectmgr.connect`` inside one process returns that process's existing connection; tests
+    that need a second, independent client in the same process build one directly.
+    """
+    from reflectmgr import Connection
+    from reflectmgr._manager.client import Client
+
+    return Connection(Client(m.address, m.authkey))

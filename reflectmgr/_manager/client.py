@@ -61,7 +61,7 @@ def get_client(address: Address, authkey: bytes | None = None) -> Client:
     key = _key(address)
     with _clients_lock:
         client = _clients.get(key)
-        if client is not None and not client.closed:
+        if client is not None and not client.closed and (authkey is None or bytes(authkey) == client.authkey):
             return client
     client = Client(address, authkey if authkey is not None else default_authkey())
     with _clients_lock:
@@ -163,6 +163,9 @@ class Client(Endpoint):
         authkey = self.authkey if _spawning() else None
         return (_rebuild, (self.address, authkey, proxy._rm_oid, token))
 
+    def same_owner(self, other: Any) -> bool:
+        return isinstance(other, Client) and _key(other.address) == _key(self.address)
+
     # -- releases ----------------------------------------------------------------------------
     def _start_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
@@ -232,8 +235,16 @@ def _spawning() -> bool:
     return mp_spawning() is not None
 
 
+# Object tables served by this very process, by address: a proxy unpickled inside its own
+# manager is the object itself (it must not connect to itself).
+local_tables: dict[Any, Any] = {}
+
+
 def _rebuild(address: Address, authkey: bytes | None, oid: int, token: bytes) -> Any:
     """Unpickling a proxy in another process: connect (once per process) and claim the pin."""
+    table = local_tables.get(_key(address))
+    if table is not None:
+        return table.claim(token, oid)
     return get_client(address, authkey).call(Op.CLAIM, oid, token)
 
 

@@ -19,6 +19,7 @@ import psutil
 from .._owner.server import Server
 from .._transport.sockets import Listener
 from .callbacks import CallbackEndpoint
+from .client import _key, local_tables
 from .stats import collect
 
 # How often the manager checks that its owner process is alive. Polling costs a syscall per
@@ -37,6 +38,7 @@ def serve(transport: str, address: Any, authkey: bytes, owner_pid: int, report: 
         report.close()
         return
     server = Server(listener, authkey, make_importer=CallbackEndpoint, stats=collect)
+    local_tables[_key(listener.address)] = server.table
     threading.Thread(target=_watch, args=(server, owner_pid), name="reflectmgr-watchdog", daemon=True).start()
     report.send(("ok", listener.address))
     report.close()

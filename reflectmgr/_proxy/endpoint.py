@@ -36,6 +36,10 @@ class Endpoint:
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]:
         raise NotImplementedError
 
+    def same_owner(self, other: Any) -> bool:
+        """True if ``other`` reaches the same objects (two connections to one manager)."""
+        return False
+
     # -- what a channel needs ------------------------------------------------------------------
     @property
     def home(self) -> Endpoint:

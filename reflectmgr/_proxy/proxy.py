@@ -35,6 +35,8 @@ class Caller(Protocol):
 
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]: ...
 
+    def same_owner(self, other: Caller) -> bool: ...
+
 
 class Proxy:
     """Base of every proxy class; ``isinstance(x, Proxy)`` is how to tell a proxy (see is_proxy)."""
@@ -59,7 +61,8 @@ class Proxy:
         return list(self._rm_peer.call(Op.DIR, self._rm_oid))
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        if encoding_peer() is self._rm_peer:
+        peer = encoding_peer()
+        if peer is self._rm_peer or (peer is not None and peer.same_owner(self._rm_peer)):  # type: ignore[attr-defined]
             return (resolve_local, (self._rm_oid,))  # going home: arrives as the real object
         return self._rm_peer.transfer(self)
 

@@ -169,7 +169,7 @@ def _diagnose(msg: Any, exc: BaseException, label: str = "message") -> str:
     where, culprit = _find_unpicklable(msg, label)
     kind = type(culprit)
     return (
-        f"cannot pickle {kind.__module__}.{kind.__qualname__} object ({where}): {exc}. "
+        f"{where} is a {kind.__module__}.{kind.__qualname__} object, which cannot be pickled ({exc}). "
         "Arguments travel by value; pass an object that pickles, a proxy, or wrap it in "
         "reflectmgr.byref(obj) to pass it by reference."
     )

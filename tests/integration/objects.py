@@ -144,3 +144,27 @@ def pool_task(d: Any, i: int) -> Any:
 
     d[str(i)] = os.getpid()
     return d["nested"]  # a proxy goes back to the parent as a proxy
+
+
+class EventBus:
+    """Calls back into clients: handlers arrive as byref proxies."""
+
+    def __init__(self) -> None:
+        self.handlers: list[Any] = []
+
+    def subscribe(self, handler: Any) -> int:
+        self.handlers.append(handler)
+        return len(self.handlers)
+
+    def publish(self, event: Any) -> list[Any]:
+        return [h(event) for h in self.handlers]
+
+    def apply(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+
+def slow_echo(x: Any, seconds: float) -> Any:
+    import time
+
+    time.sleep(seconds)  # stands for a long computation in the manager
+    return x

@@ -7,7 +7,7 @@ import threading
 
 import reflectmgr
 
-from ..helpers import baseline_objects, wait_until
+from ..helpers import second_session, baseline_objects, wait_until
 from .objects import Inventory
 
 
@@ -27,7 +27,7 @@ def test_idle_releases_are_flushed_without_another_call(m: reflectmgr.Manager) -
     d = m.dict(k=[1])
     base = baseline_objects(m)
     inner = d["k"]
-    other = reflectmgr.connect(m.address, m.authkey)  # a second session to observe from
+    other = second_session(m)  # a second session to observe from
     assert m.stats().objects == base + 1
     del inner
     gc.collect()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import reflectmgr
 
+from ..helpers import second_session
+
 from .objects import Inventory, make_pair
 
 
@@ -66,7 +68,7 @@ def test_identity_while_alive(m: reflectmgr.Manager) -> None:
 
 def test_root_publishes_by_name(m: reflectmgr.Manager) -> None:
     m.root["jobs"] = []
-    other = reflectmgr.connect(m.address, m.authkey)
+    other = second_session(m)
     assert other.root["jobs"] == []
     other.root["jobs"].append("one")
     assert m.root["jobs"] == ["one"]

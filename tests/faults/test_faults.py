@@ -1,0 +1,174 @@
+"""The crash matrix: bad input and dead peers give precise errors and lose nothing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import reflectmgr
+from reflectmgr._transport.auth import client_handshake
+from reflectmgr._transport.sockets import connect as raw_connect
+
+from ..helpers import CHILD, DEATH, baseline_objects, second_session, wait_until
+from ..integration.objects import Failing
+from .workers import hold_proxies, own_a_manager
+
+
+def test_unpicklable_argument_is_named_and_the_manager_goes_on(manager: reflectmgr.Manager) -> None:
+    d = manager.dict()
+    lock = threading.Lock()
+    with pytest.raises(reflectmgr.ReflectmgrPicklingError) as info:
+        d["k"] = lock
+    assert "_thread.lock" in str(info.value)
+    assert isinstance(info.value, pickle.PicklingError)
+    lst = manager.list()
+    with pytest.raises(reflectmgr.ReflectmgrPicklingError, match=r"argument 0 .*_thread\.lock"):
+        lst.append(lock)
+    with pytest.raises(reflectmgr.ReflectmgrPicklingError, match="keyword argument 'qty'"):
+        manager.new(Failing).boom(kind="x", qty=lock)
+    d["k"] = 1  # the next call is served
+    assert d == {"k": 1} and len(lst) == 0
+
+
+def test_remote_exception_keeps_type_message_and_traceback(manager: reflectmgr.Manager) -> None:
+    f = manager.new(Failing)
+    with pytest.raises(ValueError, match="bad value 42") as info:
+        f.boom("value")
+    cause = info.value.__cause__
+    assert isinstance(cause, reflectmgr.RemoteTraceback)
+    assert "in boom" in str(cause) and 'raise ValueError("bad value 42")' in str(cause)
+    with pytest.raises(KeyError):
+        f.boom("key")
+    with pytest.raises(reflectmgr.RemoteError, match="UnpicklableError.*cannot travel") as info2:
+        f.boom("unpicklable")
+    assert "in boom" in info2.value.traceback_text
+    assert list(f.counter()) == [0, 1, 2]  # StopIteration ends a for loop over a remote generator
+
+
+def test_manager_killed_every_client_gets_an_error(m: reflectmgr.Manager) -> None:
+    d = m.dict(a=1)
+    other = second_session(m)
+    od = other.root
+    pid = m.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    psutil.Process(pid).wait(DEATH) if psutil.pid_exists(pid) else None
+    for call in (lambda: d["a"], lambda: od["x"], lambda: m.dict()):
+        started = time.monotonic()
+        with pytest.raises(reflectmgr.BrokenManagerError):
+            call()
+        assert time.monotonic() - started < DEATH
+    m.shutdown()  # reaping a dead manager neither hangs nor raises
+    with pytest.raises(reflectmgr.ManagerClosedError):
+        d["a"]
+
+
+def test_wrong_authkey_is_refused_before_unpickling(m: reflectmgr.Manager, tmp_path: Path) -> None:
+    with pytest.raises(reflectmgr.AuthenticationError) as info:
+        reflectmgr.connect(m.address, b"not the key").root  # noqa: B018
+    assert isinstance(info.value, multiprocessing.AuthenticationError)
+    # A peer that skips the handshake and sends a pickle: it must never be loaded.
+    marker = tmp_path / "unpickled"
+    bomb = pickle.dumps(_Bomb(str(marker)))
+    t = raw_connect(m.address, DEATH)
+    t.recv(512)  # the challenge
+    t.send(0, bomb)  # sent as the "answer": compared as bytes, never unpickled
+    with pytest.raises((EOFError, OSError)):
+        while True:
+            t.recv(512)
+    t.close()
+    assert not marker.exists()
+    assert m.dict(a=1)["a"] == 1  # still serving
+
+
+class _Bomb:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (Path.touch, (Path(self.path),))
+
+
+def test_owner_death_stops_the_manager() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    report = ctx.Queue()
+    owner = ctx.Process(target=own_a_manager, args=(report,))
+    owner.start()
+    try:
+        manager_pid = report.get(timeout=CHILD)
+        manager = psutil.Process(manager_pid)
+        assert manager.is_running()
+    finally:
+        owner.kill()
+        owner.join(CHILD)
+    manager.wait(DEATH)  # raises psutil.TimeoutExpired if the manager outlives its owner
+    assert not psutil.pid_exists(manager_pid) or manager.status() == psutil.STATUS_ZOMBIE
+    report.close()
+    report.join_thread()
+
+
+@pytest.mark.crash
+def test_killed_client_releases_everything(m: reflectmgr.Manager) -> None:
+    m.root["data"] = {str(i): [i] for i in range(100)}
+    base = baseline_objects(m)
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=hold_proxies, args=(m.address, m.authkey, 100))
+    child.start()
+    try:
+        wait_until(lambda: m.root.get("ready") == 100, CHILD, "the child to hold its proxies")
+        assert m.stats().objects >= base + 100 and m.stats().clients == 2
+        child.kill()
+        child.join(CHILD)
+    finally:
+        if child.is_alive():
+            child.kill()
+    wait_until(lambda: m.stats().clients == 1, DEATH, "the manager to notice the death")
+    assert wait_until(lambda: baseline_objects(m) == base, DEATH, "the dead client's references to go")
+    assert m.root["data"]["5"] == [5]  # shared state intact, manager serving
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        os.urandom(64),  # not a frame at all
+        b"\xff" * 9,  # a header announcing an absurd length
+        b"\x00\x00\x00\x00\x00\x00\x00\x64\x00" + b"partial",  # truncated frame, then close
+    ],
+    ids=["random", "huge-length", "truncated"],
+)
+def test_garbage_before_auth_drops_only_that_connection(manager: reflectmgr.Manager, garbage: bytes) -> None:
+    d = manager.dict(a=1)
+    t = raw_connect(manager.address, DEATH)  # type: ignore[arg-type]
+    t.sock.sendall(garbage)
+    t.sock.shutdown(socket.SHUT_WR)
+    with pytest.raises((EOFError, OSError)):
+        while True:
+            t.recv(512)
+    t.close()
+    assert d["a"] == 1 and manager.dict(b=2)["b"] == 2
+
+
+@pytest.mark.parametrize("payload", [os.urandom(200), b"\x80\x05garbage"], ids=["random", "bad-pickle"])
+def test_garbage_after_auth_drops_only_that_connection(manager: reflectmgr.Manager, payload: bytes) -> None:
+    d = manager.dict(a=1)
+    t = raw_connect(manager.address, DEATH)  # type: ignore[arg-type]
+    client_handshake(t, manager.authkey)
+    t.send(0, pickle.dumps((0, (), 27, 0, b"tok", os.getpid(), None)))  # HELLO
+    t.recv()
+    t.send(0, payload)
+    with pytest.raises((EOFError, OSError)):
+        while True:
+            t.recv()
+    t.close()
+    assert d["a"] == 1 and manager.dict(b=2)["b"] == 2
+    assert wait_until(lambda: manager.stats().clients == 1, DEATH)

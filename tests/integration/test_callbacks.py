@@ -1,0 +1,81 @@
+"""byref: local objects passed by reference, called back by the manager while the caller waits."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+
+import reflectmgr
+
+from ..helpers import second_session, wait_until
+from .objects import EventBus
+
+
+def test_manager_calls_back_into_the_caller(manager: reflectmgr.Manager) -> None:
+    bus = manager.new(EventBus)
+    seen: list[object] = []
+
+    def handler(event: object) -> str:
+        seen.append((event, threading.get_ident()))
+        return f"handled {event}"
+
+    bus.subscribe(reflectmgr.byref(handler))
+    assert bus.publish("e1") == ["handled e1"]
+    assert seen == [("e1", threading.get_ident())]  # ran here, in the waiting thread
+
+
+def test_byref_object_methods_and_state(manager: reflectmgr.Manager) -> None:
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def bump(self, k: int) -> int:
+            self.n += k
+            return self.n
+
+    counter = Counter()
+    bus = manager.new(EventBus)
+    assert bus.apply(reflectmgr.byref(counter.bump), 5) == 5
+    assert counter.n == 5
+
+
+def test_callback_exception_reaches_the_original_caller(manager: reflectmgr.Manager) -> None:
+    bus = manager.new(EventBus)
+
+    def bad(event: object) -> None:
+        raise LookupError(f"no handler for {event}")
+
+    bus.subscribe(reflectmgr.byref(bad))
+    with pytest.raises(LookupError, match="no handler for x"):
+        bus.publish("x")
+    assert bus.subscribe(reflectmgr.byref(print)) == 2  # the connection is still in step
+
+
+def test_callback_outside_a_waiting_call_is_a_clear_error(m: reflectmgr.Manager) -> None:
+    bus = m.new(EventBus)
+    bus.subscribe(reflectmgr.byref(len))
+    other = second_session(m)
+    other_bus = other.root
+    other_bus["bus"] = bus
+    # Another client publishing cannot reach our callback: we are not waiting on that call.
+    with pytest.raises(reflectmgr.ReflectmgrError, match="waits"):
+        other.root["bus"].publish("x")
+
+
+def test_byref_objects_are_released_when_the_manager_drops_them(m: reflectmgr.Manager) -> None:
+    bus = m.new(EventBus)
+    bus.subscribe(reflectmgr.byref(len))
+    assert len(m.client.table) == 1
+    del bus
+    gc.collect()
+    m.client.flush()  # the bus dies in the manager; its proxy to our object dies with it
+    assert wait_until(lambda: (m.stats(), len(m.client.table) == 0)[1], message="the manager's release")
+
+
+def test_byref_outside_a_call_refuses_to_pickle() -> None:
+    import pickle
+
+    with pytest.raises(pickle.PicklingError):
+        pickle.dumps(reflectmgr.byref(len))
