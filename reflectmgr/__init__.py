@@ -1,9 +1,9 @@
 """reflectmgr: shared objects across processes, through proxies that behave like the objects.
 
-    with reflectmgr.Manager() as m:
-        d = m.dict(a={"b": []})
-        d["a"]["b"].append(1)          # nested mutation reaches the manager
-        reflectmgr.value(d)            # a plain local deep copy
+with reflectmgr.Manager() as m:
+    d = m.dict(a={"b": []})
+    d["a"]["b"].append(1)          # nested mutation reaches the manager
+    reflectmgr.value(d)            # a plain local deep copy
 """
 
 from __future__ import annotations

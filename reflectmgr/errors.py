@@ -51,7 +51,7 @@ class RemoteError(ReflectmgrError):
         return f"{self.type_name}: {self.message}"
 
 
-class RemoteTraceback(Exception):
+class RemoteTraceback(Exception):  # noqa: N818 - named like concurrent.futures' _RemoteTraceback
     """Carries the traceback of the side that raised; attached as ``__cause__`` (like concurrent.futures)."""
 
     def __init__(self, tb: str) -> None:

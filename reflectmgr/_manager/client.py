@@ -22,13 +22,13 @@ from collections import deque
 from typing import Any
 
 from .._owner.channel import Channel
+from .._proxy.endpoint import Endpoint
+from .._proxy.proxy import Proxy
 from .._transport.auth import client_handshake
 from .._transport.sockets import Address, connect
 from .._wire import codec
 from .._wire.framing import MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
-from .._proxy.endpoint import Endpoint
-from .._proxy.proxy import Proxy
 from ..errors import (
     BrokenManagerError,
     ManagerClosedError,
@@ -105,7 +105,9 @@ class Client(Endpoint):
             transport.sock.settimeout(None)
         except (OSError, EOFError) as exc:
             transport.close()
-            raise BrokenManagerError(f"the manager at {self.address!r} closed the connection during the handshake") from exc
+            raise BrokenManagerError(
+                f"the manager at {self.address!r} closed the connection during the handshake"
+            ) from exc
         except BaseException:
             transport.close()
             raise
@@ -163,7 +165,7 @@ class Client(Endpoint):
         authkey = self.authkey if _spawning() else None
         return (_rebuild, (self.address, authkey, proxy._rm_oid, token))
 
-    def same_owner(self, other: Any) -> bool:
+    def same_owner(self, other: object) -> bool:
         return isinstance(other, Client) and _key(other.address) == _key(self.address)
 
     # -- releases ----------------------------------------------------------------------------

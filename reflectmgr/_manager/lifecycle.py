@@ -102,7 +102,7 @@ class Manager(Factories):
         self._client = None
         self._process: Any = None
         self._owner_pid = os.getpid()
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self.address: Address | None = None
 
     @property
@@ -143,7 +143,9 @@ class Manager(Factories):
         self._process = process
         self.address = detail
         self._client = Client(detail, self._authkey)
-        self._finalizer = weakref.finalize(self, _shutdown, self._client, process, self._owner_pid, self.shutdown_timeout)
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._client, process, self._owner_pid, self.shutdown_timeout
+        )
 
     @property
     def pid(self) -> int | None:

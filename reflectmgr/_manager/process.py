@@ -1,9 +1,9 @@
 """What runs in the manager process: listen, report the address, serve, watch the parent.
 
-    parent: Manager.start() --spawn--> serve(...)
-                                         bind listener, send ("ok", address) on the pipe
-                                         watchdog thread: parent gone? -> stop, kill children, exit
-                                         Server.serve_forever() until SHUTDOWN or watchdog
+parent: Manager.start() --spawn--> serve(...)
+                                     bind listener, send ("ok", address) on the pipe
+                                     watchdog thread: parent gone? -> stop, kill children, exit
+                                     Server.serve_forever() until SHUTDOWN or watchdog
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def serve(transport: str, address: Any, authkey: bytes, owner_pid: int, report: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's program, not for us
     try:
         listener = Listener(transport, address)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+    except Exception as exc:
         report.send(("error", f"{type(exc).__name__}: {exc}"))
         report.close()
         return

@@ -35,6 +35,7 @@ def serving() -> Channel | None:
     """The channel whose request this thread is handling (a callback goes back through it)."""
     return getattr(_tls, "channel", None)
 
+
 # Unpickling errors that mean "this pickle names something we lack", not "this is garbage":
 # the sender gets them back as an error reply and the connection keeps serving.
 _USER_DECODE_ERRORS = (ImportError, AttributeError, ReflectmgrError, TypeError)
@@ -43,10 +44,13 @@ _USER_DECODE_ERRORS = (ImportError, AttributeError, ReflectmgrError, TypeError)
 class Peer(Context, Protocol):
     """What a channel needs from its side: the object table, references, releases."""
 
-    describer: Describer
+    @property
+    def describer(self) -> Describer: ...
+
     # What proxies to the peer's objects have as ``_rm_peer``: such a proxy in a message to that
     # peer travels as "your own object" (see Proxy.__reduce_ex__).
-    home: Any
+    @property
+    def home(self) -> Any: ...
 
     def resolve(self, oid: int) -> Any: ...
 
@@ -150,7 +154,7 @@ class Channel:
         try:
             result = handle(self.peer, oid, a, b, c)
             shared = is_shared(_getrefcount(result))
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+        except BaseException as exc:
             self._send_error(exc)
             return
         self.reply(result, shared)
@@ -176,7 +180,7 @@ class Channel:
                 self._send_refs(result, {id(result): result})  # unpicklable inside: send it all by reference
         except (OSError, EOFError):
             raise
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self._send_error(exc)
 
     def _send_refs(self, result: Any, refs: dict[int, Any]) -> None:

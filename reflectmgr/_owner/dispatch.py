@@ -30,9 +30,14 @@ class Services(Protocol):
 
 
 class Context(Protocol):
-    table: ObjectTable
-    holder: Holder
-    server: Services | None
+    @property
+    def table(self) -> ObjectTable: ...
+
+    @property
+    def holder(self) -> Holder: ...
+
+    @property
+    def server(self) -> Services | None: ...
 
 
 Handler = Callable[[Context, int, Any, Any, Any], Any]

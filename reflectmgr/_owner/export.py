@@ -75,11 +75,12 @@ def always_ref(t: type) -> bool:
 
 def _local_rc() -> int:
     x: list[Any] = []
-    return _getrefcount(x)
+    return _getrefcount(x)  # the variable and the argument
 
 
 def _child_rc() -> int:
-    for x in [[]]:
+    probe: list[list[Any]] = [[]]
+    for x in probe:
         return _getrefcount(x)
     raise AssertionError
 

@@ -154,7 +154,9 @@ class Server:
                 channel.serve_one()
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
-        except Exception as exc:  # noqa: BLE001 - one bad connection must not take the server down
+        except ReflectmgrError as exc:  # a wrong authkey, garbage: the peer's problem, not ours
+            log.info("dropping a connection: %r", exc)
+        except Exception as exc:
             log.warning("dropping a connection: %r", exc)
         finally:
             transport.close()
@@ -162,7 +164,7 @@ class Server:
                 self._goodbye(session)
 
     def _hello(self, transport: StreamTransport) -> Session:
-        flags, payload = transport.recv(MAX_PREAUTH)
+        _, payload = transport.recv(MAX_PREAUTH)
         msg = pickle.loads(payload)  # authenticated: the peer is trusted from here on
         if type(msg) is not tuple or len(msg) != 7 or msg[0] != Msg.REQUEST or msg[2] != Op.HELLO:
             raise ReflectmgrError("expected HELLO after the handshake")

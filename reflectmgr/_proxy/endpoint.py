@@ -36,7 +36,7 @@ class Endpoint:
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]:
         raise NotImplementedError
 
-    def same_owner(self, other: Any) -> bool:
+    def same_owner(self, other: object) -> bool:
         """True if ``other`` reaches the same objects (two connections to one manager)."""
         return False
 

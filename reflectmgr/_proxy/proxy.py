@@ -35,13 +35,15 @@ class Caller(Protocol):
 
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]: ...
 
-    def same_owner(self, other: Caller) -> bool: ...
+    def same_owner(self, other: object) -> bool: ...
 
 
 class Proxy:
     """Base of every proxy class; ``isinstance(x, Proxy)`` is how to tell a proxy (see is_proxy)."""
 
     __slots__ = ("__weakref__", "_rm_oid", "_rm_peer")
+    _rm_oid: int
+    _rm_peer: Caller
     _rm_desc: TypeDesc
     _rm_local_class: type | None = None
 
@@ -62,7 +64,8 @@ class Proxy:
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         peer = encoding_peer()
-        if peer is self._rm_peer or (peer is not None and peer.same_owner(self._rm_peer)):  # type: ignore[attr-defined]
+        home = self._rm_peer
+        if peer is home or (peer is not None and home.same_owner(peer)):
             return (resolve_local, (self._rm_oid,))  # going home: arrives as the real object
         return self._rm_peer.transfer(self)
 
@@ -70,7 +73,7 @@ class Proxy:
         return self._rm_peer.call(Op.VALUE, self._rm_oid)
 
     @property  # type: ignore[misc]
-    def __class__(self) -> type:  # noqa: D105 - isinstance(p, RemoteType) when the type is local too
+    def __class__(self) -> type:
         cls = type(self)
         return cls._rm_local_class or cls
 
@@ -110,7 +113,7 @@ class BoundRemoteMethod:
 class BatchIterator:
     """Local iterator over a remote iterable, fetched in growing batches."""
 
-    __slots__ = ("_i", "_items", "_it", "_size")
+    __slots__ = ("_i", "_it", "_items", "_size")
 
     def __init__(self, it: Proxy | None, items: list[Any]) -> None:
         self._it = it
@@ -146,7 +149,7 @@ class BatchIterator:
 def _iterate(self: Proxy, reverse: bool) -> Iterator[Any]:
     r = self._rm_peer.call(Op.ITER, self._rm_oid, FIRST_BATCH, reverse)
     if r is None:
-        return self  # type: ignore[return-value] # the remote object is its own iterator
+        return self  # the remote object is its own iterator
     return BatchIterator(r[0], r[1])
 
 
@@ -171,7 +174,7 @@ def _make_dunder(index: int) -> Any:
 
 
 def _make_exit(index: int) -> Any:
-    def __exit__(self: Proxy, exc_type: Any, exc: Any, tb: Any) -> Any:
+    def __exit__(self: Proxy, exc_type: Any, exc: Any, tb: Any) -> Any:  # noqa: N807
         # Tracebacks do not pickle; an exception that does not pickle travels as its type only.
         try:
             return self._rm_peer.call(Op.DUNDER, self._rm_oid, index, (exc_type, exc, None))
@@ -182,7 +185,9 @@ def _make_exit(index: int) -> Any:
 
 
 _SPECIAL = {"__iter__": _iter, "__reversed__": _reversed, "__call__": _call}
-_DUNDER_METHODS = [_SPECIAL.get(d.name) or (_make_exit(i) if d.name == "__exit__" else _make_dunder(i)) for i, d in enumerate(DUNDERS)]
+_DUNDER_METHODS = [
+    _SPECIAL.get(d.name) or (_make_exit(i) if d.name == "__exit__" else _make_dunder(i)) for i, d in enumerate(DUNDERS)
+]
 _HASH = next(i for i, d in enumerate(DUNDERS) if d.name == "__hash__")
 
 
@@ -197,9 +202,9 @@ def proxy_class(desc: TypeDesc) -> type[Proxy]:
         ns[DUNDERS[i].name] = _DUNDER_METHODS[i]
     if _HASH not in supported:
         ns["__hash__"] = None
-    cls = type(name, (Proxy,), ns)
+    ns["_rm_local_class"] = _local_class(module, qualname)
+    cls: type[Proxy] = type(name, (Proxy,), ns)
     cls.__qualname__ = qualname
-    cls._rm_local_class = _local_class(module, qualname)
     register_plain(cls)
     return cls
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hmac
 import os
 
-from ..errors import AuthenticationError
 from .._wire.framing import MAX_PREAUTH
+from ..errors import AuthenticationError
 from .base import Transport
 
 CHALLENGE = b"#RMCHALLENGE#"

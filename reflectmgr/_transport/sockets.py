@@ -11,11 +11,10 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import Union
 
 from .stream import StreamTransport
 
-Address = Union[str, tuple[str, int]]
+Address = str | tuple[str, int]
 TRANSPORTS = ("pipe", "tcp")
 BACKLOG = 128
 
@@ -26,7 +25,8 @@ class Listener:
         if transport == "tcp" or isinstance(address, tuple):
             host, port = address if isinstance(address, tuple) else ("127.0.0.1", 0)
             self.sock = socket.create_server((host, port), backlog=BACKLOG)
-            self.address: Address = tuple(self.sock.getsockname()[:2])  # type: ignore[assignment]
+            bound = self.sock.getsockname()
+            self.address: Address = (str(bound[0]), int(bound[1]))
         elif transport == "pipe":
             if address is None:
                 self._tmpdir = tempfile.mkdtemp(prefix="reflectmgr-")

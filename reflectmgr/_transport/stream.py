@@ -1,16 +1,16 @@
 """Transport over a stream socket (AF_UNIX for "pipe", AF_INET for "tcp").
 
-    send: header+payload in one sendall (one syscall for small frames; large payloads go straight
-          from the caller's buffer, no concatenation)
-    recv: a read-ahead buffer, so a small frame costs one recv syscall, not two
+send: header+payload in one sendall (one syscall for small frames; large payloads go straight
+      from the caller's buffer, no concatenation)
+recv: a read-ahead buffer, so a small frame costs one recv syscall, not two
 """
 
 from __future__ import annotations
 
 import socket
 
-from ..errors import ProtocolError
 from .._wire.framing import HEADER_SIZE, MAX_FRAME, pack_header, unpack_header
+from ..errors import ProtocolError
 
 # Read-ahead size: one recv usually brings a whole small frame (and often the next header too).
 CHUNK = 256 * 1024

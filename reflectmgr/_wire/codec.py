@@ -110,9 +110,7 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     if t is tuple or t is list:
         return len(obj) <= _SCAN_LIMIT and all(_plain(x, depth + 1) for x in obj)
     if t is dict:
-        return len(obj) <= _SCAN_LIMIT and all(
-            _plain(k, depth + 1) and _plain(v, depth + 1) for k, v in obj.items()
-        )
+        return len(obj) <= _SCAN_LIMIT and all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in obj.items())
     return False
 
 
@@ -156,7 +154,9 @@ def encode(msg: tuple[Any, ...], persistent_id: Callable[[Any], Any] | None = No
         raise ReflectmgrPicklingError(_diagnose(msg, exc)) from exc
 
 
-def decode(flags: int, payload: bytes | bytearray | memoryview, persistent_load: Callable[[Any], Any] | None = None) -> Any:
+def decode(
+    flags: int, payload: bytes | bytearray | memoryview, persistent_load: Callable[[Any], Any] | None = None
+) -> Any:
     if flags & FLAG_REFS:
         if persistent_load is None:
             raise pickle.UnpicklingError("references from a peer that may not send them")
@@ -204,5 +204,3 @@ def _find_unpicklable(obj: Any, where: str) -> tuple[str, Any]:
         if _fails(child):
             return _find_unpicklable(child, child_where)
     return where, obj
-
-

@@ -49,7 +49,7 @@ def test_remote_exception_keeps_type_message_and_traceback(manager: reflectmgr.M
     assert "in boom" in str(cause) and 'raise ValueError("bad value 42")' in str(cause)
     with pytest.raises(KeyError):
         f.boom("key")
-    with pytest.raises(reflectmgr.RemoteError, match="UnpicklableError.*cannot travel") as info2:
+    with pytest.raises(reflectmgr.RemoteError, match=r"UnpicklableError.*cannot travel") as info2:
         f.boom("unpicklable")
     assert "in boom" in info2.value.traceback_text
     assert list(f.counter()) == [0, 1, 2]  # StopIteration ends a for loop over a remote generator

@@ -28,7 +28,7 @@ class Vector:
 
     def __add__(self, other: Any) -> Vector:
         if isinstance(other, Vector):
-            return Vector(*(a + b for a, b in zip(self.xs, other.xs)))
+            return Vector(*(a + b for a, b in zip(self.xs, other.xs, strict=True)))
         return Vector(*(a + other for a in self.xs))
 
     def __radd__(self, other: Any) -> Vector:

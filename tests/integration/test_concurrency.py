@@ -9,7 +9,7 @@ import time
 
 import reflectmgr
 
-from ..helpers import second_session, CHILD, PROMPT
+from ..helpers import CHILD, PROMPT, second_session
 from .objects import slow_echo
 
 

@@ -7,7 +7,7 @@ import threading
 
 import reflectmgr
 
-from ..helpers import second_session, baseline_objects, wait_until
+from ..helpers import baseline_objects, second_session, wait_until
 from .objects import Inventory
 
 
@@ -95,7 +95,7 @@ def test_threads_racing_on_one_object_never_lose_it(m: reflectmgr.Manager) -> No
                 del rec
                 if _ % 50 == 0:
                     gc.collect()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import reflectmgr
 
 from ..helpers import second_session
-
 from .objects import Inventory, make_pair
 
 

@@ -1,0 +1,26 @@
+"""Every program in examples/ runs to completion, as a user would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.py"))
+RUN_TIMEOUT = 50.0  # below pytest-timeout, so a hang reports as this test's failure
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs(path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=path.parent
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip(), "an example prints what it did"
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_there_are_examples() -> None:
+    assert {p.stem for p in EXAMPLES} >= {"quickstart", "remote_tcp"}

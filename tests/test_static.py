@@ -1,0 +1,34 @@
+"""Static checks run with the suite, so the one test command covers them: ruff and mypy --strict."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STATIC_TIMEOUT = 55.0  # mypy on a cold cache takes ~10-20 s here
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=STATIC_TIMEOUT
+    )
+
+
+def test_ruff_check() -> None:
+    proc = _run("ruff", "check", "reflectmgr", "tests", "examples", "benchmarks")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format() -> None:
+    proc = _run("ruff", "format", "--check", "reflectmgr", "tests", "examples", "benchmarks")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_mypy_strict() -> None:
+    proc = _run("mypy", "--no-error-summary")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
