@@ -21,13 +21,14 @@ import traceback
 from typing import Any, Protocol
 
 from .._transport.base import Transport
-from .._wire.codec import decode, decoding, encode, encoding
+from .._wire.codec import ATOMS, PROTOCOL, decode, encode, swap_decoding, swap_encoding
 from .._wire.opcodes import Msg
 from ..errors import ProtocolError, ReflectmgrError, RemoteError, RemoteTraceback
 from .dispatch import HANDLERS, Context
 from .export import Describer, Value, is_shared, plan
 
 _getrefcount = sys.getrefcount
+_REQUEST, _OK, _ERR = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR)
 _tls = threading.local()
 
 
@@ -76,13 +77,16 @@ class Channel:
     def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
         peer = self.peer
         releases = peer.take_releases()
+        prev = swap_encoding(peer.home)
         try:
-            with encoding(peer.home):
-                flags, payload = encode((Msg.REQUEST, releases, op, oid, a, b, c))
+            # int(op): an IntEnum member would push the message off pickle's fast path
+            flags, payload = encode((_REQUEST, releases, int(op), oid, a, b, c))
         except BaseException:
             if releases:
                 peer.return_releases(releases)
             raise
+        finally:
+            swap_encoding(prev)
         self.busy = True
         self.transport.send(flags, payload)
         return self.wait()
@@ -90,47 +94,49 @@ class Channel:
     def wait(self) -> Any:
         """Receive until our reply arrives, serving the peer's requests in between."""
         while True:
-            msg = self._receive()
+            try:
+                msg = self._receive(self.peer.load_ref)
+            except _UndecodableError as exc:
+                self.busy = False  # the frame was read whole: the channel is still in step
+                raise ReflectmgrError(f"could not unpickle the reply: {exc.error!r}") from exc.error
             kind = msg[0]
             if msg[1]:
                 self.peer.apply_releases(msg[1])
-            if kind == Msg.OK:
+            if kind == _OK:
                 self.busy = False
                 return msg[2]
-            if kind == Msg.ERR:
+            if kind == _ERR:
                 self.busy = False
-                exc = msg[2]
-                exc.__cause__ = RemoteTraceback(msg[3])
-                raise exc
+                error: BaseException = msg[2]
+                error.__cause__ = RemoteTraceback(msg[3])
+                raise error
             self._serve(msg)
 
-    def _receive(self) -> Any:
+    def _receive(self, load_ref: Any) -> Any:
         flags, payload = self.transport.recv()
-        with decoding(self.peer):
-            try:
-                msg = decode(flags, payload, self.peer.load_ref)
-            except _USER_DECODE_ERRORS as exc:
-                raise ReflectmgrError(f"could not unpickle a message from the peer: {exc!r}") from exc
-            except Exception as exc:
-                raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
-        if type(msg) is not tuple or len(msg) < 3 or msg[0] not in (0, 1, 2):
+        prev = swap_decoding(self.peer)
+        try:
+            msg = decode(flags, payload, load_ref)
+        except _USER_DECODE_ERRORS as exc:
+            # The frame was whole; only its content names something this side cannot load.
+            raise _UndecodableError(exc) from exc
+        except Exception as exc:
+            raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
+        finally:
+            swap_decoding(prev)
+        if type(msg) is not tuple or len(msg) < 3 or msg[0] not in (_REQUEST, _OK, _ERR):
             raise ProtocolError("malformed message from the peer")
         return msg
 
     # -- serving side ------------------------------------------------------------------------
     def serve_one(self) -> None:
         """Receive one request and answer it. Raises EOFError/OSError when the peer is gone."""
-        flags, payload = self.transport.recv()
-        with decoding(self.peer):
-            try:
-                msg = decode(flags, payload, self.peer.load_ref)
-            except _USER_DECODE_ERRORS as exc:
-                # The frame was whole; only its content names something we cannot load.
-                self._send_error(exc)
-                return
-            except Exception as exc:
-                raise ProtocolError(f"malformed request: {exc!r}") from exc
-        if type(msg) is not tuple or len(msg) != 7 or msg[0] != Msg.REQUEST:
+        try:
+            msg = self._receive(self.peer.load_ref)
+        except _UndecodableError as exc:
+            self._send_error(exc.error)
+            return
+        if len(msg) != 7 or msg[0] != _REQUEST:
             raise ProtocolError("malformed request")
         self._serve(msg)
 
@@ -146,49 +152,57 @@ class Channel:
             _tls.channel = prev
 
     def _dispatch(self, op: Any, oid: Any, a: Any, b: Any, c: Any) -> None:
-        try:
-            handle = HANDLERS[op]
-        except (KeyError, TypeError):
+        handle = HANDLERS.get(op) if type(op) is int else None
+        if handle is None:
             self._send_error(ProtocolError(f"unknown operation {op!r}"))
             return
         try:
             result = handle(self.peer, oid, a, b, c)
-            shared = is_shared(_getrefcount(result))
+            shared = is_shared(_getrefcount(result))  # before anything else takes a reference
         except BaseException as exc:
             self._send_error(exc)
             return
         self.reply(result, shared)
 
     def reply(self, result: Any, shared: bool) -> None:
-        with encoding(self.peer.home):
-            self._reply(result, shared)
-
-    def _reply(self, result: Any, shared: bool) -> None:
-        peer = self.peer
+        if type(result) in ATOMS:  # the common case, straight to pickle
+            self.transport.send(0, pickle.dumps((_OK, self.peer.take_releases(), result), PROTOCOL))
+            return
+        prev = swap_encoding(self.peer.home)
         try:
-            refs = plan(result, shared)
-            if refs is None:
-                value = result.target if type(result) is Value else result
-                flags, payload = encode((Msg.OK, peer.take_releases(), value))
-                self.transport.send(flags, payload)
-                return
-            try:
-                self._send_refs(result, refs)
-            except pickle.PicklingError:
-                if len(refs) == 1 and id(result) in refs:
-                    raise
-                self._send_refs(result, {id(result): result})  # unpicklable inside: send it all by reference
-        except (OSError, EOFError):
-            raise
+            flags, payload, exported, new_types = self._encode_result(result, shared)
         except BaseException as exc:
             self._send_error(exc)
+            return
+        finally:
+            swap_encoding(prev)
+        if exported:
+            self.peer.table.add(self.peer.holder, exported)  # counted before the peer can release
+        self.sent_types |= new_types
+        self.transport.send(flags, payload)
 
-    def _send_refs(self, result: Any, refs: dict[int, Any]) -> None:
-        peer = self.peer
+    def _encode_result(self, result: Any, shared: bool) -> tuple[int, bytes, list[Any], set[int]]:
+        refs = plan(result, shared)
+        if refs is None:
+            value = result.target if type(result) is Value else result
+            return (*encode((_OK, (), value)), [], set())
+        try:
+            return self._encode_refs(result, refs)
+        except pickle.PicklingError:
+            if len(refs) == 1 and id(result) in refs:
+                raise
+            return self._encode_refs(result, {id(result): result})  # unpicklable inside: all by reference
+
+    def _encode_refs(self, result: Any, refs: dict[int, Any]) -> tuple[int, bytes, list[Any], set[int]]:
+        """Pickle ``result`` with the objects in ``refs`` replaced by references.
+
+        Each reference carries its type description the first time this connection sends that type,
+        then only the type's id.
+        """
         exported: list[Any] = []
         new_types: set[int] = set()
         sent_types = self.sent_types
-        describe = peer.describer.describe
+        describe = self.peer.describer.describe
 
         def persistent_id(obj: Any) -> Any:
             target = refs.get(id(obj))
@@ -202,19 +216,25 @@ class Channel:
             new_types.add(tid)
             return (id(target), desc)
 
-        flags, payload = encode((Msg.OK, peer.take_releases(), result), persistent_id)
-        peer.table.add(peer.holder, exported)
-        sent_types |= new_types
-        self.transport.send(flags, payload)
+        flags, payload = encode((_OK, self.peer.take_releases(), result), persistent_id)
+        return flags, payload, exported, new_types
 
     def _send_error(self, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         tb = f'\n"""\n{tb}"""'
+        prev = swap_encoding(self.peer.home)
         try:
-            with encoding(self.peer.home):
-                flags, payload = encode((Msg.ERR, (), exc, tb))
+            flags, payload = encode((_ERR, (), exc, tb))
             pickle.loads(payload)  # an exception that pickles but does not load would break the reader
         except Exception:
             err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
-            flags, payload = encode((Msg.ERR, (), err, tb))
+            flags, payload = encode((_ERR, (), err, tb))
+        finally:
+            swap_encoding(prev)
         self.transport.send(flags, payload)
+
+
+class _UndecodableError(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error

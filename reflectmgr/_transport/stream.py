@@ -21,8 +21,10 @@ JOIN_LIMIT = 64 * 1024
 class StreamTransport:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._buf = bytearray()
-        self._pos = 0
+        # Read-ahead buffer, allocated once: a fresh 256 KiB buffer per recv() would cost an mmap.
+        self._buf = bytearray(CHUNK)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
         self._closed = False
 
     @property
@@ -47,14 +49,14 @@ class StreamTransport:
         return flags, self._read(length)
 
     def _read(self, n: int) -> bytes | bytearray:
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos >= n:
-            self._pos = pos + n
-            return bytes(buf[pos : pos + n])
-        have = buf[pos:]
-        self._buf, self._pos = bytearray(), 0
+        start, end = self._start, self._end
+        if end - start >= n:
+            self._start = start + n
+            return bytes(self._view[start : start + n])
+        have = self._view[start:end].tobytes()
+        self._start = self._end = 0
         if n > CHUNK:
-            # Large frame: receive straight into its final buffer.
+            # Large frame: receive straight into its final buffer, no read-ahead copy.
             out = bytearray(n)
             out[: len(have)] = have
             view = memoryview(out)
@@ -65,15 +67,18 @@ class StreamTransport:
                     raise EOFError("peer closed the connection in the middle of a frame")
                 got += k
             return out
-        while len(have) < n:
-            data = self.sock.recv(CHUNK)
-            if not data:
-                if have:
-                    raise EOFError("peer closed the connection in the middle of a frame")
-                raise EOFError("peer closed the connection")
-            have += data
-        self._buf, self._pos = have, n
-        return bytes(have[:n])
+        self._buf[: len(have)] = have
+        end = len(have)
+        view = self._view
+        while end < n:
+            k = self.sock.recv_into(view[end:])
+            if not k:
+                raise EOFError(
+                    "peer closed the connection in the middle of a frame" if end else "peer closed the connection"
+                )
+            end += k
+        self._start, self._end = n, end
+        return bytes(view[:n])
 
     def close(self) -> None:
         if self._closed:

@@ -6,7 +6,7 @@
 
 How references cross: a proxy pickled inside a message for its own owner reduces to
 ``resolve_local(oid)``, which the receiving side resolves against the object table it installed
-with :func:`decoding`. Objects the owner sends *by reference* become persistent ids, which the
+with :func:`swap_decoding`. Objects the owner sends *by reference* become persistent ids, which the
 receiver turns into proxies with its ``persistent_load``. Both contexts are thread-local, so one
 thread's decoding never sees another's table.
 """
@@ -16,8 +16,7 @@ from __future__ import annotations
 import io
 import pickle
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import cloudpickle
@@ -43,8 +42,8 @@ ATOMS: frozenset[type] = frozenset(
         slice,
     }
 )
-# Classes (proxies) that know how to reduce themselves with plain pickle.
-_PLAIN: set[type] = set()
+# Atoms, and classes (proxies) that know how to reduce themselves with plain pickle.
+_PLAIN: set[type] = set(ATOMS)
 # Beyond this many items a container is sent through cloudpickle without scanning it first.
 _SCAN_LIMIT = 32
 
@@ -61,29 +60,24 @@ def register_plain(cls: type) -> None:
     _PLAIN.add(cls)
 
 
-@contextmanager
-def encoding(peer: object) -> Iterator[None]:
-    """Mark ``peer`` as the receiver of what this thread pickles now (proxies consult it)."""
+# The hot path sets and restores these directly (a context manager costs ~1 us per message):
+#     prev = swap_encoding(peer); try: ... finally: swap_encoding(prev)
+def swap_encoding(peer: object) -> object | None:
+    """Mark ``peer`` as the receiver of what this thread pickles now; returns the previous one."""
     prev = getattr(_tls, "peer", None)
     _tls.peer = peer
-    try:
-        yield
-    finally:
-        _tls.peer = prev
+    return prev
+
+
+def swap_decoding(table: LocalTable | None) -> LocalTable | None:
+    """Install the table that resolves references arriving in this thread; returns the previous."""
+    prev = getattr(_tls, "table", None)
+    _tls.table = table
+    return prev
 
 
 def encoding_peer() -> object | None:
     return getattr(_tls, "peer", None)
-
-
-@contextmanager
-def decoding(table: LocalTable) -> Iterator[None]:
-    prev = getattr(_tls, "table", None)
-    _tls.table = table
-    try:
-        yield
-    finally:
-        _tls.table = prev
 
 
 def decoding_table() -> Any:
@@ -102,15 +96,28 @@ def resolve_local(oid: int) -> Any:
 
 
 def _plain(obj: Any, depth: int = 0) -> bool:
+    """True if plain pickle reproduces ``obj`` on the other side (no function or class by value)."""
     t = type(obj)
-    if t in ATOMS or t in _PLAIN:
+    if t in _PLAIN:
         return True
     if depth > 2:
         return False
     if t is tuple or t is list:
-        return len(obj) <= _SCAN_LIMIT and all(_plain(x, depth + 1) for x in obj)
+        if len(obj) > _SCAN_LIMIT:
+            return False
+        for x in obj:
+            if type(x) not in _PLAIN and not _plain(x, depth + 1):
+                return False
+        return True
     if t is dict:
-        return len(obj) <= _SCAN_LIMIT and all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in obj.items())
+        if len(obj) > _SCAN_LIMIT:
+            return False
+        for k, v in obj.items():
+            if type(k) not in _PLAIN and not _plain(k, depth + 1):
+                return False
+            if type(v) not in _PLAIN and not _plain(v, depth + 1):
+                return False
+        return True
     return False
 
 

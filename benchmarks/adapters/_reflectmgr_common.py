@@ -1,0 +1,34 @@
+"""reflectmgr with a given transport; the adapters for each transport are one line each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workloads import BIG, Counter, small_ops
+
+import reflectmgr
+
+
+def setup(transport: str) -> Any:
+    address = ("127.0.0.1", 0) if transport == "tcp" else None
+    m = reflectmgr.Manager(address, transport=transport)
+    m.start()
+    return {
+        "m": m,
+        "d": m.dict(k=0),
+        "lst": m.list(),
+        "ns": m.Namespace(x=1),
+        "obj": m.new(Counter),
+        "nested": m.dict(a={}),
+        "big": m.list(range(BIG)),
+    }
+
+
+def operations(s: Any) -> dict[str, Any]:
+    ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
+    ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
+    return ops
+
+
+def teardown(s: Any) -> None:
+    s["m"].shutdown()

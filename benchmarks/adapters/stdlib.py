@@ -1,0 +1,43 @@
+"""The anchor: CPython's multiprocessing.managers (SyncManager), as users run it."""
+
+from __future__ import annotations
+
+from multiprocessing.managers import SyncManager
+from typing import Any
+
+from workloads import BIG, Counter, small_ops
+
+NAME = "stdlib Manager"
+
+
+class _Manager(SyncManager):
+    pass
+
+
+_Manager.register("Counter", Counter)
+
+
+def setup(quick: bool) -> Any:
+    m = _Manager()
+    m.start()
+    nested = m.dict()
+    nested["a"] = m.dict()  # the stdlib can nest proxies when you build them this way
+    return {
+        "m": m,
+        "d": m.dict(k=0),
+        "lst": m.list(),
+        "ns": m.Namespace(x=1),
+        "obj": m.Counter(),  # type: ignore[attr-defined]
+        "nested": nested,
+        "big": m.list(range(BIG)),
+    }
+
+
+def operations(s: Any) -> dict[str, Any]:
+    ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
+    ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
+    return ops
+
+
+def teardown(s: Any) -> None:
+    s["m"].shutdown()

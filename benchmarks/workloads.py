@@ -1,0 +1,57 @@
+"""The workloads every adapter runs, and how they are timed.
+
+An adapter builds, in ``setup``, the same shared state on its system: a dict ``d`` with a key
+``"k"``, a list ``lst``, a namespace ``ns`` with attribute ``x``, a ``Counter`` object ``obj``, a
+nested dict ``nested`` (``nested["a"]`` is itself shared) and a 100 000-item list ``big``. Then it
+returns one zero-argument callable per operation it supports.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+BIG = 100_000
+
+
+class Counter:
+    """The object behind the "method call" workload (registered with every manager)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def incr(self, k: int = 1) -> int:
+        self.n += k
+        return self.n
+
+
+def small_ops(d: Any, lst: Any, ns: Any, obj: Any, nested: Any) -> dict[str, Callable[[], Any]]:
+    """The small operations, written once for every system that can express them."""
+    return {
+        "d[k] = v": lambda: d.__setitem__("k", 1),
+        "d[k]": lambda: d["k"],
+        "lst.append(x)": lambda: lst.append(1),
+        "len(d)": lambda: len(d),
+        "method(k=1)": lambda: obj.incr(k=1),
+        "ns.x": lambda: ns.x,
+        'nested["a"]["b"] = x': lambda: nested["a"].__setitem__("b", 1),
+    }
+
+
+def time_op(fn: Callable[[], Any], repeat: int, number: int) -> list[float]:
+    """Seconds per call, one sample per batch of ``number`` calls."""
+    fn()  # warm: connections opened, caches filled
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number)
+    return samples
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 4 else [min(samples), 0, max(samples)]
+    return {"median": statistics.median(samples), "q1": q[0], "q3": q[-1], "n": len(samples)}
