@@ -2,7 +2,9 @@
 
     python benchmarks/run.py [--quick] [--json FILE] [--only NAME ...]
 
-Prints, per operation, the median time per call with its interquartile range for every system,
+Every system runs in its own fresh process; repetitions are interleaved across systems so that
+machine noise hits them alike. Prints, per operation, the median time per call with its
+interquartile range for every system,
 and the ratio to the stdlib manager ("vs stdlib": above 1 means faster than the stdlib). For
 iteration it also prints how many times faster it is than one round trip per item would be.
 """
@@ -29,34 +31,93 @@ from workloads import BIG, summarize, time_op  # noqa: E402
 ANCHOR = "stdlib"
 
 
-def measure(adapter: str, quick: bool) -> dict[str, Any]:
-    """Runs inside a fresh process: one adapter, every operation it supports."""
+def serve(adapter: str) -> None:
+    """Child process: set up one adapter, then time operations on request (JSON lines on stdin)."""
     mod = importlib.import_module(f"adapters.{adapter}")
-    state = mod.setup(quick)
+    state = mod.setup(False)
     try:
-        results = {}
-        for name, fn in mod.operations(state).items():
-            if name.startswith("iterate"):
-                samples = time_op(fn, repeat=3 if quick else 7, number=1)
-            else:
-                samples = time_op(fn, repeat=5 if quick else 15, number=200 if quick else 1000)
-            results[name] = summarize(samples)
-        return {"adapter": adapter, "name": mod.NAME, "results": results}
+        ops = mod.operations(state)
+        for fn in ops.values():
+            fn()  # warm: connections opened, caches filled
+        _reply({"name": mod.NAME, "ops": list(ops)})
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if cmd.get("quit"):
+                break
+            _reply({"seconds": time_op(ops[cmd["op"]], repeat=1, number=cmd["number"])[0]})
     finally:
         mod.teardown(state)
 
 
+def _reply(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class Child:
+    """One adapter in its own fresh process, driven over a pipe."""
+
+    def __init__(self, adapter: str) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+        self.adapter = adapter
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__)), "--child", adapter],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        hello = self._read()
+        self.name, self.ops = hello["name"], hello["ops"]
+
+    def _read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"adapter {self.adapter} exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def time(self, op: str, number: int) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, "number": number}) + "\n")
+        self.proc.stdin.flush()
+        return float(self._read()["seconds"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
 def run_all(adapters: list[str], quick: bool) -> list[dict[str, Any]]:
-    out = []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    for adapter in adapters:
-        cmd = [sys.executable, str(Path(__file__)), "--child", adapter] + (["--quick"] if quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0:
-            print(f"{adapter} failed:\n{proc.stderr}", file=sys.stderr)
-            continue
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return out
+    """Interleave the systems: each repetition of an operation runs on every system in turn
+    (rotating who goes first), so a noisy neighbour slows them all alike instead of one."""
+    children = [Child(a) for a in adapters]
+    try:
+        ops: list[str] = []
+        for c in children:
+            ops += [op for op in c.ops if op not in ops]
+        samples: dict[tuple[str, str], list[float]] = {}
+        reps = 5 if quick else 21
+        for op in ops:
+            number = 1 if op.startswith("iterate") else (200 if quick else 1000)
+            for rep in range(reps):
+                order = children[rep % len(children) :] + children[: rep % len(children)]
+                for c in order:
+                    if op in c.ops:
+                        samples.setdefault((c.adapter, op), []).append(c.time(op, number))
+        return [
+            {
+                "adapter": c.adapter,
+                "name": c.name,
+                "results": {op: summarize(samples[(c.adapter, op)]) for op in c.ops},
+            }
+            for c in children
+        ]
+    finally:
+        for c in children:
+            c.close()
 
 
 def fmt(seconds: float) -> str:
@@ -108,7 +169,7 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.quick)))
+        serve(args.child)
         return
     adapters = args.only or ADAPTERS
     started = time.time()

@@ -44,6 +44,8 @@ CONNECT_TIMEOUT = 10.0
 RELEASE_INTERVAL = 0.2
 
 _clients: dict[Any, Client] = {}
+# Bumped in every forked child: a client whose generation differs was inherited through fork.
+_fork_generation = [0]
 _clients_lock = threading.Lock()
 
 
@@ -78,6 +80,7 @@ class Client(Endpoint):
         self._pool: deque[Channel] = deque()
         self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()
         self._pid = os.getpid()
+        self._generation = _fork_generation[0]
         self._token = os.urandom(16)
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -117,7 +120,7 @@ class Client(Endpoint):
         return channel
 
     def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
-        if self._pid != os.getpid():
+        if self._generation != _fork_generation[0]:
             self._after_fork()
         if self.closed:
             raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
@@ -211,10 +214,11 @@ class Client(Endpoint):
 
     def _after_fork(self) -> None:
         with self._fork_lock:
-            if self._pid == os.getpid():
+            if self._generation == _fork_generation[0]:
                 return
             self._forget_parent()
             self._pid = os.getpid()
+            self._generation = _fork_generation[0]
             self._token = os.urandom(16)
             self.table.release_all(self.holder)
             inherited = self.cache.live()
@@ -276,6 +280,7 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
+    _fork_generation[0] += 1
     _after_fork_in_parent()
     for client in list(_clients.values()):
         client._forget_parent()

@@ -21,14 +21,14 @@ import traceback
 from typing import Any, Protocol
 
 from .._transport.base import Transport
-from .._wire.codec import ATOMS, PROTOCOL, decode, encode, swap_decoding, swap_encoding
+from .._wire.codec import ATOMS, PROTOCOL, decode, encode, encode_request, swap_decoding, swap_encoding
 from .._wire.opcodes import Msg
 from ..errors import ProtocolError, ReflectmgrError, RemoteError, RemoteTraceback
 from .dispatch import HANDLERS, Context
-from .export import Describer, Value, is_shared, plan
+from .export import LOCAL_BASE, Describer, Ref, Value, plan
 
 _getrefcount = sys.getrefcount
-_REQUEST, _OK, _ERR = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR)
+_REQUEST, _OK, _ERR, _REF = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR), int(Msg.REF)
 _tls = threading.local()
 
 
@@ -80,7 +80,7 @@ class Channel:
         prev = swap_encoding(peer.home)
         try:
             # int(op): an IntEnum member would push the message off pickle's fast path
-            flags, payload = encode((_REQUEST, releases, int(op), oid, a, b, c))
+            flags, payload = encode_request((_REQUEST, releases, int(op), oid, a, b, c), a, b, c)
         except BaseException:
             if releases:
                 peer.return_releases(releases)
@@ -105,6 +105,9 @@ class Channel:
             if kind == _OK:
                 self.busy = False
                 return msg[2]
+            if kind == _REF:
+                self.busy = False
+                return self.peer.load_ref(msg[2])
             if kind == _ERR:
                 self.busy = False
                 error: BaseException = msg[2]
@@ -124,7 +127,7 @@ class Channel:
             raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
         finally:
             swap_decoding(prev)
-        if type(msg) is not tuple or len(msg) < 3 or msg[0] not in (_REQUEST, _OK, _ERR):
+        if type(msg) is not tuple or len(msg) < 3 or msg[0] not in (_REQUEST, _OK, _ERR, _REF):
             raise ProtocolError("malformed message from the peer")
         return msg
 
@@ -158,7 +161,7 @@ class Channel:
             return
         try:
             result = handle(self.peer, oid, a, b, c)
-            shared = is_shared(_getrefcount(result))  # before anything else takes a reference
+            shared = _getrefcount(result) > LOCAL_BASE  # before anything else takes a reference
         except BaseException as exc:
             self._send_error(exc)
             return
@@ -186,12 +189,17 @@ class Channel:
         if refs is None:
             value = result.target if type(result) is Value else result
             return (*encode((_OK, (), value)), [], set())
+        if len(refs) == 1 and id(result) in refs:  # one object by reference: no pickler subclass needed
+            target = refs[id(result)]
+            desc = self.peer.describer.describe(type(target))
+            tid = desc[0]
+            pid = (id(target), tid if tid in self.sent_types else desc)
+            payload = pickle.dumps((_REF, self.peer.take_releases(), pid), PROTOCOL)
+            return 0, payload, [target], {tid}
         try:
             return self._encode_refs(result, refs)
         except pickle.PicklingError:
-            if len(refs) == 1 and id(result) in refs:
-                raise
-            return self._encode_refs(result, {id(result): result})  # unpicklable inside: all by reference
+            return self._encode_result(Ref(result), False)  # unpicklable inside: all by reference
 
     def _encode_refs(self, result: Any, refs: dict[int, Any]) -> tuple[int, bytes, list[Any], set[int]]:
         """Pickle ``result`` with the objects in ``refs`` replaced by references.

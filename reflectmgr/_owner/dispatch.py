@@ -46,7 +46,7 @@ HANDLERS: dict[int, Handler] = {}
 
 def handler(op: Op) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        HANDLERS[op] = fn
+        HANDLERS[int(op)] = fn
         return fn
 
     return register
@@ -83,9 +83,12 @@ def _callmethod(ctx: Context, oid: int, name: Any, args: Any, kwargs: Any) -> An
     return getattr(ctx.table.resolve(oid), name)(*args, **kwargs)
 
 
+_REMOTE = [d.remote for d in DUNDERS]
+
+
 @handler(Op.DUNDER)
 def _dunder(ctx: Context, oid: int, index: Any, args: Any, c: Any) -> Any:
-    return DUNDERS[index].remote(ctx.table.resolve(oid), *args)
+    return _REMOTE[index](ctx.table.resolve(oid), *args)
 
 
 @handler(Op.ITER)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from .._wire.framing import HEADER_SIZE, MAX_FRAME, pack_header, unpack_header
+from .._wire.framing import HEADER, HEADER_SIZE, MAX_FRAME, pack_header, unpack_header
 from ..errors import ProtocolError
 
 # Read-ahead size: one recv usually brings a whole small frame (and often the next header too).
@@ -43,6 +43,14 @@ class StreamTransport:
             self.sock.sendall(payload)
 
     def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | bytearray]:
+        start = self._start
+        avail = self._end - start
+        if avail >= HEADER_SIZE:  # fast path: the whole frame is already buffered
+            length, flags = HEADER.unpack_from(self._buf, start)
+            if avail - HEADER_SIZE >= length and length <= max_size:
+                begin = start + HEADER_SIZE
+                self._start = begin + length
+                return flags, bytes(self._view[begin : begin + length])
         length, flags = unpack_header(self._read(HEADER_SIZE))
         if length > max_size:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_size} bytes")

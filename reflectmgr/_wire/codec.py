@@ -139,6 +139,16 @@ class _RefUnpickler(pickle.Unpickler):
         return self._load(pid)
 
 
+def encode_request(msg: tuple[Any, ...], a: Any, b: Any, c: Any) -> tuple[int, bytes]:
+    """:func:`encode` for a request whose header items are plain: only the arguments are checked."""
+    if (type(a) in _PLAIN or _plain(a)) and (type(b) in _PLAIN or _plain(b)) and (type(c) in _PLAIN or _plain(c)):
+        try:
+            return 0, pickle.dumps(msg, PROTOCOL)
+        except Exception:
+            pass
+    return encode(msg)
+
+
 def encode(msg: tuple[Any, ...], persistent_id: Callable[[Any], Any] | None = None) -> tuple[int, bytes]:
     """Pickle ``msg``; returns ``(flags, payload)``.
 

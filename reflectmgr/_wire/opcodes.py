@@ -5,7 +5,8 @@ piggybacked releases ``((oid, count), ...)``; the rest depends on the kind:
 
     (Msg.REQUEST, releases, op, oid, a, b, c)      a request for operation ``op`` on object ``oid``
     (Msg.OK,      releases, value)                 the result (values and references, see codec)
-    (Msg.ERR,     releases, exception)             the exception, with the remote traceback inside
+    (Msg.REF,     releases, (oid, desc or tid))    the result is one object of the owner's, by reference
+    (Msg.ERR,     releases, exception, traceback)  the exception, and the remote traceback as text
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class Msg(IntEnum):
     REQUEST = 0
     OK = 1
     ERR = 2
+    REF = 3  # the result is one reference: (Msg.REF, releases, (oid, desc_or_tid)), plain pickle
 
 
 class Op(IntEnum):
