@@ -16,14 +16,11 @@ import os
 import weakref
 from typing import Any
 
-import psutil
-
 from .._transport.sockets import TRANSPORTS, Address
 from .._wire.opcodes import Op
 from ..errors import BrokenManagerError, ManagerClosedError, ReflectmgrError
 from .client import Client, default_authkey, get_client
 from .namespace import Namespace, identity
-from .process import serve
 from .stats import Stats
 
 # How long a new manager has to bind its listener and report back.
@@ -117,6 +114,8 @@ class Manager(Factories):
             import multiprocess
 
             ctx = multiprocess.get_context(ctx or "spawn")
+        from .process import serve  # loaded on start: a client-only process never needs it
+
         reader, writer = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=serve,
@@ -180,6 +179,7 @@ class Manager(Factories):
 def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> None:
     if os.getpid() != owner_pid:
         return  # a forked child inherited the Manager object; the manager is not its to stop
+    import psutil
     try:
         children = psutil.Process(process.pid).children(recursive=True)
     except psutil.Error:

@@ -6,8 +6,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 
 @dataclass(frozen=True)
 class Stats:
@@ -19,6 +17,8 @@ class Stats:
 
 
 def collect(server: Any) -> Stats:
+    import psutil  # only the manager process pays for it
+
     sessions = list(server.sessions.values())
     return Stats(
         objects=len(server.table),
