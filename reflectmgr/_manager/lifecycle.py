@@ -180,6 +180,7 @@ def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> N
     if os.getpid() != owner_pid:
         return  # a forked child inherited the Manager object; the manager is not its to stop
     import psutil
+
     try:
         children = psutil.Process(process.pid).children(recursive=True)
     except psutil.Error:
