@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._manager.lifecycle import Connection, Manager, connect
+from ._manager.lifecycle import EXECUTORS, Connection, Manager, connect
 from ._manager.namespace import Namespace
 from ._manager.stats import Stats
 from ._proxy.byref import byref
@@ -29,6 +29,8 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+EXECUTORS.update(process="reflectmgr._pools.executor:ManagerExecutor")
 
 
 def value(obj: Any) -> Any:

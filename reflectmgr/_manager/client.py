@@ -21,6 +21,8 @@ import weakref
 from collections import deque
 from typing import Any
 
+import cloudpickle
+
 from .._owner.channel import Channel
 from .._proxy.endpoint import Endpoint
 from .._proxy.proxy import Proxy
@@ -162,11 +164,36 @@ class Client(Endpoint):
 
     # -- pickling a proxy for another process ------------------------------------------------
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]:
+        keep = getattr(_borrowing, "keep", None)
+        if keep is not None:
+            keep.append(proxy)  # the caller keeps it (so the object) alive until the task is done
+            return (_borrowed, (self.address, proxy._rm_oid, proxy._rm_desc))
         token = self.call(Op.PIN, proxy._rm_oid)
         # Like multiprocessing: the authkey travels inside the pickle only to a child being spawned
         # (through its private pipe); any other receiver uses the authkey it inherited.
         authkey = self.authkey if _spawning() else None
         return (_rebuild, (self.address, authkey, proxy._rm_oid, token))
+
+    def pickle_task(self, task: Any, keep: list[Any]) -> bytes:
+        """Cloudpickle ``task`` for an executor worker of this manager; its proxies are *borrowed*.
+
+        A borrowed proxy costs no round trip: the worker counts the reference for itself with its
+        next message, and ``keep`` (held by the caller until the task is done) keeps the objects
+        alive meanwhile.
+        """
+        _borrowing.keep = keep
+        try:
+            return bytes(cloudpickle.dumps(task, protocol=5))
+        except Exception as exc:
+            raise codec.diagnose_call(task[1], task[2], exc) from exc
+        finally:
+            _borrowing.keep = None
+
+    def borrow(self, oid: int, desc: Any) -> Any:
+        """Unpickling a borrowed proxy in a worker: the proxy now, the reference with the next message."""
+        proxy = self.load_ref((oid, desc))
+        self.cache.acquire(oid)
+        return proxy
 
     def same_owner(self, other: object) -> bool:
         return isinstance(other, Client) and _key(other.address) == _key(self.address)
@@ -244,6 +271,16 @@ def _spawning() -> bool:
 # Object tables served by this very process, by address: a proxy unpickled inside its own
 # manager is the object itself (it must not connect to itself).
 local_tables: dict[Any, Any] = {}
+
+
+_borrowing = threading.local()
+
+
+def _borrowed(address: Address, oid: int, desc: Any) -> Any:
+    table = local_tables.get(_key(address))
+    if table is not None:
+        return table.resolve(oid)
+    return get_client(address).borrow(oid, desc)
 
 
 def _rebuild(address: Address, authkey: bytes | None, oid: int, token: bytes) -> Any:

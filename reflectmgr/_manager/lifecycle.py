@@ -12,6 +12,7 @@ and a forked child that inherits the ``Manager`` object never shuts it down.
 
 from __future__ import annotations
 
+import importlib
 import os
 import weakref
 from typing import Any
@@ -22,6 +23,10 @@ from ..errors import BrokenManagerError, ManagerClosedError, ReflectmgrError
 from .client import Client, default_authkey, get_client
 from .namespace import Namespace, identity
 from .stats import Stats
+
+# Executor kinds -> "module:class". The pools layer sits above this one, so the public package
+# (reflectmgr/__init__.py) fills this in; nothing here imports upward.
+EXECUTORS: dict[str, str] = {}
 
 # How long a new manager has to bind its listener and report back.
 START_TIMEOUT = 60.0
@@ -62,6 +67,35 @@ class Factories:
     def root(self) -> Any:
         """A dict every client of this manager sees: publish objects there by name."""
         return self.client.call(Op.ROOT, 0)
+
+    def executor(
+        self,
+        max_workers: int | None = None,
+        *,
+        kind: str = "process",
+        initializer: Any = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        mp_context: Any = None,
+    ) -> Any:
+        """A ``concurrent.futures.Executor`` whose workers are connected to this manager.
+
+        ``kind="process"``: a ProcessPoolExecutor (spawn by default); tasks and arguments travel
+        with cloudpickle, and proxies among them arrive as working proxies without a round trip.
+        """
+        target = EXECUTORS.get(kind)
+        if target is None:
+            raise ValueError(f"unknown executor kind {kind!r}; choose one of {sorted(EXECUTORS)}")
+        module, _, name = target.partition(":")
+        factory = getattr(importlib.import_module(module), name)
+        return factory(
+            self.client,
+            max_workers,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+            mp_context=mp_context,
+        )
 
     def stats(self) -> Stats:
         """Objects referenced by clients, connected clients, manager memory (see :class:`Stats`)."""

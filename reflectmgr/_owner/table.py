@@ -58,9 +58,19 @@ class ObjectTable:
                 holder.held[oid] = holder.held.get(oid, 0) + 1
 
     def release(self, holder: Holder, releases: Iterable[tuple[int, int]]) -> None:
-        """Apply ``(oid, count)`` releases from ``holder``; unknown ids are ignored (idempotent)."""
+        """Apply ``(oid, count)`` releases from ``holder``; unknown ids are ignored (idempotent).
+
+        A negative count *acquires*: the holder takes over a borrowed reference (an executor task
+        got the proxy without a round trip while its submitter kept the object alive).
+        """
         with self.lock:
             for oid, count in releases:
+                if count < 0:
+                    entry = self.objects.get(oid)
+                    if entry is not None:
+                        entry[1] -= count
+                        holder.held[oid] = holder.held.get(oid, 0) - count
+                    continue
                 have = holder.held.get(oid)
                 if have is None:
                     continue

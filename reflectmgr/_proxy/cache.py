@@ -3,6 +3,8 @@
     reference arrives --> cache.get_or_create(oid)  (count += 1; same proxy while it lives)
     last proxy dies   --> weakref callback: append the entry to ``dead`` (no lock, no I/O)
     next message out  --> take_releases(): entries still dead become ((oid, count), ...)
+    borrowed proxy    --> acquire(oid): ((oid, -1)) rides the same way, in order, and counts the
+                          reference for us (an executor task received it without a round trip)
 
 The weakref callback never sends and never takes a lock: it can run in any thread, in the middle
 of a send or while this thread holds the cache lock (a GC pass), so it only appends to a deque.
@@ -40,6 +42,7 @@ class ProxyCache:
         self._entries: dict[int, _Entry] = {}
         self._dead: deque[_Entry] = deque()
         self._pending: list[tuple[int, int]] = []
+        self._acquires = False
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -83,6 +86,16 @@ class ProxyCache:
     def has_releases(self) -> bool:
         return bool(self._dead or self._pending)
 
+    @property
+    def has_acquires(self) -> bool:
+        return self._acquires
+
+    def acquire(self, oid: int) -> None:
+        """Queue ``(oid, -1)``: take over one borrowed reference (see Client.borrow)."""
+        with self._lock:
+            self._pending.append((oid, -1))
+            self._acquires = True
+
     def take_releases(self) -> Releases:
         if not self._dead and not self._pending:
             return ()
@@ -95,6 +108,7 @@ class ProxyCache:
                     pending.append((entry.oid, entry.count))
             out = tuple(pending)
             pending.clear()
+            self._acquires = False
         return out
 
     def return_releases(self, releases: Releases) -> None:

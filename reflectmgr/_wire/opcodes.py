@@ -1,7 +1,8 @@
 """The only place where protocol numbers live.
 
 A message is a tuple whose first item is a :class:`Msg` kind and whose second item is a tuple of
-piggybacked releases ``((oid, count), ...)``; the rest depends on the kind:
+piggybacked releases ``((oid, count), ...)`` (a negative count acquires a borrowed reference);
+the rest depends on the kind:
 
     (Msg.REQUEST, releases, op, oid, a, b, c)      a request for operation ``op`` on object ``oid``
     (Msg.OK,      releases, value)                 the result (values and references, see codec)

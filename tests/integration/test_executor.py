@@ -1,0 +1,118 @@
+"""m.executor(): a concurrent.futures executor whose workers are clients of the manager."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+import reflectmgr
+
+from ..helpers import CHILD, DEATH, baseline_objects, wait_until
+from .objects import Inventory
+
+
+def _add(inv: object, name: str) -> int:
+    return inv.add(name)["qty"]  # type: ignore[attr-defined, no-any-return]
+
+
+def test_submit_map_and_proxies_as_arguments(m: reflectmgr.Manager) -> None:
+    inv = m.new(Inventory)
+    shared = m.dict(seen=[])
+    with m.executor(max_workers=2) as ex:
+        futures = [ex.submit(_add, inv, "apple") for _ in range(4)]
+        assert sorted(f.result(CHILD) for f in cf.as_completed(futures)) == [1, 2, 3, 4]
+        # closures and lambdas travel with cloudpickle; proxies nested in them still work
+        results = list(ex.map(lambda i: shared["seen"].append(i) or i * i, range(6), chunksize=2))
+        assert results == [0, 1, 4, 9, 16, 25]
+        done, pending = cf.wait([ex.submit(pow, 2, 10)], timeout=CHILD)
+        assert not pending and done.pop().result() == 1024
+    assert sorted(shared["seen"]) == list(range(6))
+    assert inv.items["apple"]["qty"] == 4
+
+
+def _give_back(d: object) -> object:
+    return d["nested"]  # type: ignore[index]
+
+
+def test_task_returns_a_proxy(m: reflectmgr.Manager) -> None:
+    d = m.dict(nested={"k": 1})
+    with m.executor(max_workers=1) as ex:
+        nested = ex.submit(_give_back, d).result(CHILD)
+    assert reflectmgr.is_proxy(nested) and nested is d["nested"]
+    nested["k"] = 2
+    assert d["nested"]["k"] == 2
+
+
+def test_borrowed_proxies_are_released_after_tasks(m: reflectmgr.Manager) -> None:
+    d = m.dict({str(i): [i] for i in range(20)})
+    base = baseline_objects(m)
+    items = [d[str(i)] for i in range(20)]
+    with m.executor(max_workers=2) as ex:
+        # the task never calls the manager: its borrowed reference must still be registered
+        assert list(ex.map(lambda x: 1, items)) == [1] * 20
+        assert list(ex.map(len, items)) == [1] * 20
+    del items
+    assert wait_until(lambda: baseline_objects(m) == base, message="borrowed references to go")
+
+
+def _boom(x: int) -> None:
+    raise ValueError(f"task failed on {x}")
+
+
+def test_task_exception_keeps_type_and_worker_traceback(m: reflectmgr.Manager) -> None:
+    with m.executor(max_workers=1) as ex:
+        with pytest.raises(ValueError, match="task failed on 3") as info:
+            ex.submit(_boom, 3).result(CHILD)
+    assert "_boom" in str(info.value.__cause__)
+
+
+def _die(hold: object) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_dead_worker_breaks_the_pool_and_releases_its_references(m: reflectmgr.Manager) -> None:
+    d = m.dict(x=[1])
+    base = baseline_objects(m)
+    ex = m.executor(max_workers=1)
+    try:
+        assert ex.submit(len, d["x"]).result(CHILD) == 1
+        started = time.monotonic()
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(_die, d["x"]).result(CHILD)
+        assert time.monotonic() - started < DEATH
+    finally:
+        ex.shutdown(wait=True)
+    assert wait_until(lambda: baseline_objects(m) == base, DEATH, "the dead worker's references to go")
+
+
+def test_unpicklable_task_argument_fails_in_submit(m: reflectmgr.Manager) -> None:
+    import threading
+
+    with m.executor(max_workers=1) as ex:
+        with pytest.raises(reflectmgr.ReflectmgrPicklingError, match="argument 0"):
+            ex.submit(print, threading.Lock())
+        assert ex.submit(abs, -3).result(CHILD) == 3
+
+
+def _initialized() -> object:
+    return _STATE.get("ready")
+
+
+_STATE: dict[str, object] = {}
+
+
+def _init(value: object) -> None:
+    _STATE["ready"] = value
+
+
+def test_initializer_and_shutdown_cancel(m: reflectmgr.Manager) -> None:
+    ex = m.executor(max_workers=1, initializer=_init, initargs=("yes",), max_tasks_per_child=5)
+    assert ex.submit(_initialized).result(CHILD) == "yes"
+    slow = [ex.submit(time.sleep, 0.2) for _ in range(5)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert any(f.cancelled() for f in slow)
