@@ -12,6 +12,7 @@ from typing import Any
 import cloudpickle
 
 from .._manager.client import Client, get_client
+from .._wire.codec import plain
 
 _client: Client | None = None
 
@@ -34,6 +35,8 @@ def run_task(blob: bytes) -> Any:
         # Borrowed proxies that the task never used in a call: register them before the
         # caller's future completes (and its proxies, which keep the objects alive, may go).
         _client.flush()
+    if plain(result):
+        return result  # the executor's own pickling does it (proxies reduce themselves)
     return _ByCloudpickle(result)
 
 

@@ -95,7 +95,7 @@ def resolve_local(oid: int) -> Any:
     return table.resolve(oid)
 
 
-def _plain(obj: Any, depth: int = 0) -> bool:
+def plain(obj: Any, depth: int = 0) -> bool:
     """True if plain pickle reproduces ``obj`` on the other side (no function or class by value)."""
     t = type(obj)
     if t in _PLAIN:
@@ -106,16 +106,16 @@ def _plain(obj: Any, depth: int = 0) -> bool:
         if len(obj) > _SCAN_LIMIT:
             return False
         for x in obj:
-            if type(x) not in _PLAIN and not _plain(x, depth + 1):
+            if type(x) not in _PLAIN and not plain(x, depth + 1):
                 return False
         return True
     if t is dict:
         if len(obj) > _SCAN_LIMIT:
             return False
         for k, v in obj.items():
-            if type(k) not in _PLAIN and not _plain(k, depth + 1):
+            if type(k) not in _PLAIN and not plain(k, depth + 1):
                 return False
-            if type(v) not in _PLAIN and not _plain(v, depth + 1):
+            if type(v) not in _PLAIN and not plain(v, depth + 1):
                 return False
         return True
     return False
@@ -141,7 +141,7 @@ class _RefUnpickler(pickle.Unpickler):
 
 def encode_request(msg: tuple[Any, ...], a: Any, b: Any, c: Any) -> tuple[int, bytes]:
     """:func:`encode` for a request whose header items are plain: only the arguments are checked."""
-    if (type(a) in _PLAIN or _plain(a)) and (type(b) in _PLAIN or _plain(b)) and (type(c) in _PLAIN or _plain(c)):
+    if (type(a) in _PLAIN or plain(a)) and (type(b) in _PLAIN or plain(b)) and (type(c) in _PLAIN or plain(c)):
         try:
             return 0, pickle.dumps(msg, PROTOCOL)
         except Exception:
@@ -160,7 +160,7 @@ def encode(msg: tuple[Any, ...], persistent_id: Callable[[Any], Any] | None = No
             buf = io.BytesIO()
             _RefPickler(buf, persistent_id).dump(msg)
             return FLAG_REFS, buf.getvalue()
-        if _plain(msg):
+        if plain(msg):
             return 0, pickle.dumps(msg, PROTOCOL)
         return 0, cloudpickle.dumps(msg, protocol=PROTOCOL)
     except ReflectmgrPicklingError:
