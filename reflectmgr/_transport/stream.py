@@ -1,12 +1,14 @@
-"""Transport over a stream socket (AF_UNIX for "pipe", AF_INET for "tcp").
+"""Frames over a byte stream: a socket (AF_UNIX for "pipe", AF_INET for "tcp") or a pair of
+OS pipes (the in-process transport to subinterpreters).
 
-send: header+payload in one sendall (one syscall for small frames; large payloads go straight
+send: header+payload in one write (one syscall for small frames; large payloads go straight
       from the caller's buffer, no concatenation)
-recv: a read-ahead buffer, so a small frame costs one recv syscall, not two
+recv: a read-ahead buffer, so a small frame costs one read syscall, not two
 """
 
 from __future__ import annotations
 
+import os
 import socket
 
 from .._wire.framing import HEADER, HEADER_SIZE, MAX_FRAME, pack_header, unpack_header
@@ -18,9 +20,10 @@ CHUNK = 256 * 1024
 JOIN_LIMIT = 64 * 1024
 
 
-class StreamTransport:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+class FramedStream:
+    """The framing over any byte stream; subclasses supply ``_sendall``, ``_recv_into``, ``_shut``."""
+
+    def __init__(self) -> None:
         # Read-ahead buffer, allocated once: a fresh 256 KiB buffer per recv() would cost an mmap.
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)
@@ -31,16 +34,22 @@ class StreamTransport:
     def closed(self) -> bool:
         return self._closed
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
+    def _sendall(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def _recv_into(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+    def _shut(self) -> None:
+        raise NotImplementedError
 
     def send(self, flags: int, payload: bytes | bytearray | memoryview) -> None:
         header = pack_header(len(payload), flags)
         if len(payload) <= JOIN_LIMIT:
-            self.sock.sendall(header + payload)
+            self._sendall(header + payload)
         else:
-            self.sock.sendall(header)
-            self.sock.sendall(payload)
+            self._sendall(header)
+            self._sendall(payload)
 
     def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | bytearray]:
         start = self._start
@@ -70,7 +79,7 @@ class StreamTransport:
             view = memoryview(out)
             got = len(have)
             while got < n:
-                k = self.sock.recv_into(view[got:])
+                k = self._recv_into(view[got:])
                 if not k:
                     raise EOFError("peer closed the connection in the middle of a frame")
                 got += k
@@ -79,7 +88,7 @@ class StreamTransport:
         end = len(have)
         view = self._view
         while end < n:
-            k = self.sock.recv_into(view[end:])
+            k = self._recv_into(view[end:])
             if not k:
                 raise EOFError(
                     "peer closed the connection in the middle of a frame" if end else "peer closed the connection"
@@ -92,6 +101,23 @@ class StreamTransport:
         if self._closed:
             return
         self._closed = True
+        self._shut()
+
+
+class StreamTransport(FramedStream):
+    """Frames over a connected stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        # Bound methods of the socket itself: no Python frame per send or receive.
+        self._sendall = sock.sendall  # type: ignore[method-assign,assignment]
+        self._recv_into = sock.recv_into  # type: ignore[method-assign,assignment]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _shut(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -105,3 +131,31 @@ class StreamTransport:
             self.sock.close()
         except OSError:
             pass
+
+
+class FdTransport(FramedStream):
+    """Frames over two OS pipes (read end, write end): an in-process channel, no socket.
+
+    A blocking ``os.read`` releases the GIL, so a subinterpreter (with its own GIL) and the owner's
+    thread wake each other with no polling.
+    """
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        super().__init__()
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+
+    def _sendall(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.write_fd, view) :]
+
+    def _recv_into(self, view: memoryview) -> int:
+        return os.readv(self.read_fd, [view])
+
+    def _shut(self) -> None:
+        for fd in (self.write_fd, self.read_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
