@@ -30,7 +30,10 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-EXECUTORS.update(process="reflectmgr._pools.executor:ManagerExecutor")
+EXECUTORS.update(
+    process="reflectmgr._pools.executor:ManagerExecutor",
+    interpreter="reflectmgr._pools.interpreters:InterpreterExecutor",
+)
 
 
 def value(obj: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import psutil
@@ -68,3 +69,13 @@ def m() -> Iterator[reflectmgr.Manager]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if sys.version_info >= (3, 13):
+        return
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    skip = pytest.mark.skip(reason=f"subinterpreter pools need Python 3.13+; this is Python {version}")
+    for item in items:
+        if "interpreters" in item.keywords:
+            item.add_marker(skip)

@@ -28,6 +28,7 @@ from .._owner.channel import Channel
 from .._proxy.endpoint import Endpoint
 from .._proxy.proxy import Proxy
 from .._transport.auth import client_handshake
+from .._transport.inproc import is_inproc
 from .._transport.sockets import Address, connect
 from .._wire import codec
 from .._wire.framing import MAX_PREAUTH
@@ -75,9 +76,15 @@ def get_client(address: Address, authkey: bytes | None = None) -> Client:
 
 
 class Client(Endpoint):
-    def __init__(self, address: Address, authkey: bytes) -> None:
+    """``address``: where this client connects. ``public_address``: where *other processes* reach
+    the same manager (differs for an in-process owner, whose own interpreters use pipes)."""
+
+    def __init__(self, address: Address, authkey: bytes, public_address: Address | None = None) -> None:
         super().__init__(f"manager at {address!r}")
         self.address = address
+        self.public_address = public_address if public_address is not None else address
+        # Where a proxy pickled here can be rebuilt: this process's route first, then everyone's.
+        self.routes: tuple[Address, ...] = tuple(dict.fromkeys([address, self.public_address]))
         self.authkey = bytes(authkey)
         self.closed = False
         self._pool: deque[Channel] = deque()
@@ -108,7 +115,7 @@ class Client(Endpoint):
             _, payload = transport.recv(MAX_PREAUTH)
             reply = codec.decode(0, payload)
             self.manager_pid = reply[2]
-            transport.sock.settimeout(None)
+            transport.set_timeout(None)
         except (OSError, EOFError) as exc:
             transport.close()
             raise BrokenManagerError(
@@ -168,12 +175,12 @@ class Client(Endpoint):
         keep = getattr(_borrowing, "keep", None)
         if keep is not None:
             keep.append(proxy)  # the caller keeps it (so the object) alive until the task is done
-            return (_borrowed, (self.address, proxy._rm_oid, proxy._rm_desc))
+            return (_borrowed, (self.routes, proxy._rm_oid, proxy._rm_desc))
         token = self.call(Op.PIN, proxy._rm_oid)
         # Like multiprocessing: the authkey travels inside the pickle only to a child being spawned
         # (through its private pipe); any other receiver uses the authkey it inherited.
         authkey = self.authkey if _spawning() else None
-        return (_rebuild, (self.address, authkey, proxy._rm_oid, token))
+        return (_rebuild, (self.routes, authkey, proxy._rm_oid, token))
 
     def pickle_task(self, task: Any, keep: list[Any]) -> bytes:
         """Cloudpickle ``task`` for an executor worker of this manager; its proxies are *borrowed*.
@@ -210,8 +217,15 @@ class Client(Endpoint):
     # -- releases ----------------------------------------------------------------------------
     def _start_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
-            self._flusher = threading.Thread(target=self._flush_loop, name="reflectmgr-release", daemon=True)
-            self._flusher.start()
+            self._flusher = threading.Thread(target=self._flush_loop, name="reflectmgr-release")
+            # A daemon where allowed; isolated subinterpreters forbid daemon threads, and there
+            # close() stops and joins it.
+            try:
+                self._flusher.daemon = True
+                self._flusher.start()
+            except RuntimeError:
+                self._flusher = threading.Thread(target=self._flush_loop, name="reflectmgr-release")
+                self._flusher.start()
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(RELEASE_INTERVAL):
@@ -230,6 +244,9 @@ class Client(Endpoint):
     def close(self) -> None:
         self.closed = True
         self._stop.set()
+        flusher = self._flusher
+        if flusher is not None and not flusher.daemon and flusher is not threading.current_thread():
+            flusher.join()
         for channel in list(self._channels):
             channel.transport.close()
         self._pool.clear()
@@ -285,19 +302,34 @@ local_tables: dict[Any, Any] = {}
 _borrowing = threading.local()
 
 
-def _borrowed(address: Address, oid: int, desc: Any) -> Any:
-    table = local_tables.get(_key(address))
-    if table is not None:
-        return table.resolve(oid)
-    return get_client(address).borrow(oid, desc)
+def _route(routes: tuple[Address, ...], authkey: bytes | None) -> Any:
+    """The object table (inside the manager itself) or the client to use for ``routes``."""
+    for address in routes:
+        table = local_tables.get(_key(address))
+        if table is not None:
+            return table
+    for address in routes:
+        with _clients_lock:
+            client = _clients.get(_key(address))
+        if client is not None and not client.closed:
+            return client
+    usable = [a for a in routes if not is_inproc(a) or a.startswith(f"inproc:{os.getpid()}:")]  # type: ignore[union-attr]
+    return get_client(usable[0], authkey)
 
 
-def _rebuild(address: Address, authkey: bytes | None, oid: int, token: bytes) -> Any:
+def _borrowed(routes: tuple[Address, ...], oid: int, desc: Any) -> Any:
+    route = _route(routes, None)
+    if isinstance(route, Client):
+        return route.borrow(oid, desc)
+    return route.resolve(oid)
+
+
+def _rebuild(routes: tuple[Address, ...], authkey: bytes | None, oid: int, token: bytes) -> Any:
     """Unpickling a proxy in another process: connect (once per process) and claim the pin."""
-    table = local_tables.get(_key(address))
-    if table is not None:
-        return table.claim(token, oid)
-    return get_client(address, authkey).call(Op.CLAIM, oid, token)
+    route = _route(routes, authkey)
+    if isinstance(route, Client):
+        return route.call(Op.CLAIM, oid, token)
+    return route.claim(token, oid)
 
 
 def _fork_locks() -> list[Any]:

@@ -110,6 +110,9 @@ class Manager(Factories):
     ``address``: ``None`` for a private unix socket, ``(host, port)`` to listen on TCP (port 0
     picks a free one; ``address`` then reports it). ``authkey`` defaults to the one that
     ``multiprocessing`` children inherit. ``transport``: ``"pipe"`` (unix socket) or ``"tcp"``.
+    ``in_process=True`` keeps the owner in this process (threads of the main interpreter): its
+    subinterpreters reach it over in-process pipes (``inproc_address``), other processes over
+    ``address``; there is no manager process.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Manager(Factories):
         transport: str | None = None,
         ctx: Any = None,
         shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+        in_process: bool = False,
     ) -> None:
         if transport is None:
             transport = "tcp" if isinstance(address, tuple) else "pipe"
@@ -130,6 +134,9 @@ class Manager(Factories):
         self._authkey = bytes(authkey) if authkey is not None else default_authkey()
         self._ctx = ctx
         self.shutdown_timeout = shutdown_timeout
+        self.in_process = in_process
+        self.inproc_address: str | None = None
+        self._server: Any = None
         self._client = None
         self._process: Any = None
         self._owner_pid = os.getpid()
@@ -141,8 +148,11 @@ class Manager(Factories):
         return self._authkey
 
     def start(self) -> None:
-        if self._process is not None:
+        if self._process is not None or self._server is not None:
             raise ReflectmgrError("this manager was already started")
+        if self.in_process:
+            self._start_in_process()
+            return
         ctx = self._ctx
         if ctx is None or isinstance(ctx, str):
             import multiprocess
@@ -180,8 +190,20 @@ class Manager(Factories):
             self, _shutdown, self._client, process, self._owner_pid, self.shutdown_timeout
         )
 
+    def _start_in_process(self) -> None:
+        from .process import serve_in_process
+
+        server, inproc, thread = serve_in_process(self.transport, self._requested, self._authkey)
+        self._server = server
+        self.address = server.address
+        self.inproc_address = inproc
+        self._client = Client(inproc, self._authkey, public_address=server.address)
+        self._finalizer = weakref.finalize(self, _stop_in_process, self._client, server, thread, self.shutdown_timeout)
+
     @property
     def pid(self) -> int | None:
+        if self._server is not None:
+            return os.getpid()
         return self._process.pid if self._process is not None else None
 
     def shutdown(self) -> None:
@@ -202,7 +224,7 @@ class Manager(Factories):
         self.shutdown()
 
     def __reduce__(self) -> Any:
-        # A Manager pickled to a child becomes a connection to the same manager (it never owns it).
+        # A Manager pickled elsewhere becomes a connection to the same manager (it never owns it).
         return (connect, (self.address, None))
 
     def __repr__(self) -> str:
@@ -231,6 +253,12 @@ def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> N
             child.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _stop_in_process(client: Client, server: Any, thread: Any, timeout: float) -> None:
+    client.close()
+    server.stop()
+    thread.join(timeout)
 
 
 def _stop_process(process: Any, timeout: float) -> None:

@@ -1,4 +1,5 @@
 """What runs in the manager process: listen, report the address, serve, watch the parent.
+(``serve_in_process`` runs the same server in threads of the calling process instead.)
 
 parent: Manager.start() --spawn--> serve(...)
                                      bind listener, send ("ok", address) on the pipe
@@ -17,6 +18,7 @@ from typing import Any
 import psutil
 
 from .._owner.server import Server
+from .._transport.inproc import InprocListener
 from .._transport.sockets import Listener
 from .callbacks import CallbackEndpoint
 from .client import _key, local_tables
@@ -37,7 +39,7 @@ def serve(transport: str, address: Any, authkey: bytes, owner_pid: int, report: 
         report.send(("error", f"{type(exc).__name__}: {exc}"))
         report.close()
         return
-    server = Server(listener, authkey, make_importer=CallbackEndpoint, stats=collect)
+    server = make_server([listener], authkey)
     local_tables[_key(listener.address)] = server.table
     threading.Thread(target=_watch, args=(server, owner_pid), name="reflectmgr-watchdog", daemon=True).start()
     report.send(("ok", listener.address))
@@ -49,6 +51,25 @@ def serve(transport: str, address: Any, authkey: bytes, owner_pid: int, report: 
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # connection threads may sit in recv(); nothing of theirs needs finishing
+
+
+def make_server(listeners: list[Any], authkey: bytes) -> Server:
+    return Server(listeners, authkey, make_importer=CallbackEndpoint, stats=collect)
+
+
+def serve_in_process(transport: str, address: Any, authkey: bytes) -> tuple[Server, str, threading.Thread]:
+    """The owner in this very process (main interpreter): sockets for other processes, pipes for
+    this process's interpreters. Returns the server, its in-process address and its thread."""
+    inproc = InprocListener()
+    try:
+        listener = Listener(transport, address)
+    except BaseException:
+        inproc.close()
+        raise
+    server = make_server([listener, inproc], authkey)
+    thread = threading.Thread(target=server.serve_forever, name="reflectmgr-owner", daemon=True)
+    thread.start()
+    return server, inproc.address, thread
 
 
 def _watch(server: Server, owner_pid: int) -> None:

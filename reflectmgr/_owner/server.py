@@ -1,6 +1,6 @@
 """The server loop: accept, authenticate, one thread per connection, sessions per client.
 
-    listener --accept--> [auth thread] --HMAC ok--> HELLO(session token) --> Session
+    listeners --accept--> [auth thread] --HMAC ok--> HELLO(session token) --> Session
                                                             |
                                one thread per connection:   Channel.serve_one() in a loop
                                                             |
@@ -17,14 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .._transport.auth import serve_handshake
-from .._transport.sockets import Listener
-from .._transport.stream import StreamTransport
+from .._transport.stream import FramedStream
 from .._wire.framing import MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError
@@ -80,16 +78,28 @@ class Session(Holder):
             self.importer.return_releases(releases)
 
 
+class Listener(Protocol):
+    address: Any
+
+    def accept(self) -> FramedStream: ...
+
+    def wake(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Server:
+    """Serves one object table to every client that reaches one of its listeners."""
+
     def __init__(
         self,
-        listener: Listener,
+        listeners: list[Listener],
         authkey: bytes,
         make_importer: Callable[[Session], Any] | None = None,
         stats: Callable[[Server], Any] | None = None,
     ) -> None:
-        self.listener = listener
-        self.address = listener.address
+        self.listeners = listeners
+        self.address = listeners[0].address
         self.authkey = authkey
         self.table = ObjectTable()
         self.describer = Describer()
@@ -99,7 +109,7 @@ class Server:
         self._stats = stats
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._threads: set[threading.Thread] = set()
+        self._transports: set[FramedStream] = set()
 
     # -- services used by dispatch ----------------------------------------------------------
     def stats(self) -> Any:
@@ -108,12 +118,14 @@ class Server:
         return self._stats(self)
 
     def stop(self) -> None:
+        """Stop accepting and close every connection (clients see EOF: BrokenManagerError)."""
         self._stopping.set()
-        try:
-            # Wake the accept loop: a blocked accept() does not notice a closed socket on Linux.
-            self.listener.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        for listener in self.listeners:
+            listener.wake()
+        with self._lock:
+            transports = list(self._transports)
+        for transport in transports:
+            transport.close()
 
     def pid(self) -> int:
         return os.getpid()
@@ -127,28 +139,41 @@ class Server:
 
     # -- loops --------------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        """Accept until :meth:`stop`; returns after closing the listener."""
+        """Accept on every listener until :meth:`stop`; returns after closing them."""
+        threads = [
+            threading.Thread(target=self._accept, args=(listener,), name="reflectmgr-accept", daemon=True)
+            for listener in self.listeners[1:]
+        ]
+        for t in threads:
+            t.start()
+        self._accept(self.listeners[0])
+        for t in threads:
+            t.join()
+
+    def _accept(self, listener: Listener) -> None:
         try:
             while not self._stopping.is_set():
                 try:
-                    transport = self.listener.accept()
+                    transport = listener.accept()
                 except OSError:
                     if self._stopping.is_set():
                         break
                     continue
+                with self._lock:
+                    self._transports.add(transport)
                 t = threading.Thread(target=self._connection, args=(transport,), daemon=True)
                 t.name = "reflectmgr-conn"
                 t.start()
         finally:
-            self.listener.close()
+            listener.close()
 
-    def _connection(self, transport: StreamTransport) -> None:
+    def _connection(self, transport: FramedStream) -> None:
         session: Session | None = None
         try:
-            transport.sock.settimeout(HANDSHAKE_TIMEOUT)
+            transport.set_timeout(HANDSHAKE_TIMEOUT)
             serve_handshake(transport, self.authkey)
             session = self._hello(transport)
-            transport.sock.settimeout(None)
+            transport.set_timeout(None)
             channel = Channel(transport, session)
             while not self._stopping.is_set():
                 channel.serve_one()
@@ -160,10 +185,12 @@ class Server:
             log.warning("dropping a connection: %r", exc)
         finally:
             transport.close()
+            with self._lock:
+                self._transports.discard(transport)
             if session is not None:
                 self._goodbye(session)
 
-    def _hello(self, transport: StreamTransport) -> Session:
+    def _hello(self, transport: FramedStream) -> Session:
         _, payload = transport.recv(MAX_PREAUTH)
         msg = pickle.loads(payload)  # authenticated: the peer is trusted from here on
         if type(msg) is not tuple or len(msg) != 7 or msg[0] != Msg.REQUEST or msg[2] != Op.HELLO:

@@ -39,7 +39,7 @@ class ManagerExecutor(ProcessPoolExecutor):
             max_workers,
             mp_context=mp_context,
             initializer=init_worker,
-            initargs=(client.address, client.authkey, initializer, initargs),
+            initargs=(client.public_address, client.authkey, initializer, initargs),
             max_tasks_per_child=max_tasks_per_child,
         )
         self._client = client

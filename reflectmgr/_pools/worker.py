@@ -1,4 +1,4 @@
-"""What an executor's worker process runs: connect first, then run cloudpickled tasks.
+"""What a pool worker runs (a process, or a subinterpreter): connect first, then run tasks.
 
 Kept small and free of the manager machinery: a worker imports the client side only.
 """
@@ -27,17 +27,31 @@ def init_worker(
         initializer(*initargs)
 
 
-def run_task(blob: bytes) -> Any:
-    """Run one task shipped with cloudpickle; the result goes back through cloudpickle too."""
+def execute(blob: bytes) -> Any:
+    """Run one task pickled by Client.pickle_task."""
     fn, args, kwargs = pickle.loads(blob)
     result = fn(*args, **kwargs)
     if _client is not None and _client.cache.has_acquires:
         # Borrowed proxies that the task never used in a call: register them before the
         # caller's future completes (and its proxies, which keep the objects alive, may go).
         _client.flush()
+    return result
+
+
+def run_task(blob: bytes) -> Any:
+    """Process workers: the result goes back through cloudpickle unless plain pickle suffices."""
+    result = execute(blob)
     if plain(result):
         return result  # the executor's own pickling does it (proxies reduce themselves)
     return _ByCloudpickle(result)
+
+
+def close() -> None:
+    """Disconnect this worker (a subinterpreter must stop its threads before it is closed)."""
+    global _client
+    if _client is not None:
+        _client.close()
+        _client = None
 
 
 class _ByCloudpickle:

@@ -12,7 +12,8 @@ import shutil
 import socket
 import tempfile
 
-from .stream import StreamTransport
+from .inproc import connect_inproc, is_inproc
+from .stream import FramedStream, StreamTransport
 
 Address = str | tuple[str, int]
 TRANSPORTS = ("pipe", "tcp")
@@ -45,6 +46,14 @@ class Listener:
         _tune(sock)
         return StreamTransport(sock)
 
+    def wake(self) -> None:
+        """Make a blocked ``accept`` return (the server is stopping)."""
+        try:
+            # A blocked accept() does not notice a closed socket on Linux; shutdown wakes it.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -53,8 +62,10 @@ class Listener:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 
-def connect(address: Address, timeout: float) -> StreamTransport:
+def connect(address: Address, timeout: float) -> FramedStream:
     """Open a stream to ``address``; raises OSError (refused, missing path, timeout)."""
+    if is_inproc(address):
+        return connect_inproc(address)  # type: ignore[arg-type]
     if isinstance(address, (tuple, list)):
         sock = socket.create_connection((address[0], int(address[1])), timeout=timeout)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
+import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -116,3 +117,9 @@ def test_initializer_and_shutdown_cancel(m: reflectmgr.Manager) -> None:
     slow = [ex.submit(time.sleep, 0.2) for _ in range(5)]
     ex.shutdown(wait=True, cancel_futures=True)
     assert any(f.cancelled() for f in slow)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="checks the error given below Python 3.13")
+def test_interpreter_pool_below_313_names_the_version(m: reflectmgr.Manager) -> None:
+    with pytest.raises(reflectmgr.ReflectmgrError, match=r"Python 3\.13 or newer.*this is Python 3\.1[0-2]"):
+        m.executor(kind="interpreter")
