@@ -23,4 +23,4 @@ def test_example_runs(path: Path) -> None:
 
 
 def test_there_are_examples() -> None:
-    assert {p.stem for p in EXAMPLES} >= {"quickstart", "remote_tcp"}
+    assert {p.stem for p in EXAMPLES} >= {"quickstart", "remote_tcp", "process_pool", "interpreter_pool"}
