@@ -1,15 +1,15 @@
-"""The client side of a manager: a pool of connections that every proxy calls through.
+"""The client side of a manager: the connections that every proxy calls through.
 
-    proxy.op() --> Client.call --> check a channel out of the pool (or open one)
+    proxy.op() --> Client.call --> this thread's own channel (a spare while it is busy)
                                    channel.call (send, wait; serves callbacks meanwhile)
-                                   check it back in
     flusher thread: every RELEASE_INTERVAL, if proxies died and no message carried their
                     releases, send them on their own
 
-A client process is one session on the manager, however many connections its threads use. The
-pool never shrinks below one connection, so the session (and the references it holds) lasts as
-long as the client. After ``fork`` the child closes the inherited sockets, opens its own session
-and adopts the references of the proxies it inherited.
+A client process is one session on the manager, however many connections its threads use. One
+connection, the anchor, lives as long as the client, so the session (and the references it
+holds) lasts as long as the client whatever threads come and go. After ``fork`` the child
+closes the inherited sockets, opens its own session and adopts the references of the proxies it
+inherited.
 """
 
 from __future__ import annotations
@@ -95,8 +95,17 @@ class Client(Endpoint):
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
         self._fork_lock = threading.Lock()
+        self._local = threading.local()
+        # Every transport opened, so that a client dropped without close() still closes them (its
+        # channels point back at it: it dies as cyclic garbage, where finalizers run in no order).
+        self._transports: list[Any] = []
+        weakref.finalize(self, _close_transports, self._transports)
         self.manager_pid = 0
-        self._pool.append(self._open())
+        # The anchor: opened first, used only by the release flusher, closed only by close(). The
+        # session (and every reference it holds) lives while one connection does, whatever
+        # threads come and go with their own connections.
+        self._anchor = self._open()
+        self._start_flusher()
         with _clients_lock:
             _clients.setdefault(_key(address), self)
 
@@ -126,7 +135,8 @@ class Client(Endpoint):
             raise
         channel = Channel(transport, self)
         self._channels.add(channel)
-        self._start_flusher()
+        self._transports[:] = [t for t in self._transports if not t.closed]
+        self._transports.append(transport)
         return channel
 
     def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
@@ -134,10 +144,7 @@ class Client(Endpoint):
             self._after_fork()
         if self.closed:
             raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
-        try:
-            channel = self._pool.pop()
-        except IndexError:
-            channel = self._open()
+        channel, spare = self._checkout()
         try:
             result = channel.call(op, oid, a, b, c)
         except (OSError, EOFError) as exc:
@@ -149,7 +156,7 @@ class Client(Endpoint):
                 "it exited or was killed"
             ) from exc
         except ReflectmgrPicklingError as exc:
-            self._checkin(channel)
+            self._checkin(channel, spare)
             if op in (Op.CALL, Op.NEW):
                 raise codec.diagnose_call(b, c, exc.__cause__ or exc) from None
             if op == Op.CALLMETHOD:
@@ -159,15 +166,35 @@ class Client(Endpoint):
             channel.transport.close()
             raise
         except BaseException:
-            self._checkin(channel)
+            self._checkin(channel, spare)
             raise
-        self._checkin(channel)
+        self._checkin(channel, spare)
         return result
 
-    def _checkin(self, channel: Channel) -> None:
+    def _checkout(self) -> tuple[Channel, bool]:
+        """This thread's own channel, so a thread always reaches the same manager thread (as
+        RLock and Condition ownership require, like multiprocessing's thread-local connections);
+        a spare one while it is busy (a call made from a callback that this thread is serving).
+        Returns ``(channel, is_spare)``."""
+        mine = getattr(self._local, "mine", None)
+        if mine is not None and not mine.channel.transport.closed:
+            if not mine.channel.busy:
+                return mine.channel, False
+            try:
+                return self._pool.pop(), True
+            except IndexError:
+                return self._open(), True
+        try:
+            channel = self._pool.pop()
+        except IndexError:
+            channel = self._open()
+        self._local.mine = _ThreadChannel(channel)
+        return channel, False
+
+    def _checkin(self, channel: Channel, spare: bool) -> None:
         if channel.busy or channel.transport.closed or self.closed:
             channel.transport.close()  # interrupted mid-call: out of step with the manager
-        else:
+        elif spare:
             self._pool.append(channel)
 
     # -- pickling a proxy for another process ------------------------------------------------
@@ -228,11 +255,12 @@ class Client(Endpoint):
                 self._flusher.start()
 
     def _flush_loop(self) -> None:
+        anchor = self._anchor
         while not self._stop.wait(RELEASE_INTERVAL):
-            if self.cache.has_releases and self._pid == os.getpid():
+            if self.cache.has_releases and self._generation == _fork_generation[0]:
                 try:
-                    self.call(Op.RELEASE, 0)
-                except ReflectmgrError:
+                    anchor.call(Op.RELEASE, 0)
+                except (OSError, EOFError, ReflectmgrError):
                     return  # the manager is gone or closed; nothing left to release
 
     def flush(self) -> None:
@@ -261,6 +289,8 @@ class Client(Endpoint):
             if detach is not None:
                 detach()
         self._pool.clear()
+        self._transports.clear()
+        self._local = threading.local()  # the forking thread's channel is the parent's
         self._channels = weakref.WeakSet()
         self._flusher = None
         self._stop = threading.Event()
@@ -275,10 +305,27 @@ class Client(Endpoint):
             self._token = os.urandom(16)
             self.table.release_all(self.holder)
             inherited = self.cache.live()
-            channel = self._open()
-            alive = channel.call(Op.ADOPT, 0, list(inherited)) if inherited else []
+            self._anchor = self._open()
+            self._start_flusher()
+            alive = self._anchor.call(Op.ADOPT, 0, list(inherited)) if inherited else []
             self.cache.reset(dict.fromkeys(alive, 1))
-            self._pool.append(channel)
+
+
+def _close_transports(transports: list[Any]) -> None:
+    for transport in transports:
+        transport.close()
+
+
+class _ThreadChannel:
+    """A thread's own channel, closed when the thread ends (its thread-local storage goes)."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def __del__(self) -> None:
+        self.channel.transport.close()
 
 
 def _spawning() -> bool:

@@ -113,6 +113,12 @@ class FramedStream:
         self._closed = True
         self._shut()
 
+    def __del__(self) -> None:
+        # A transport dropped without close() (its client was garbage-collected): close it here,
+        # quietly, rather than leave the socket to warn about it.
+        if not getattr(self, "_closed", True):
+            self.close()
+
 
 class StreamTransport(FramedStream):
     """Frames over a connected stream socket."""
