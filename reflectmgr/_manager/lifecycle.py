@@ -12,8 +12,11 @@ and a forked child that inherits the ``Manager`` object never shuts it down.
 
 from __future__ import annotations
 
+import array
 import importlib
 import os
+import queue
+import threading
 import weakref
 from typing import Any
 
@@ -62,6 +65,56 @@ class Factories:
 
     def Namespace(self, **kwargs: Any) -> Any:  # noqa: N802 - the stdlib factory's name
         return self.new(Namespace, **kwargs)
+
+    # -- multiprocessing.managers.SyncManager's factories, same signatures ---------------------
+    # Each builds the stdlib's own object in the manager; the proxy reflects all of it.
+    def Lock(self) -> Any:  # noqa: N802
+        return self.new(threading.Lock)
+
+    def RLock(self) -> Any:  # noqa: N802
+        return self.new(threading.RLock)
+
+    def Semaphore(self, value: int = 1) -> Any:  # noqa: N802
+        return self.new(threading.Semaphore, value)
+
+    def BoundedSemaphore(self, value: int = 1) -> Any:  # noqa: N802
+        return self.new(threading.BoundedSemaphore, value)
+
+    def Condition(self, lock: Any = None) -> Any:  # noqa: N802
+        return self.new(threading.Condition, lock)
+
+    def Event(self) -> Any:  # noqa: N802
+        return self.new(threading.Event)
+
+    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:  # noqa: N802
+        return self.new(threading.Barrier, parties, action, timeout)
+
+    def Queue(self, maxsize: int = 0) -> Any:  # noqa: N802
+        return self.new(queue.Queue, maxsize)
+
+    def JoinableQueue(self, maxsize: int = 0) -> Any:  # noqa: N802
+        return self.new(queue.Queue, maxsize)  # queue.Queue has task_done() and join()
+
+    def Value(self, typecode: Any, value: Any, lock: bool = True) -> Any:  # noqa: N802
+        import multiprocessing.managers as stdlib
+
+        return self.new(stdlib.Value, typecode, value, lock)  # type: ignore[attr-defined]
+
+    def Array(self, typecode: Any, sequence: Any, lock: bool = True) -> Any:  # noqa: N802
+        return self.new(array.array, typecode, sequence)
+
+    def Pool(  # noqa: N802
+        self,
+        processes: int | None = None,
+        initializer: Any = None,
+        initargs: tuple[Any, ...] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+    ) -> Any:
+        """A ``multiprocessing.pool.Pool`` living in the manager (its workers are the manager's children)."""
+        from multiprocessing.pool import Pool
+
+        return self.new(Pool, processes, initializer, initargs, maxtasksperchild, context)
 
     @property
     def root(self) -> Any:
@@ -133,6 +186,7 @@ class Manager(Factories):
         self._requested = address
         self._authkey = bytes(authkey) if authkey is not None else default_authkey()
         self._ctx = ctx
+        self._setup: bytes | None = None  # registry and initializer for the manager process
         self.shutdown_timeout = shutdown_timeout
         self.in_process = in_process
         self.inproc_address: str | None = None
@@ -146,6 +200,17 @@ class Manager(Factories):
     @property
     def authkey(self) -> bytes:
         return self._authkey
+
+    @property
+    def client(self) -> Client:
+        """The connection every proxy uses; the first use of a manager never started starts it
+        (so ``m = Manager(); m.dict()`` works as with multiprocessing.Manager())."""
+        if self._client is None:
+            if self._finalizer is not None:
+                raise ManagerClosedError("this manager was shut down")
+            self.start()
+        assert self._client is not None
+        return self._client
 
     def start(self) -> None:
         if self._process is not None or self._server is not None:
@@ -163,7 +228,7 @@ class Manager(Factories):
         reader, writer = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=serve,
-            args=(self.transport, self._requested, self._authkey, os.getpid(), writer),
+            args=(self.transport, self._requested, self._authkey, os.getpid(), writer, self._setup),
             name="reflectmgr-manager",
         )
         process.start()
@@ -210,6 +275,7 @@ class Manager(Factories):
         """Stop the manager and its children; every proxy raises ManagerClosedError afterwards."""
         if self._finalizer is not None:
             self._finalizer()
+            self._client = None
 
     def join(self, timeout: float | None = None) -> None:
         if self._process is not None:

@@ -10,6 +10,7 @@ parent: Manager.start() --spawn--> serve(...)
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -31,15 +32,22 @@ WATCHDOG_INTERVAL = 0.5
 CHILD_GRACE = 2.0
 
 
-def serve(transport: str, address: Any, authkey: bytes, owner_pid: int, report: Any) -> None:
+def serve(
+    transport: str, address: Any, authkey: bytes, owner_pid: int, report: Any, setup: bytes | None = None
+) -> None:
+    """The manager process. ``setup``: cloudpickled ``(registry, initializer, initargs)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's program, not for us
     try:
+        registry, initializer, initargs = pickle.loads(setup) if setup else ({}, None, ())
+        if initializer is not None:
+            initializer(*initargs)
         listener = Listener(transport, address)
     except Exception as exc:
         report.send(("error", f"{type(exc).__name__}: {exc}"))
         report.close()
         return
     server = make_server([listener], authkey)
+    server.registry.update(registry)
     local_tables[_key(listener.address)] = server.table
     threading.Thread(target=_watch, args=(server, owner_pid), name="reflectmgr-watchdog", daemon=True).start()
     report.send(("ok", listener.address))

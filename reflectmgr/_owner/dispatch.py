@@ -21,6 +21,8 @@ from .table import Holder, ObjectTable
 
 class Services(Protocol):
     root: dict[str, Any]
+    # typeid -> (callable, exposed, method_to_typeid): what BaseManager.register declared
+    registry: dict[str, tuple[Any, Any, Any]]
 
     def stats(self) -> Any: ...
 
@@ -126,6 +128,29 @@ def _dir(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
 def _new(ctx: Context, oid: int, factory: Any, args: Any, kwargs: Any) -> Any:
     _services(ctx)
     return Ref(factory(*args, **kwargs))
+
+
+@handler(Op.CREATE)
+def _create(ctx: Context, oid: int, typeid: Any, args: Any, kwargs: Any) -> Any:
+    """A registered typeid, built by the callable the *server* registered (remote managers)."""
+    try:
+        factory, exposed, _ = _services(ctx).registry[typeid]
+    except KeyError:
+        raise KeyError(f"typeid {typeid!r} is not registered with this manager") from None
+    if factory is None:
+        raise TypeError(f"typeid {typeid!r} was registered without a callable on the server side")
+    obj = factory(*args, **kwargs)
+    return (Ref(obj), tuple(exposed) if exposed is not None else public_methods(obj))
+
+
+def public_methods(obj: Any) -> tuple[str, ...]:
+    """multiprocessing's default exposure: callable attributes whose names do not start with _."""
+    return tuple(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+
+
+@handler(Op.CALLMETHOD_REF)
+def _callmethod_ref(ctx: Context, oid: int, name: Any, args: Any, kwargs: Any) -> Any:
+    return Ref(getattr(ctx.table.resolve(oid), name)(*args, **kwargs))
 
 
 @handler(Op.ROOT)

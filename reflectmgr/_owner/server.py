@@ -104,6 +104,7 @@ class Server:
         self.table = ObjectTable()
         self.describer = Describer()
         self.root: dict[str, Any] = {}
+        self.registry: dict[str, tuple[Any, Any, Any]] = {}
         self.sessions: dict[bytes, Session] = {}
         self.make_importer = make_importer
         self._stats = stats

@@ -63,6 +63,11 @@ class ProxyCache:
             entry.count += 1
             return proxy
 
+    def lookup(self, oid: int) -> Any:
+        """The live proxy for ``oid``, or None (no reception counted)."""
+        entry = self._entries.get(oid)
+        return entry.ref() if entry is not None and entry.ref is not None else None
+
     def live(self) -> dict[int, Any]:
         """Every proxy alive now, by oid (used after fork to adopt inherited references)."""
         out = {}

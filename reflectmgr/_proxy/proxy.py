@@ -14,13 +14,14 @@ Attributes of a proxy itself all start with ``_rm_``; every other name is the re
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .._wire.codec import encoding_peer, register_plain, resolve_local
 from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
-from ..errors import ReflectmgrPicklingError
+from ..errors import ReflectmgrPicklingError, RemoteError
 
 # First iteration batch: small, so ``next(iter(p))`` stays cheap; then doubling up to the cap, so
 # 100 000 items take about 20 round trips while a batch never holds more than MAX_BATCH items.
@@ -70,6 +71,21 @@ class Proxy:
         return self._rm_peer.transfer(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self._rm_peer.call(Op.VALUE, self._rm_oid)
+
+    # -- multiprocessing.managers.BaseProxy's API, for code written against it ----------------
+    def _callmethod(self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:
+        """Call a method of the referent, as ``BaseProxy._callmethod`` does.
+
+        A private name (``_x``, not a dunder) raises :class:`~reflectmgr.RemoteError`, like a
+        method the stdlib's proxy does not expose.
+        """
+        if methodname.startswith("_") and not (methodname.startswith("__") and methodname.endswith("__")):
+            raise RemoteError("AttributeError", f"method {methodname!r} of {type(self).__qualname__!r} is not exposed")
+        return self._rm_peer.call(Op.CALLMETHOD, self._rm_oid, methodname, tuple(args), dict(kwds or {}))
+
+    def _getvalue(self) -> Any:
+        """A local copy of the referent (multiprocessing's name for reflectmgr.value)."""
         return self._rm_peer.call(Op.VALUE, self._rm_oid)
 
     @property  # type: ignore[misc]
@@ -202,11 +218,37 @@ def proxy_class(desc: TypeDesc) -> type[Proxy]:
         ns[DUNDERS[i].name] = _DUNDER_METHODS[i]
     if _HASH not in supported:
         ns["__hash__"] = None
+    ns.update(LOCAL_METHODS.get((module, qualname), {}))
     ns["_rm_local_class"] = _local_class(module, qualname)
     cls: type[Proxy] = type(name, (Proxy,), ns)
     cls.__qualname__ = qualname
     register_plain(cls)
     return cls
+
+
+def _condition_wait_for(self: Any, predicate: Any, timeout: float | None = None) -> Any:
+    """Condition.wait_for runs here, like multiprocessing's ConditionProxy: the predicate reads
+    this process's state, and each wait is one remote call."""
+    result = predicate()
+    if result:
+        return result
+    endtime = time.monotonic() + timeout if timeout is not None else None
+    while not result:
+        if endtime is not None:
+            waittime = endtime - time.monotonic()
+            if waittime <= 0:
+                break
+        else:
+            waittime = None
+        self.wait(waittime)
+        result = predicate()
+    return result
+
+
+# Methods a proxy runs locally instead of remotely, by remote (module, qualname).
+LOCAL_METHODS: dict[tuple[str, str], dict[str, Any]] = {
+    ("threading", "Condition"): {"wait_for": _condition_wait_for},
+}
 
 
 def _local_class(module: str, qualname: str) -> type | None:
@@ -221,10 +263,13 @@ def _local_class(module: str, qualname: str) -> type | None:
     return obj if isinstance(obj, type) else None
 
 
+_set = object.__setattr__
+
+
 def new_proxy(cls: type[Proxy], oid: int, peer: Caller) -> Proxy:
     p = object.__new__(cls)
-    object.__setattr__(p, "_rm_oid", oid)
-    object.__setattr__(p, "_rm_peer", peer)
+    _set(p, "_rm_oid", oid)
+    _set(p, "_rm_peer", peer)
     return p
 
 

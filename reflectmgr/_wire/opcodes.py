@@ -45,6 +45,8 @@ class Op(IntEnum):
     HELLO = 27  # a=session token, b=pid -> manager pid
     SHUTDOWN = 28  # stop serving
     PING = 29  # -> None
+    CREATE = 30  # a=typeid, b=args, c=kwargs -> (reference, exposed names) from the server's registry
+    CALLMETHOD_REF = 31  # CALLMETHOD whose result always goes by reference (method_to_typeid)
 
 
 # Frame flags.
