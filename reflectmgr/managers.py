@@ -181,7 +181,8 @@ class _ServerHandle:
     def __init__(self, manager: BaseManager) -> None:
         from ._manager.process import make_server
 
-        self._server = make_server([Listener(manager.transport, manager._requested)], manager.authkey)
+        self.listener = Listener(manager.transport, manager._requested)
+        self._server = make_server([self.listener], manager.authkey)
         self._server.registry.update(_server_registry(type(manager)))
         self.address = self._server.address
 
