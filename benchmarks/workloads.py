@@ -27,6 +27,24 @@ class Counter:
         return self.n
 
 
+def sync_ops(lock: Any, q: Any, event: Any) -> dict[str, Callable[[], Any]]:
+    """Synchronisation round trips through the stdlib factories (Lock, Queue, Event)."""
+
+    def lock_cycle() -> None:
+        lock.acquire()
+        lock.release()
+
+    def queue_cycle() -> None:
+        q.put(1)
+        q.get()
+
+    def event_cycle() -> None:
+        event.set()
+        event.wait()
+
+    return {"Lock acquire+release": lock_cycle, "Queue put+get": queue_cycle, "Event set+wait": event_cycle}
+
+
 def small_ops(d: Any, lst: Any, ns: Any, obj: Any, nested: Any) -> dict[str, Callable[[], Any]]:
     """The small operations, written once for every system that can express them."""
     return {

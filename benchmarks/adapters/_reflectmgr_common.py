@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workloads import BIG, Counter, small_ops
+from workloads import BIG, Counter, small_ops, sync_ops
 
 import reflectmgr
 
@@ -21,11 +21,13 @@ def setup(transport: str) -> Any:
         "obj": m.new(Counter),
         "nested": m.dict(a={}),
         "big": m.list(range(BIG)),
+        "sync": (m.Lock(), m.Queue(), m.Event()),
     }
 
 
 def operations(s: Any) -> dict[str, Any]:
     ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
+    ops.update(sync_ops(*s["sync"]))
     ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
     return ops
 

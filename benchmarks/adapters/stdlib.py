@@ -5,7 +5,7 @@ from __future__ import annotations
 from multiprocessing.managers import SyncManager
 from typing import Any
 
-from workloads import BIG, Counter, small_ops
+from workloads import BIG, Counter, small_ops, sync_ops
 
 NAME = "stdlib Manager"
 
@@ -30,11 +30,13 @@ def setup(quick: bool) -> Any:
         "obj": m.Counter(),  # type: ignore[attr-defined]
         "nested": nested,
         "big": m.list(range(BIG)),
+        "sync": (m.Lock(), m.Queue(), m.Event()),
     }
 
 
 def operations(s: Any) -> dict[str, Any]:
     ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
+    ops.update(sync_ops(*s["sync"]))
     ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
     return ops
 

@@ -144,7 +144,11 @@ class Client(Endpoint):
             self._after_fork()
         if self.closed:
             raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
-        channel, spare = self._checkout()
+        mine = getattr(self._local, "mine", None)
+        if mine is not None and not mine.channel.busy and not mine.channel.transport.closed:
+            channel, spare = mine.channel, False  # the common case, inline
+        else:
+            channel, spare = self._checkout()
         try:
             result = channel.call(op, oid, a, b, c)
         except (OSError, EOFError) as exc:

@@ -64,6 +64,18 @@ class Peer(Context, Protocol):
     def return_releases(self, releases: tuple[tuple[int, int], ...]) -> None: ...
 
 
+def _atoms(x: Any) -> bool:
+    t = type(x)
+    if t in ATOMS:
+        return True
+    if t is tuple and len(x) <= 4:
+        for item in x:
+            if type(item) not in ATOMS:
+                return False
+        return True
+    return False
+
+
 class Channel:
     def __init__(self, transport: Transport, peer: Peer) -> None:
         self.transport = transport
@@ -77,6 +89,11 @@ class Channel:
     def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
         peer = self.peer
         releases = peer.take_releases()
+        if not releases and _atoms(a) and _atoms(b) and type(c) in ATOMS:
+            # Nothing here can reference an object (the common small call): no encoding context.
+            self.busy = True
+            self.transport.send(0, pickle.dumps((_REQUEST, (), int(op), oid, a, b, c), PROTOCOL))
+            return self.wait()
         prev = swap_encoding(peer.home)
         try:
             # int(op): an IntEnum member would push the message off pickle's fast path

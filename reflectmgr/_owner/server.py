@@ -120,6 +120,8 @@ class Server:
 
     def stop(self) -> None:
         """Stop accepting and close every connection (clients see EOF: BrokenManagerError)."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         for listener in self.listeners:
             listener.wake()

@@ -23,6 +23,11 @@ from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
 from ..errors import ReflectmgrPicklingError, RemoteError
 
+# Opcodes as plain ints: an IntEnum attribute lookup on every call costs more than the rest.
+_GETATTR, _SETATTR, _DELATTR = int(Op.GETATTR), int(Op.SETATTR), int(Op.DELATTR)
+_CALL, _CALLMETHOD, _DUNDER = int(Op.CALL), int(Op.CALLMETHOD), int(Op.DUNDER)
+_ITER, _NEXT_BATCH, _DIR, _VALUE = int(Op.ITER), int(Op.NEXT_BATCH), int(Op.DIR), int(Op.VALUE)
+
 # First iteration batch: small, so ``next(iter(p))`` stays cheap; then doubling up to the cap, so
 # 100 000 items take about 20 round trips while a batch never holds more than MAX_BATCH items.
 FIRST_BATCH = 64
@@ -52,16 +57,16 @@ class Proxy:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_rm_"):
             raise AttributeError(name)
-        return self._rm_peer.call(Op.GETATTR, self._rm_oid, name)
+        return self._rm_peer.call(_GETATTR, self._rm_oid, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._rm_peer.call(Op.SETATTR, self._rm_oid, name, value)
+        self._rm_peer.call(_SETATTR, self._rm_oid, name, value)
 
     def __delattr__(self, name: str) -> None:
-        self._rm_peer.call(Op.DELATTR, self._rm_oid, name)
+        self._rm_peer.call(_DELATTR, self._rm_oid, name)
 
     def __dir__(self) -> list[str]:
-        return list(self._rm_peer.call(Op.DIR, self._rm_oid))
+        return list(self._rm_peer.call(_DIR, self._rm_oid))
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         peer = encoding_peer()
@@ -71,7 +76,7 @@ class Proxy:
         return self._rm_peer.transfer(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return self._rm_peer.call(Op.VALUE, self._rm_oid)
+        return self._rm_peer.call(_VALUE, self._rm_oid)
 
     # -- multiprocessing.managers.BaseProxy's API, for code written against it ----------------
     def _callmethod(self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:
@@ -82,11 +87,11 @@ class Proxy:
         """
         if methodname.startswith("_") and not (methodname.startswith("__") and methodname.endswith("__")):
             raise RemoteError("AttributeError", f"method {methodname!r} of {type(self).__qualname__!r} is not exposed")
-        return self._rm_peer.call(Op.CALLMETHOD, self._rm_oid, methodname, tuple(args), dict(kwds or {}))
+        return self._rm_peer.call(_CALLMETHOD, self._rm_oid, methodname, tuple(args), dict(kwds or {}))
 
     def _getvalue(self) -> Any:
         """A local copy of the referent (multiprocessing's name for reflectmgr.value)."""
-        return self._rm_peer.call(Op.VALUE, self._rm_oid)
+        return self._rm_peer.call(_VALUE, self._rm_oid)
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:
@@ -117,7 +122,7 @@ class BoundRemoteMethod:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         p = self.__self__
-        return p._rm_peer.call(Op.CALLMETHOD, p._rm_oid, self.__name__, args, kwargs)
+        return p._rm_peer.call(_CALLMETHOD, p._rm_oid, self.__name__, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<remote method {self.__name__} of {type(self.__self__).__name__} proxy>"
@@ -150,7 +155,7 @@ class BatchIterator:
         if it is None:
             raise StopIteration
         self._size = size = min(self._size * 2, MAX_BATCH)
-        done, self._items = it._rm_peer.call(Op.NEXT_BATCH, it._rm_oid, size)
+        done, self._items = it._rm_peer.call(_NEXT_BATCH, it._rm_oid, size)
         if done:
             self._it = None  # drop the remote iterator now, not when this one dies
         if not self._items:
@@ -163,7 +168,7 @@ class BatchIterator:
 
 
 def _iterate(self: Proxy, reverse: bool) -> Iterator[Any]:
-    r = self._rm_peer.call(Op.ITER, self._rm_oid, FIRST_BATCH, reverse)
+    r = self._rm_peer.call(_ITER, self._rm_oid, FIRST_BATCH, reverse)
     if r is None:
         return self  # the remote object is its own iterator
     return BatchIterator(r[0], r[1])
@@ -178,12 +183,12 @@ def _reversed(self: Proxy) -> Iterator[Any]:
 
 
 def _call(self: Proxy, *args: Any, **kwargs: Any) -> Any:
-    return self._rm_peer.call(Op.CALL, self._rm_oid, args, kwargs)
+    return self._rm_peer.call(_CALL, self._rm_oid, args, kwargs)
 
 
 def _make_dunder(index: int) -> Any:
     def dunder(self: Proxy, *args: Any) -> Any:
-        return self._rm_peer.call(Op.DUNDER, self._rm_oid, index, args)
+        return self._rm_peer.call(_DUNDER, self._rm_oid, index, args)
 
     dunder.__name__ = dunder.__qualname__ = DUNDERS[index].name
     return dunder
@@ -193,9 +198,9 @@ def _make_exit(index: int) -> Any:
     def __exit__(self: Proxy, exc_type: Any, exc: Any, tb: Any) -> Any:  # noqa: N807
         # Tracebacks do not pickle; an exception that does not pickle travels as its type only.
         try:
-            return self._rm_peer.call(Op.DUNDER, self._rm_oid, index, (exc_type, exc, None))
+            return self._rm_peer.call(_DUNDER, self._rm_oid, index, (exc_type, exc, None))
         except ReflectmgrPicklingError:
-            return self._rm_peer.call(Op.DUNDER, self._rm_oid, index, (exc_type, None, None))
+            return self._rm_peer.call(_DUNDER, self._rm_oid, index, (exc_type, None, None))
 
     return __exit__
 

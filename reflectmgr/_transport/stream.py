@@ -18,33 +18,62 @@ from ..errors import ProtocolError
 
 # Read-ahead size: one recv usually brings a whole small frame (and often the next header too).
 CHUNK = 256 * 1024
-# How long a pipe reader spins before it blocks: a few calls' worth of work on the other side.
-# Longer wastes CPU when the peer is idle; shorter pays kernel wake-ups on busy channels. Spinning
-# pays only between interpreters with their own GILs (threads sharing one GIL hand it over
-# through the kernel anyway), which is what this transport is for.
+# How long a reader spins before it blocks: a few calls' worth of work on the other side (a small
+# call takes ~10-20 us of CPU per side here, a kernel wake-up ~20 us). Longer wastes CPU when the
+# peer is idle or slow (the adaptive window then decays to nothing); shorter pays wake-ups on
+# busy channels.
 SPIN_NS = 100_000
+# How often a blocked in-process reader looks whether its channel was closed under it.
+POLL_MS = 250
 # Below this size header and payload are joined (one copy, one syscall); above, sent separately.
 JOIN_LIMIT = 64 * 1024
 
 
 class FramedStream:
-    """The framing over any byte stream; subclasses supply ``_sendall``, ``_recv_into``, ``_shut``."""
+    """The framing over any byte stream; subclasses supply ``_sendall``, ``_try_recv_into`` (None
+    when nothing is there), ``_block_recv_into`` and ``_shut``.
 
-    def __init__(self) -> None:
+    A reader first *spins* (non-blocking reads) for up to ``_spin_ns``, then blocks: a reply that
+    comes back within the window costs no kernel wake-up, which on these machines is most of a
+    round trip. The window adapts: a wait longer than SPIN_NS halves it (an idle peer makes
+    spinning pure waste; it decays to nothing), a short one restores it.
+    """
+
+    def __init__(self, spin: bool = True) -> None:
         # Read-ahead buffer, allocated once: a fresh 256 KiB buffer per recv() would cost an mmap.
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self._closed = False
+        self._spin_max = SPIN_NS if spin else 0
+        self._spin_ns = self._spin_max
+
+    def _recv_into(self, view: memoryview) -> int:
+        start = time.perf_counter_ns()
+        deadline = start + self._spin_ns
+        try_recv = self._try_recv_into
+        while True:
+            n = try_recv(view)
+            if n is not None:
+                return n
+            if time.perf_counter_ns() >= deadline:
+                break
+        n = self._block_recv_into(view)
+        waited = time.perf_counter_ns() - start
+        self._spin_ns = self._spin_max if waited < SPIN_NS else self._spin_ns >> 1
+        return n
+
+    def _try_recv_into(self, view: memoryview) -> int | None:
+        raise NotImplementedError
+
+    def _block_recv_into(self, view: memoryview) -> int:
+        raise NotImplementedError
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
-        raise NotImplementedError
-
-    def _recv_into(self, view: memoryview) -> int:
         raise NotImplementedError
 
     def _shut(self) -> None:
@@ -123,12 +152,19 @@ class FramedStream:
 class StreamTransport(FramedStream):
     """Frames over a connected stream socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
+    def __init__(self, sock: socket.socket, spin: bool = True) -> None:
+        super().__init__(spin)
         self.sock = sock
-        # Bound methods of the socket itself: no Python frame per send or receive.
+        # Bound methods of the socket itself: no Python frame per send or blocking receive.
         self._sendall = sock.sendall  # type: ignore[method-assign,assignment]
-        self._recv_into = sock.recv_into  # type: ignore[method-assign,assignment]
+        self._block_recv_into = sock.recv_into  # type: ignore[method-assign,assignment]
+        self._sock_recv_into = sock.recv_into
+
+    def _try_recv_into(self, view: memoryview) -> int | None:
+        try:
+            return self._sock_recv_into(view, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -155,38 +191,34 @@ class StreamTransport(FramedStream):
 class FdTransport(FramedStream):
     """Frames over two OS pipes (read end, write end): an in-process channel, no socket.
 
-    A reader first *spins* on the non-blocking read end for up to SPIN_NS, then blocks in poll():
-    a reply that comes back within the spin window costs no kernel wake-up (on this machine a
-    wake-up is ~20 us, more than the rest of a call). Every attempt is a syscall that releases the
-    GIL, so a spinning owner thread does not starve the other threads of its interpreter.
+    Spinning pays between interpreters with their own GILs; threads sharing one GIL hand it over
+    through the kernel anyway, so their channels are made with ``spin=False``.
     """
 
     def __init__(self, read_fd: int, write_fd: int, spin: bool = True) -> None:
-        super().__init__()
+        super().__init__(spin)
         self.read_fd = read_fd
         self.write_fd = write_fd
         os.set_blocking(read_fd, False)
         self._poll = select.poll()
         self._poll.register(read_fd, select.POLLIN)
-        self._spin_max = SPIN_NS if spin else 0
-        self._spin_ns = self._spin_max
 
-    def _recv_into(self, view: memoryview) -> int:
-        fd = self.read_fd
-        start = time.perf_counter_ns()
-        deadline = start + self._spin_ns
+    def _try_recv_into(self, view: memoryview) -> int | None:
+        try:
+            return os.readv(self.read_fd, [view])
+        except BlockingIOError:
+            return None
+
+    def _block_recv_into(self, view: memoryview) -> int:
+        # Closing a pipe does not wake a poll() on it in another thread: wake up now and then
+        # to notice (an idle in-process channel costs one wake-up per POLL_MS).
         while True:
-            try:
-                return os.readv(fd, [view])
-            except BlockingIOError:
-                if time.perf_counter_ns() < deadline:
-                    continue
-            self._poll.poll()
-            # Adapt: if the data came soon after all, spin the whole window next time; if the
-            # peer was slow (idle), spinning was waste: halve the window, down to nothing.
-            waited = time.perf_counter_ns() - start
-            self._spin_ns = self._spin_max if waited < SPIN_NS else self._spin_ns // 2
-            deadline = 0
+            if self._closed:
+                raise EOFError("the channel was closed")
+            if self._poll.poll(POLL_MS):
+                n = self._try_recv_into(view)
+                if n is not None:
+                    return n
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
