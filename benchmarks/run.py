@@ -25,10 +25,24 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import physical  # noqa: E402
 from adapters import ADAPTERS  # noqa: E402
-from workloads import BIG, summarize, time_op  # noqa: E402
+from workloads import BIG, LARGE, SLOW, summarize, time_op  # noqa: E402
+
+IDLE_SECONDS = 5.0  # idle CPU is measured over this long with no calls at all
+PROXIES = 100_000  # proxies created and dropped for the memory check
 
 ANCHOR = "stdlib"
+
+
+def _available(adapter: str) -> bool:
+    """Anchors from the bench extra (RPyC, Pyro5) are skipped, with a note, when not installed."""
+    try:
+        importlib.import_module(f"adapters.{adapter}")
+    except ImportError as exc:
+        print(f"skipping {adapter}: {exc} (pip install -e '.[bench]')", file=sys.stderr)
+        return False
+    return True
 
 
 def serve(adapter: str) -> None:
@@ -44,9 +58,39 @@ def serve(adapter: str) -> None:
             cmd = json.loads(line)
             if cmd.get("quit"):
                 break
-            _reply({"seconds": time_op(ops[cmd["op"]], repeat=1, number=cmd["number"])[0]})
+            if cmd.get("idle"):
+                _reply(_idle(mod, state, cmd["idle"]))
+            elif cmd.get("proxies"):
+                _reply(_proxy_memory(state, cmd["proxies"]))
+            else:
+                _reply({"seconds": time_op(ops[cmd["op"]], repeat=1, number=cmd["number"])[0]})
     finally:
         mod.teardown(state)
+
+
+def _idle(mod: Any, state: Any, seconds: float) -> dict[str, float]:
+    """CPU used by this client and by the server while nothing is asked of them."""
+    import psutil
+
+    me, server = psutil.Process(), psutil.Process(mod.server_pid(state))
+    c0, s0 = sum(me.cpu_times()[:2]), sum(server.cpu_times()[:2])
+    time.sleep(seconds)  # the measurement itself: wall time with no calls
+    c1, s1 = sum(me.cpu_times()[:2]), sum(server.cpu_times()[:2])
+    return {"client %": 100 * (c1 - c0) / seconds, "server %": 100 * (s1 - s0) / seconds}
+
+
+def _proxy_memory(state: Any, n: int) -> dict[str, float]:
+    """reflectmgr only: manager RSS growth after creating and dropping ``n`` proxies."""
+    import gc
+
+    m = state["m"]
+    d = m.dict({str(i): [i] for i in range(100)})
+    before = m.stats().rss
+    for i in range(n):
+        d[str(i % 100)]
+    gc.collect()
+    after = m.stats().rss
+    return {"rss growth MB": (after - before) / 1e6, "objects after": m.stats().objects}
 
 
 def _reply(obj: Any) -> None:
@@ -77,16 +121,22 @@ class Child:
             raise RuntimeError(f"adapter {self.adapter} exited (code {self.proc.wait()})")
         return json.loads(line)
 
-    def time(self, op: str, number: int) -> float:
+    def ask(self, **cmd: Any) -> Any:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, "number": number}) + "\n")
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
-        return float(self._read()["seconds"])
+        return self._read()
+
+    def time(self, op: str, number: int) -> float:
+        return float(self.ask(op=op, number=number)["seconds"])
 
     def close(self) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it already exited (and said why on stderr)
         self.proc.wait(60)
 
 
@@ -99,21 +149,33 @@ def run_all(adapters: list[str], quick: bool) -> list[dict[str, Any]]:
         for c in children:
             ops += [op for op in c.ops if op not in ops]
         samples: dict[tuple[str, str], list[float]] = {}
-        reps = 5 if quick else 21
         for op in ops:
-            number = 1 if op.startswith("iterate") else (200 if quick else 1000)
+            slow = any(op.startswith(s) for s in SLOW)
+            reps = (2 if quick else 5) if slow else (5 if quick else 21)
+            if slow:
+                number = 1
+            elif op.startswith("1 MiB"):
+                number = 5 if quick else 20
+            else:
+                number = 200 if quick else 1000
             for rep in range(reps):
                 order = children[rep % len(children) :] + children[: rep % len(children)]
                 for c in order:
                     if op in c.ops:
                         samples.setdefault((c.adapter, op), []).append(c.time(op, number))
+        idle = [c.ask(idle=1.0 if quick else IDLE_SECONDS) for c in children]
+        memory = {
+            c.adapter: c.ask(proxies=PROXIES // 10 if quick else PROXIES) for c in children if "reflectmgr" in c.adapter
+        }
         return [
             {
                 "adapter": c.adapter,
                 "name": c.name,
                 "results": {op: summarize(samples[(c.adapter, op)]) for op in c.ops},
+                "idle": idle[i],
+                "memory": memory.get(c.adapter),
             }
-            for c in children
+            for i, c in enumerate(children)
         ]
     finally:
         for c in children:
@@ -128,37 +190,87 @@ def fmt(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} us"
 
 
-def table(runs: list[dict[str, Any]]) -> str:
+def table(runs: list[dict[str, Any]], limits: dict[str, float]) -> str:
     anchor = next((r for r in runs if r["adapter"] == ANCHOR), None)
     ops: list[str] = []
     for r in runs:
         ops += [op for op in r["results"] if op not in ops]
-    lines = []
-    header = f"{'operation':<24}" + "".join(f"{r['name']:>34}" for r in runs)
-    lines.append(header)
-    lines.append("-" * len(header))
+    width = 22
+    lines = [f"{'operation':<22}" + "".join(f"{r['name']:>{width}}" for r in runs)]
+    lines.append("-" * len(lines[0]))
     for op in ops:
-        row = f"{op:<24}"
+        row = f"{op:<22}"
         for r in runs:
             res = r["results"].get(op)
             if res is None:
-                row += f"{'n/a':>34}"
+                row += f"{'n/a':>{width}}"
                 continue
-            cell = f"{fmt(res['median'])} [{fmt(res['q1'])}-{fmt(res['q3'])}]"
+            spread = 100 * (res["q3"] - res["q1"]) / res["median"]
+            cell = f"{fmt(res['median'])} ±{spread:.0f}%"
             if anchor is not None and r is not anchor and op in anchor["results"]:
-                cell += f" {anchor['results'][op]['median'] / res['median']:5.1f}x"
-            row += f"{cell:>34}"
+                cell += f" {anchor['results'][op]['median'] / res['median']:.1f}x"
+            row += f"{cell:>{width}}"
         lines.append(row)
     lines.append("")
-    lines.append("cells: median [interquartile range]; Nx = stdlib time / this time (above 1: faster than stdlib)")
+    lines.append("cells: median ±interquartile range (% of the median); Nx = stdlib time / this time (>1: faster)")
+    lines.append("")
+    lines.append("physical limits (same run): " + ", ".join(f"{k} {fmt(v)}" for k, v in limits.items()))
+    ping = limits.get("socketpair ping-pong")
+    shm = limits.get("shm ping-pong")
+    copy = limits.get("64 MiB copy")
     for r in runs:
-        it, rt = r["results"].get(f"iterate {BIG // 1000}k list"), r["results"].get("d[k]")
-        if it and rt:
-            lines.append(
-                f"{r['name']}: iterating {BIG} items is {BIG * rt['median'] / it['median']:.1f}x faster "
-                "than one round trip per item"
+        res = r["results"]
+        notes = []
+        if ping and "d[k]" in res:
+            notes.append(f"d[k] = {res['d[k]']['median'] / ping:.1f}x a socketpair ping-pong")
+        if shm and "d[k]" in res:
+            notes.append(f"{res['d[k]']['median'] / shm:.0f}x a shm ping-pong")
+        it = res.get(f"iterate {BIG // 1000}k list")
+        if it and "d[k]" in res:
+            notes.append(
+                f"iteration {BIG * res['d[k]']['median'] / it['median']:.0f}x faster than a round trip per item"
             )
+        for label, size in LARGE.items():
+            for way in ("in", "out"):
+                big = res.get(f"{label} {way}")
+                if big and label == "64 MiB":
+                    gib = size / big["median"] / (1 << 30)
+                    frac = f" ({copy / big['median']:.0%} of an in-process copy)" if copy else ""
+                    notes.append(f"64 MiB {way} {gib:.2f} GiB/s{frac}")
+        idle = r.get("idle")
+        if idle:
+            notes.append(f"idle CPU: client {idle['client %']:.2f}%, server {idle['server %']:.2f}%")
+        mem = r.get("memory")
+        if mem:
+            notes.append(f"{PROXIES} proxies made and dropped: manager RSS {mem['rss growth MB']:+.1f} MB")
+        lines.append(f"{r['name']}: " + "; ".join(notes))
     return "\n".join(lines)
+
+
+def chart(runs: list[dict[str, Any]], path: str) -> None:
+    """Bar chart of each system's speed relative to the stdlib manager, per operation (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    anchor = next(r for r in runs if r["adapter"] == ANCHOR)
+    others = [r for r in runs if r is not anchor]
+    ops = [op for op in anchor["results"] if any(op in r["results"] for r in others)]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    w = 0.8 / max(1, len(others))
+    for i, r in enumerate(others):
+        xs = [j + i * w for j, op in enumerate(ops) if op in r["results"]]
+        ys = [anchor["results"][op]["median"] / r["results"][op]["median"] for op in ops if op in r["results"]]
+        ax.bar(xs, ys, width=w, label=r["name"])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(ops))], ops, rotation=30, ha="right")
+    ax.set_ylabel("speed vs stdlib Manager (x, log)")
+    ax.set_title(f"reflectmgr benchmarks, medians, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -166,22 +278,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     ap.add_argument("--only", nargs="*", default=None, help="adapters to run (default: all)")
+    ap.add_argument("--png", metavar="FILE", help="also draw the chart (needs matplotlib: the bench extra)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         serve(args.child)
         return
-    adapters = args.only or ADAPTERS
+    adapters = args.only or [a for a in ADAPTERS if _available(a)]
     started = time.time()
+    limits = physical.measure()
     runs = run_all(adapters, args.quick)
     print(
         f"reflectmgr benchmarks, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} cores{' (quick)' if args.quick else ''}"
     )
-    print(table(runs))
+    print(table(runs, limits))
     print(f"\n(took {time.time() - started:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"python": platform.python_version(), "runs": runs}, indent=2))
+        report = {"python": platform.python_version(), "limits": limits, "runs": runs}
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.png:
+        chart(runs, args.png)
     if len(runs) != len(adapters):
         sys.exit(1)
 

@@ -58,6 +58,26 @@ def small_ops(d: Any, lst: Any, ns: Any, obj: Any, nested: Any) -> dict[str, Cal
     }
 
 
+MIB = 1 << 20
+LARGE = {"1 MiB": MIB, "64 MiB": 64 * MIB}
+
+
+def large_ops(d: Any) -> dict[str, Callable[[], Any]]:
+    """Large bytes values into and out of a shared dict (throughput = size / time)."""
+    ops: dict[str, Callable[[], Any]] = {}
+    for label, size in LARGE.items():
+        blob = b"x" * size
+        key = f"blob{size}"
+        d[key] = blob
+        ops[f"{label} in"] = lambda d=d, key=key, blob=blob: d.__setitem__(key, blob)
+        ops[f"{label} out"] = lambda d=d, key=key: d[key]
+    return ops
+
+
+# Operations that take seconds per call on some systems: fewer repetitions.
+SLOW = ("iterate", "64 MiB")
+
+
 def time_op(fn: Callable[[], Any], repeat: int, number: int) -> list[float]:
     """Seconds per call, one sample per batch of ``number`` calls."""
     fn()  # warm: connections opened, caches filled

@@ -15,3 +15,4 @@ def setup(quick: bool) -> Any:
 
 operations = common.operations
 teardown = common.teardown
+server_pid = common.server_pid

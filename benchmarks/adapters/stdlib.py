@@ -5,7 +5,7 @@ from __future__ import annotations
 from multiprocessing.managers import SyncManager
 from typing import Any
 
-from workloads import BIG, Counter, small_ops, sync_ops
+from workloads import BIG, Counter, large_ops, small_ops, sync_ops
 
 NAME = "stdlib Manager"
 
@@ -37,8 +37,13 @@ def setup(quick: bool) -> Any:
 def operations(s: Any) -> dict[str, Any]:
     ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
     ops.update(sync_ops(*s["sync"]))
+    ops.update(large_ops(s["d"]))
     ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
     return ops
+
+
+def server_pid(s: Any) -> int:
+    return int(s["m"]._process.pid) if hasattr(s["m"], "_process") else int(s["m"].pid)
 
 
 def teardown(s: Any) -> None:

@@ -23,6 +23,8 @@ CHUNK = 256 * 1024
 # peer is idle or slow (the adaptive window then decays to nothing); shorter pays wake-ups on
 # busy channels.
 SPIN_NS = 100_000
+_yield = getattr(os, "sched_yield", lambda: None)
+
 # How often a blocked in-process reader looks whether its channel was closed under it.
 POLL_MS = 250
 # Below this size header and payload are joined (one copy, one syscall); above, sent separately.
@@ -58,6 +60,9 @@ class FramedStream:
                 return n
             if time.perf_counter_ns() >= deadline:
                 break
+            # Let another runnable thread or process have this core: with more spinners than
+            # cores the peer we wait for may be queued behind us. Free when nothing else runs.
+            _yield()
         n = self._block_recv_into(view)
         waited = time.perf_counter_ns() - start
         self._spin_ns = self._spin_max if waited < SPIN_NS else self._spin_ns >> 1

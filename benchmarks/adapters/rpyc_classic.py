@@ -1,0 +1,63 @@
+"""RPyC (classic mode): transparent netrefs over a socket, a thread per connection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import rpyc  # type: ignore[import-untyped]
+from workloads import BIG, large_ops, small_ops, sync_ops
+
+NAME = "RPyC"
+
+SERVER = """
+import sys
+from rpyc.utils.server import ThreadedServer
+from rpyc.core.service import SlaveService
+server = ThreadedServer(SlaveService, hostname="127.0.0.1", port=0,
+                        protocol_config={"allow_all_attrs": True, "allow_pickle": True})
+print(server.port, flush=True)
+server.start()
+"""
+
+
+def setup(quick: bool) -> Any:
+    env_path = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": env_path}
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    conn = rpyc.classic.connect("127.0.0.1", port)
+    b = conn.modules.builtins
+    return {
+        "proc": proc,
+        "conn": conn,
+        "d": b.dict(k=0),
+        "lst": b.list(),
+        "ns": conn.modules.types.SimpleNamespace(x=1),
+        "obj": conn.modules.workloads.Counter(),
+        "nested": conn.eval("{'a': {}}"),
+        "big": conn.eval(f"list(range({BIG}))"),
+        "sync": (conn.modules.threading.Lock(), conn.modules.queue.Queue(), conn.modules.threading.Event()),
+    }
+
+
+def operations(s: Any) -> dict[str, Any]:
+    ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
+    ops.update(sync_ops(*s["sync"]))
+    ops.update(large_ops(s["d"]))
+    ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
+    return ops
+
+
+def server_pid(s: Any) -> int:
+    return int(s["proc"].pid)
+
+
+def teardown(s: Any) -> None:
+    s["conn"].close()
+    s["proc"].kill()
+    s["proc"].wait()
