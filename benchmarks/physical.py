@@ -116,10 +116,10 @@ def copy_64mib() -> float:
     return statistics.median(samples)
 
 
-def measure() -> dict[str, Any]:
+def measure(rounds: int = ROUNDS) -> dict[str, Any]:
     return {
-        "socketpair ping-pong": socketpair_pingpong(),
-        "pipe ping-pong": pipe_pingpong(),
-        "shm ping-pong": shm_pingpong(),
+        "socketpair ping-pong": socketpair_pingpong(rounds),
+        "pipe ping-pong": pipe_pingpong(rounds),
+        "shm ping-pong": shm_pingpong(rounds * 10),
         "64 MiB copy": copy_64mib(),
     }

@@ -140,7 +140,7 @@ class Child:
         self.proc.wait(60)
 
 
-def run_all(adapters: list[str], quick: bool) -> list[dict[str, Any]]:
+def run_all(adapters: list[str], quick: bool, smoke: bool = False) -> list[dict[str, Any]]:
     """Interleave the systems: each repetition of an operation runs on every system in turn
     (rotating who goes first), so a noisy neighbour slows them all alike instead of one."""
     children = [Child(a) for a in adapters]
@@ -158,6 +158,10 @@ def run_all(adapters: list[str], quick: bool) -> list[dict[str, Any]]:
                 number = 5 if quick else 20
             else:
                 number = 200 if quick else 1000
+            if smoke:
+                if slow:
+                    continue
+                reps, number = 1, 3
             for rep in range(reps):
                 order = children[rep % len(children) :] + children[: rep % len(children)]
                 for c in order:
@@ -171,7 +175,7 @@ def run_all(adapters: list[str], quick: bool) -> list[dict[str, Any]]:
             {
                 "adapter": c.adapter,
                 "name": c.name,
-                "results": {op: summarize(samples[(c.adapter, op)]) for op in c.ops},
+                "results": {op: summarize(samples[(c.adapter, op)]) for op in c.ops if (c.adapter, op) in samples},
                 "idle": idle[i],
                 "memory": memory.get(c.adapter),
             }
@@ -275,7 +279,8 @@ def chart(runs: list[dict[str, Any]], path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--smoke", action="store_true", help="a few calls of each kind: checks the benchmark runs (CI)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     ap.add_argument("--only", nargs="*", default=None, help="adapters to run (default: all)")
     ap.add_argument("--png", metavar="FILE", help="also draw the chart (needs matplotlib: the bench extra)")
@@ -286,8 +291,8 @@ def main() -> None:
         return
     adapters = args.only or [a for a in ADAPTERS if _available(a)]
     started = time.time()
-    limits = physical.measure()
-    runs = run_all(adapters, args.quick)
+    limits = physical.measure(rounds=50 if args.smoke else physical.ROUNDS)
+    runs = run_all(adapters, args.quick, args.smoke)
     print(
         f"reflectmgr benchmarks, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} cores{' (quick)' if args.quick else ''}"

@@ -91,5 +91,5 @@ def time_op(fn: Callable[[], Any], repeat: int, number: int) -> list[float]:
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(samples, n=4) if len(samples) >= 4 else [min(samples), 0, max(samples)]
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 4 else [min(samples), 0.0, max(samples)]
     return {"median": statistics.median(samples), "q1": q[0], "q3": q[-1], "n": len(samples)}

@@ -1,0 +1,38 @@
+"""The benchmarks run (in a smoke mode: a few calls each), so they cannot rot. No timing is
+asserted: numbers are read by people, in a full run (benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SMOKE_TIMEOUT = 240.0
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=SMOKE_TIMEOUT, cwd=BENCH.parent
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_benchmark_suite_runs(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    text = _run(str(BENCH / "run.py"), "--smoke", "--only", "stdlib", "reflectmgr_pipe", "--json", str(out))
+    assert "reflectmgr pipe" in text and "physical limits" in text
+    assert out.read_text().startswith("{")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_executor_and_interpreter_benchmarks_run() -> None:
+    assert "task overhead" in _run(str(BENCH / "executor.py"), "--quick")
+    text = _run(str(BENCH / "interpreters.py"), "--quick")
+    assert ("ratio" in text) if sys.version_info >= (3, 13) else ("skipped" in text)
