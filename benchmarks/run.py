@@ -90,7 +90,7 @@ def _proxy_memory(state: Any, n: int) -> dict[str, float]:
         d[str(i % 100)]
     gc.collect()
     after = m.stats().rss
-    return {"rss growth MB": (after - before) / 1e6, "objects after": m.stats().objects}
+    return {"proxies": n, "rss growth MB": (after - before) / 1e6, "objects after": m.stats().objects}
 
 
 def _reply(obj: Any) -> None:
@@ -246,7 +246,7 @@ def table(runs: list[dict[str, Any]], limits: dict[str, float]) -> str:
             notes.append(f"idle CPU: client {idle['client %']:.2f}%, server {idle['server %']:.2f}%")
         mem = r.get("memory")
         if mem:
-            notes.append(f"{PROXIES} proxies made and dropped: manager RSS {mem['rss growth MB']:+.1f} MB")
+            notes.append(f"{mem['proxies']} proxies made and dropped: manager RSS {mem['rss growth MB']:+.1f} MB")
         lines.append(f"{r['name']}: " + "; ".join(notes))
     return "\n".join(lines)
 

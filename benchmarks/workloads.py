@@ -74,6 +74,33 @@ def large_ops(d: Any) -> dict[str, Callable[[], Any]]:
     return ops
 
 
+def standard_ops(s: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    """Every workload, from an adapter's state: d, lst, ns, obj, nested, big, sync=(lock, q, event)."""
+    ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
+    ops.update(sync_ops(*s["sync"]))
+    ops.update(large_ops(s["d"]))
+    ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
+    return ops
+
+
+def sync_manager_state(manager_class: Any) -> dict[str, Any]:
+    """The shared state on a started multiprocessing-style SyncManager (stdlib or multiprocess)."""
+    m = manager_class()
+    m.start()
+    nested = m.dict()
+    nested["a"] = m.dict()  # these managers nest proxies only when you build them this way
+    return {
+        "m": m,
+        "d": m.dict(k=0),
+        "lst": m.list(),
+        "ns": m.Namespace(x=1),
+        "obj": m.Counter(),
+        "nested": nested,
+        "big": m.list(range(BIG)),
+        "sync": (m.Lock(), m.Queue(), m.Event()),
+    }
+
+
 # Operations that take seconds per call on some systems: fewer repetitions.
 SLOW = ("iterate", "64 MiB")
 

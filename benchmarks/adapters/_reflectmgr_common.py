@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workloads import BIG, Counter, large_ops, small_ops, sync_ops
+from workloads import BIG, Counter, standard_ops
 
 import reflectmgr
 
@@ -25,16 +25,11 @@ def setup(transport: str) -> Any:
     }
 
 
-def operations(s: Any) -> dict[str, Any]:
-    ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
-    ops.update(sync_ops(*s["sync"]))
-    ops.update(large_ops(s["d"]))
-    ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
-    return ops
+operations = standard_ops
 
 
 def server_pid(s: Any) -> int:
-    return int(s["m"]._process.pid) if hasattr(s["m"], "_process") else int(s["m"].pid)
+    return int(s["m"].pid)
 
 
 def teardown(s: Any) -> None:

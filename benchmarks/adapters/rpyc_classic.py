@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import rpyc  # type: ignore[import-untyped]
-from workloads import BIG, large_ops, small_ops, sync_ops
+from workloads import BIG, standard_ops
 
 NAME = "RPyC"
 
@@ -45,12 +45,7 @@ def setup(quick: bool) -> Any:
     }
 
 
-def operations(s: Any) -> dict[str, Any]:
-    ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
-    ops.update(sync_ops(*s["sync"]))
-    ops.update(large_ops(s["d"]))
-    ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
-    return ops
+operations = standard_ops
 
 
 def server_pid(s: Any) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from multiprocessing.managers import SyncManager
 from typing import Any
 
-from workloads import BIG, Counter, large_ops, small_ops, sync_ops
+from workloads import Counter, standard_ops, sync_manager_state
 
 NAME = "stdlib Manager"
 
@@ -18,32 +18,14 @@ _Manager.register("Counter", Counter)
 
 
 def setup(quick: bool) -> Any:
-    m = _Manager()
-    m.start()
-    nested = m.dict()
-    nested["a"] = m.dict()  # the stdlib can nest proxies when you build them this way
-    return {
-        "m": m,
-        "d": m.dict(k=0),
-        "lst": m.list(),
-        "ns": m.Namespace(x=1),
-        "obj": m.Counter(),  # type: ignore[attr-defined]
-        "nested": nested,
-        "big": m.list(range(BIG)),
-        "sync": (m.Lock(), m.Queue(), m.Event()),
-    }
+    return sync_manager_state(_Manager)
 
 
-def operations(s: Any) -> dict[str, Any]:
-    ops = small_ops(s["d"], s["lst"], s["ns"], s["obj"], s["nested"])
-    ops.update(sync_ops(*s["sync"]))
-    ops.update(large_ops(s["d"]))
-    ops["iterate 100k list"] = lambda: sum(1 for _ in s["big"])
-    return ops
+operations = standard_ops
 
 
 def server_pid(s: Any) -> int:
-    return int(s["m"]._process.pid) if hasattr(s["m"], "_process") else int(s["m"].pid)
+    return int(s["m"]._process.pid)
 
 
 def teardown(s: Any) -> None:
