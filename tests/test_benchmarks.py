@@ -34,5 +34,6 @@ def test_benchmark_suite_runs(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_executor_and_interpreter_benchmarks_run() -> None:
     assert "task overhead" in _run(str(BENCH / "executor.py"), "--quick")
+    assert "4 clients" in _run(str(BENCH / "clients.py"), "--quick")
     text = _run(str(BENCH / "interpreters.py"), "--quick")
     assert ("ratio" in text) if sys.version_info >= (3, 13) else ("skipped" in text)

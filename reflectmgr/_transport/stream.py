@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import threading
 import time
 
 from .._wire.framing import HEADER, HEADER_SIZE, MAX_FRAME, pack_header, unpack_header
@@ -24,6 +25,8 @@ CHUNK = 256 * 1024
 # busy channels.
 SPIN_NS = 100_000
 _yield = getattr(os, "sched_yield", lambda: None)
+_spinner = threading.Lock()
+
 
 # How often a blocked in-process reader looks whether its channel was closed under it.
 POLL_MS = 250
@@ -52,17 +55,23 @@ class FramedStream:
 
     def _recv_into(self, view: memoryview) -> int:
         start = time.perf_counter_ns()
-        deadline = start + self._spin_ns
-        try_recv = self._try_recv_into
-        while True:
-            n = try_recv(view)
-            if n is not None:
-                return n
-            if time.perf_counter_ns() >= deadline:
-                break
-            # Let another runnable thread or process have this core: with more spinners than
-            # cores the peer we wait for may be queued behind us. Free when nothing else runs.
-            _yield()
+        # One spinner per interpreter: threads that spin at once fight over the GIL (in a manager
+        # serving many clients, the spinners would starve the thread that has work to do).
+        if self._spin_ns and _spinner.acquire(False):
+            try:
+                deadline = start + self._spin_ns
+                try_recv = self._try_recv_into
+                while True:
+                    n = try_recv(view)
+                    if n is not None:
+                        return n
+                    if time.perf_counter_ns() >= deadline:
+                        break
+                    # Let another runnable thread or process have this core: with more spinners
+                    # than cores the peer we wait for may be queued behind us.
+                    _yield()
+            finally:
+                _spinner.release()
         n = self._block_recv_into(view)
         waited = time.perf_counter_ns() - start
         self._spin_ns = self._spin_max if waited < SPIN_NS else self._spin_ns >> 1
