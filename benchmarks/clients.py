@@ -20,8 +20,9 @@ from typing import Any
 import reflectmgr
 
 
-def hammer(d: Any, seconds: float, start: Any, results: Any) -> None:
+def hammer(d: Any, seconds: float, ready: Any, start: Any, results: Any) -> None:
     d["k"]  # connect before the clock starts
+    ready.release()
     start.wait()
     n, end = 0, time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -32,11 +33,13 @@ def hammer(d: Any, seconds: float, start: Any, results: Any) -> None:
 
 def aggregate(d: Any, clients: int, seconds: float) -> float:
     ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=hammer, args=(d, seconds, start, results)) for _ in range(clients)]
+    ready, start, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=hammer, args=(d, seconds, ready, start, results)) for _ in range(clients)]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # let every client connect; the measurement starts with the event
+    for _ in procs:  # every client connected: the measurement starts for all at once
+        if not ready.acquire(timeout=60):
+            raise RuntimeError("a client did not connect within 60 s")
     start.set()
     total = sum(results.get(timeout=60 + seconds) for _ in procs)
     for p in procs:

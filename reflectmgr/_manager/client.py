@@ -88,16 +88,15 @@ class Client(Endpoint):
         self.authkey = bytes(authkey)
         self.closed = False
         self._pool: deque[Channel] = deque()
-        self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()
-        self._pid = os.getpid()
         self._generation = _fork_generation[0]
         self._token = os.urandom(16)
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
         self._fork_lock = threading.Lock()
         self._local = threading.local()
-        # Every transport opened, so that a client dropped without close() still closes them (its
-        # channels point back at it: it dies as cyclic garbage, where finalizers run in no order).
+        # Every transport opened and not yet closed: close() and fork handling go through it, and
+        # a client dropped without close() still closes them (its channels point back at it, so it
+        # dies as cyclic garbage, where finalizers run in no order).
         self._transports: list[Any] = []
         weakref.finalize(self, _close_transports, self._transports)
         self.manager_pid = 0
@@ -134,7 +133,6 @@ class Client(Endpoint):
             transport.close()
             raise
         channel = Channel(transport, self)
-        self._channels.add(channel)
         self._transports[:] = [t for t in self._transports if not t.closed]
         self._transports.append(transport)
         return channel
@@ -279,8 +277,7 @@ class Client(Endpoint):
         flusher = self._flusher
         if flusher is not None and not flusher.daemon and flusher is not threading.current_thread():
             flusher.join()
-        for channel in list(self._channels):
-            channel.transport.close()
+        _close_transports(self._transports)
         self._pool.clear()
         with _clients_lock:
             if _clients.get(_key(self.address)) is self:
@@ -288,14 +285,13 @@ class Client(Endpoint):
 
     def _forget_parent(self) -> None:
         """In a forked child: close the parent's sockets here without disturbing the parent."""
-        for channel in list(self._channels):
-            detach = getattr(channel.transport, "detach_after_fork", None)
+        for transport in self._transports:
+            detach = getattr(transport, "detach_after_fork", None)
             if detach is not None:
                 detach()
         self._pool.clear()
         self._transports.clear()
         self._local = threading.local()  # the forking thread's channel is the parent's
-        self._channels = weakref.WeakSet()
         self._flusher = None
         self._stop = threading.Event()
 
@@ -304,7 +300,6 @@ class Client(Endpoint):
             if self._generation == _fork_generation[0]:
                 return
             self._forget_parent()
-            self._pid = os.getpid()
             self._generation = _fork_generation[0]
             self._token = os.urandom(16)
             self.table.release_all(self.holder)
