@@ -53,8 +53,12 @@ def main() -> None:
     args = ap.parse_args()
     seconds = 0.5 if args.quick else 2.0
     print(f"aggregate d[k] calls/s, Python {sys.version.split()[0]}, {os.cpu_count()} cores, {seconds} s per run")
-    with multiprocessing.Manager() as std, reflectmgr.Manager() as ours:
-        systems = {"stdlib Manager": std.dict(k=1), "reflectmgr pipe": ours.dict(k=1)}
+    with (
+        multiprocessing.Manager() as std,
+        reflectmgr.Manager(transport="shm") as shm,
+        reflectmgr.Manager(transport="pipe") as pipe,
+    ):
+        systems = {"stdlib Manager": std.dict(k=1), "reflectmgr shm": shm.dict(k=1), "reflectmgr pipe": pipe.dict(k=1)}
         for name, d in systems.items():
             rates = {n: aggregate(d, n, seconds) for n in (1, 2, 4)}
             cells = ", ".join(f"{n} client{'s' if n > 1 else ''}: {r:,.0f}/s" for n, r in rates.items())

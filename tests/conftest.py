@@ -13,7 +13,7 @@ import reflectmgr
 
 from .helpers import DEATH
 
-TRANSPORTS = ["pipe", "tcp"]
+TRANSPORTS = ["shm", "pipe", "tcp"]
 
 # Helper processes the stdlib keeps for the life of the test worker, not started by a test.
 _LONG_LIVED = ("resource_tracker", "forkserver", "semaphore_tracker")

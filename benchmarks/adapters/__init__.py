@@ -5,4 +5,12 @@ operations(state) -> {name: zero-argument callable}
 teardown(state) -> None
 """
 
-ADAPTERS = ["stdlib", "multiprocess_mgr", "rpyc_classic", "pyro5_daemon", "reflectmgr_pipe", "reflectmgr_tcp"]
+ADAPTERS = [
+    "stdlib",
+    "multiprocess_mgr",
+    "rpyc_classic",
+    "pyro5_daemon",
+    "reflectmgr_shm",
+    "reflectmgr_pipe",
+    "reflectmgr_tcp",
+]

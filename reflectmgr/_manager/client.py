@@ -29,6 +29,7 @@ from .._proxy.endpoint import Endpoint
 from .._proxy.proxy import Proxy
 from .._transport.auth import client_handshake
 from .._transport.inproc import is_inproc
+from .._transport.shm import is_shm, upgrade_client
 from .._transport.sockets import Address, connect
 from .._wire import codec
 from .._wire.framing import MAX_PREAUTH
@@ -119,6 +120,9 @@ class Client(Endpoint):
             ) from exc
         try:
             client_handshake(transport, self.authkey)
+            if is_shm(self.address):
+                transport = upgrade_client(transport)  # type: ignore[arg-type]
+                transport.set_timeout(CONNECT_TIMEOUT)
             transport.send(0, codec.encode((Msg.REQUEST, (), Op.HELLO, 0, self._token, os.getpid(), None))[1])
             _, payload = transport.recv(MAX_PREAUTH)
             reply = codec.decode(0, payload)

@@ -20,7 +20,7 @@ import threading
 import weakref
 from typing import Any
 
-from .._transport.sockets import TRANSPORTS, Address
+from .._transport.sockets import DEFAULT_TRANSPORT, TRANSPORTS, Address, with_transport
 from .._wire.opcodes import Op
 from ..errors import BrokenManagerError, ManagerClosedError, ReflectmgrError
 from .client import Client, default_authkey, get_client
@@ -162,7 +162,9 @@ class Manager(Factories):
 
     ``address``: ``None`` for a private unix socket, ``(host, port)`` to listen on TCP (port 0
     picks a free one; ``address`` then reports it). ``authkey`` defaults to the one that
-    ``multiprocessing`` children inherit. ``transport``: ``"pipe"`` (unix socket) or ``"tcp"``.
+    ``multiprocessing`` children inherit. ``transport``: ``"shm"`` (shared-memory rings behind a
+    unix socket; the default where the platform can pass descriptors), ``"pipe"`` (the unix socket
+    itself) or ``"tcp"`` (the default for a ``(host, port)`` address).
     ``in_process=True`` keeps the owner in this process (threads of the main interpreter): its
     subinterpreters reach it over in-process pipes (``inproc_address``), other processes over
     ``address``; there is no manager process.
@@ -179,7 +181,7 @@ class Manager(Factories):
         in_process: bool = False,
     ) -> None:
         if transport is None:
-            transport = "tcp" if isinstance(address, tuple) else "pipe"
+            transport = "tcp" if isinstance(address, tuple) else DEFAULT_TRANSPORT
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
         self.transport = transport
@@ -358,10 +360,14 @@ class Connection(Factories):
         return f"<reflectmgr.Connection {self.address!r}>"
 
 
-def connect(address: Address, authkey: bytes | None = None) -> Connection:
-    """Attach to a running manager (a unix path, or ``(host, port)`` for TCP).
+def connect(address: Address, authkey: bytes | None = None, *, transport: str | None = None) -> Connection:
+    """Attach to a running manager at ``address`` (as its ``address`` reports it: ``"shm:<path>"``,
+    a unix path, or ``(host, port)`` for TCP). ``transport="shm"`` asks for shared memory on a
+    unix path (any manager on this host serves it); ``"pipe"`` keeps to the socket.
 
     Raises :class:`BrokenManagerError` if nothing answers there and
     :class:`~reflectmgr.AuthenticationError` if the authkey does not match.
     """
+    if transport is not None:
+        address = with_transport(address, transport)
     return Connection(get_client(address, authkey))

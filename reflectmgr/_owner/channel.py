@@ -21,8 +21,17 @@ import traceback
 from typing import Any, Protocol
 
 from .._transport.base import Transport
-from .._wire.codec import ATOMS, PROTOCOL, decode, encode, encode_request, swap_decoding, swap_encoding
-from .._wire.opcodes import Msg
+from .._wire.codec import (
+    OOB_MIN,
+    PROTOCOL,
+    SCALARS,
+    decode,
+    encode,
+    encode_request,
+    swap_decoding,
+    swap_encoding,
+)
+from .._wire.opcodes import FLAG_OOB, Msg
 from ..errors import ProtocolError, ReflectmgrError, RemoteError, RemoteTraceback
 from .dispatch import HANDLERS, Context
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
@@ -65,12 +74,15 @@ class Peer(Context, Protocol):
 
 
 def _atoms(x: Any) -> bool:
+    """True for atoms and short tuples of atoms, except buffers large enough to go out of band."""
     t = type(x)
-    if t in ATOMS:
+    if t in SCALARS:
         return True
+    if t is bytes:
+        return len(x) < OOB_MIN
     if t is tuple and len(x) <= 4:
         for item in x:
-            if type(item) not in ATOMS:
+            if type(item) not in SCALARS and (type(item) is not bytes or len(item) >= OOB_MIN):
                 return False
         return True
     return False
@@ -89,15 +101,16 @@ class Channel:
     def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
         peer = self.peer
         releases = peer.take_releases()
-        if not releases and _atoms(a) and _atoms(b) and type(c) in ATOMS:
+        if not releases and _atoms(a) and _atoms(b) and type(c) in SCALARS:
             # Nothing here can reference an object (the common small call): no encoding context.
             self.busy = True
             self.transport.send(0, pickle.dumps((_REQUEST, (), int(op), oid, a, b, c), PROTOCOL))
             return self.wait()
         prev = swap_encoding(peer.home)
+        buffers: list[Any] = []
         try:
             # int(op): an IntEnum member would push the message off pickle's fast path
-            flags, payload = encode_request((_REQUEST, releases, int(op), oid, a, b, c), a, b, c)
+            flags, payload = encode_request((_REQUEST, releases, int(op), oid, a, b, c), a, b, c, buffers)
         except BaseException:
             if releases:
                 peer.return_releases(releases)
@@ -105,7 +118,7 @@ class Channel:
         finally:
             swap_encoding(prev)
         self.busy = True
-        self.transport.send(flags, payload)
+        self.transport.send(flags, payload, buffers)
         return self.wait()
 
     def wait(self) -> Any:
@@ -134,9 +147,10 @@ class Channel:
 
     def _receive(self, load_ref: Any) -> Any:
         flags, payload = self.transport.recv()
+        buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
         prev = swap_decoding(self.peer)
         try:
-            msg = decode(flags, payload, load_ref)
+            msg = decode(flags, payload, load_ref, buffers)
         except _USER_DECODE_ERRORS as exc:
             # The frame was whole; only its content names something this side cannot load.
             raise _UndecodableError(exc) from exc
@@ -185,12 +199,13 @@ class Channel:
         self.reply(result, shared)
 
     def reply(self, result: Any, shared: bool) -> None:
-        if type(result) in ATOMS:  # the common case, straight to pickle
+        if type(result) in SCALARS or (type(result) is bytes and len(result) < OOB_MIN):  # the common case
             self.transport.send(0, pickle.dumps((_OK, self.peer.take_releases(), result), PROTOCOL))
             return
         prev = swap_encoding(self.peer.home)
+        buffers: list[Any] = []
         try:
-            flags, payload, exported, new_types = self._encode_result(result, shared)
+            flags, payload, exported, new_types = self._encode_result(result, shared, buffers)
         except BaseException as exc:
             self._send_error(exc)
             return
@@ -199,13 +214,13 @@ class Channel:
         if exported:
             self.peer.table.add(self.peer.holder, exported)  # counted before the peer can release
         self.sent_types |= new_types
-        self.transport.send(flags, payload)
+        self.transport.send(flags, payload, buffers)
 
-    def _encode_result(self, result: Any, shared: bool) -> tuple[int, bytes, list[Any], set[int]]:
+    def _encode_result(self, result: Any, shared: bool, buffers: list[Any]) -> tuple[int, bytes, list[Any], set[int]]:
         refs = plan(result, shared)
         if refs is None:
             value = result.target if type(result) is Value else result
-            return (*encode((_OK, (), value)), [], set())
+            return (*encode((_OK, (), value), oob=buffers), [], set())
         if len(refs) == 1 and id(result) in refs:  # one object by reference: no pickler subclass needed
             target = refs[id(result)]
             desc = self.peer.describer.describe(type(target))
@@ -214,11 +229,14 @@ class Channel:
             payload = pickle.dumps((_REF, self.peer.take_releases(), pid), PROTOCOL)
             return 0, payload, [target], {tid}
         try:
-            return self._encode_refs(result, refs)
+            return self._encode_refs(result, refs, buffers)
         except pickle.PicklingError:
-            return self._encode_result(Ref(result), False)  # unpicklable inside: all by reference
+            buffers.clear()
+            return self._encode_result(Ref(result), False, buffers)  # unpicklable inside: all by reference
 
-    def _encode_refs(self, result: Any, refs: dict[int, Any]) -> tuple[int, bytes, list[Any], set[int]]:
+    def _encode_refs(
+        self, result: Any, refs: dict[int, Any], buffers: list[Any]
+    ) -> tuple[int, bytes, list[Any], set[int]]:
         """Pickle ``result`` with the objects in ``refs`` replaced by references.
 
         Each reference carries its type description the first time this connection sends that type,
@@ -241,7 +259,7 @@ class Channel:
             new_types.add(tid)
             return (id(target), desc)
 
-        flags, payload = encode((_OK, self.peer.take_releases(), result), persistent_id)
+        flags, payload = encode((_OK, self.peer.take_releases(), result), persistent_id, buffers)
         return flags, payload, exported, new_types
 
     def _send_error(self, exc: BaseException) -> None:

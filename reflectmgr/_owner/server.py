@@ -21,8 +21,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .._transport import shm
 from .._transport.auth import serve_handshake
-from .._transport.stream import FramedStream
+from .._transport.stream import FramedStream, StreamTransport
 from .._wire.framing import MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError
@@ -175,7 +176,8 @@ class Server:
         try:
             transport.set_timeout(HANDSHAKE_TIMEOUT)
             serve_handshake(transport, self.authkey)
-            session = self._hello(transport)
+            transport, payload = self._first_frame(transport)
+            session = self._hello(transport, payload)
             transport.set_timeout(None)
             channel = Channel(transport, session)
             while not self._stopping.is_set():
@@ -193,8 +195,21 @@ class Server:
             if session is not None:
                 self._goodbye(session)
 
-    def _hello(self, transport: FramedStream) -> Session:
+    def _first_frame(self, transport: FramedStream) -> tuple[FramedStream, bytes | bytearray]:
+        """The first frame after authentication; a request for shared memory switches first."""
         _, payload = transport.recv(MAX_PREAUTH)
+        if payload != shm.REQUEST or not isinstance(transport, StreamTransport):
+            return transport, payload
+        shared = shm.upgrade_server(transport)
+        with self._lock:
+            self._transports.discard(transport)
+            self._transports.add(shared)
+        if self._stopping.is_set():
+            shared.close()
+        shared.set_timeout(HANDSHAKE_TIMEOUT)
+        return shared, shared.recv(MAX_PREAUTH)[1]
+
+    def _hello(self, transport: FramedStream, payload: bytes | bytearray) -> Session:
         msg = pickle.loads(payload)  # authenticated: the peer is trusted from here on
         if type(msg) is not tuple or len(msg) != 7 or msg[0] != Msg.REQUEST or msg[2] != Op.HELLO:
             raise ReflectmgrError("expected HELLO after the handshake")

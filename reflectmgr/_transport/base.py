@@ -4,17 +4,25 @@ A transport moves frames (``flags``, ``payload``) in order, both ways, between e
 ``send`` and ``recv`` may be called from different threads, but never two ``send`` (or two
 ``recv``) at once: the layer above owns each direction. ``recv`` blocks until a whole frame is
 there; when the peer is gone it raises :class:`EOFError` (clean close) or :class:`OSError`.
+``send`` with ``buffers`` (a frame flagged FLAG_OOB) sends them after the frame; the receiver
+collects them with ``recv_buffers`` right after ``recv``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from pickle import PickleBuffer
+from typing import Any, Protocol
 
 
 class Transport(Protocol):
-    def send(self, flags: int, payload: bytes | bytearray | memoryview) -> None: ...
+    def send(
+        self, flags: int, payload: bytes | bytearray | memoryview, buffers: Sequence[PickleBuffer] = ...
+    ) -> None: ...
 
     def recv(self, max_size: int = ...) -> tuple[int, bytes | bytearray]: ...
+
+    def recv_buffers(self) -> list[Any]: ...
 
     def close(self) -> None: ...
 

@@ -13,9 +13,22 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Sequence
+from pickle import PickleBuffer
+from typing import Any
 
-from .._wire.framing import HEADER, HEADER_SIZE, MAX_FRAME, pack_header, unpack_header
+from .._wire.framing import (
+    BUF_READONLY,
+    BUFFER_COUNT,
+    BUFFER_ENTRY,
+    HEADER,
+    HEADER_SIZE,
+    MAX_FRAME,
+    pack_header,
+    unpack_header,
+)
 from ..errors import ProtocolError
+from .buffers import fresh_buffer
 
 # Read-ahead size: one recv usually brings a whole small frame (and often the next header too).
 CHUNK = 256 * 1024
@@ -96,13 +109,15 @@ class FramedStream:
     def set_timeout(self, seconds: float | None) -> None:
         """Bound each blocking read and write (the handshake uses it); None blocks for ever."""
 
-    def send(self, flags: int, payload: bytes | bytearray | memoryview) -> None:
+    def send(self, flags: int, payload: bytes | bytearray | memoryview, buffers: Sequence[PickleBuffer] = ()) -> None:
         header = pack_header(len(payload), flags)
         if len(payload) <= JOIN_LIMIT:
             self._sendall(header + payload)
         else:
             self._sendall(header)
             self._sendall(payload)
+        if buffers:
+            self._send_buffers(buffers)
 
     def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | bytearray]:
         start = self._start
@@ -150,6 +165,47 @@ class FramedStream:
         self._start, self._end = n, end
         return bytes(view[:n])
 
+    # -- out-of-band buffers (after a frame with FLAG_OOB) ----------------------------------
+    def _send_buffers(self, buffers: Sequence[PickleBuffer]) -> None:
+        views = [buf.raw() for buf in buffers]
+        table = [BUFFER_COUNT.pack(len(views))]
+        table += [BUFFER_ENTRY.pack(v.nbytes, BUF_READONLY if v.readonly else 0) for v in views]
+        self.send(0, b"".join(table))
+        for view in views:
+            self._sendall(view)  # from the object's own memory: no copy on this side
+
+    def recv_buffers(self) -> list[Any]:
+        """The buffers that follow a FLAG_OOB frame: ``bytes`` for read-only ones (they rebuild
+        ``bytes`` and read-only views), ``bytearray`` for the others."""
+        _, table = self.recv()
+        (count,) = BUFFER_COUNT.unpack_from(table)
+        if len(table) != BUFFER_COUNT.size + count * BUFFER_ENTRY.size:
+            raise ProtocolError("malformed buffer table")
+        out: list[Any] = []
+        for i in range(count):
+            size, kind = BUFFER_ENTRY.unpack_from(table, BUFFER_COUNT.size + i * BUFFER_ENTRY.size)
+            out.append(self._read_buffer(size, bool(kind & BUF_READONLY)))
+        return out
+
+    def _read_buffer(self, size: int, readonly: bool) -> bytes | bytearray:
+        if size <= CHUNK:
+            data = self._read(size)
+            return data if readonly else bytearray(data)
+        # Large: received straight into the object the unpickler gets (one copy, from the peer).
+        obj: bytes | bytearray
+        obj, view = fresh_buffer(size, readonly)
+        start, end = self._start, self._end
+        got = min(end - start, size)
+        view[:got] = self._view[start : start + got]
+        self._start = start + got
+        while got < size:
+            k = self._recv_into(view[got:])
+            if not k:
+                raise EOFError("peer closed the connection in the middle of a buffer")
+            got += k
+        view.release()
+        return obj
+
     def close(self) -> None:
         if self._closed:
             return
@@ -192,6 +248,15 @@ class StreamTransport(FramedStream):
         except OSError:
             pass
         self.sock.close()
+
+    def drained(self) -> bool:
+        """True if no received byte waits in the read-ahead buffer."""
+        return self._start == self._end
+
+    def detach(self) -> socket.socket:
+        """Hand the socket over to another transport (shared memory); this one is done."""
+        self._closed = True
+        return self.sock
 
     def detach_after_fork(self) -> None:
         """Forget the socket without shutting it down: the parent still uses the connection."""

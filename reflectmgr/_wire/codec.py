@@ -3,6 +3,13 @@
     encode(msg)  --plain atoms/proxies-->  pickle.dumps            (fast path, ~0.3 us)
                  --anything else------->  cloudpickle Pickler      (lambdas, __main__ classes)
                  --with persistent_id-->  references to owner objects (FLAG_REFS set)
+                 --with oob=[]--------->  large buffers left out of the pickle (FLAG_OOB set)
+
+Out-of-band buffers: ``bytes``, ``bytearray`` and ``memoryview`` of OOB_MIN bytes or more, in the
+message's first levels, and any object that pickles a ``PickleBuffer`` (NumPy arrays) at any
+depth, are not copied into the pickle: the transport sends them from the object's own memory
+(and the shared-memory transport through a segment). The receiver rebuilds each with its type.
+A ``memoryview`` of any size travels (as a view over a private copy of its bytes).
 
 How references cross: a proxy pickled inside a message for its own owner reduces to
 ``resolve_local(oid)``, which the receiving side resolves against the object table it installed
@@ -22,7 +29,7 @@ from typing import Any, Protocol
 import cloudpickle
 
 from ..errors import ReflectmgrPicklingError, ReleasedError
-from .opcodes import FLAG_REFS
+from .opcodes import FLAG_OOB, FLAG_REFS
 
 PROTOCOL = 5
 
@@ -46,6 +53,14 @@ ATOMS: frozenset[type] = frozenset(
 _PLAIN: set[type] = set(ATOMS)
 # Beyond this many items a container is sent through cloudpickle without scanning it first.
 _SCAN_LIMIT = 32
+
+
+# Buffers from this size on travel out of band: below it one copy into the pickle is cheaper than
+# the bookkeeping (and small frames stay one write).
+OOB_MIN = 64 * 1024
+# Atoms that never travel out of band.
+SCALARS: frozenset[type] = ATOMS - {bytes}
+_BUFFER_TYPES = (bytes, bytearray, memoryview)
 
 
 class LocalTable(Protocol):
@@ -122,8 +137,8 @@ def plain(obj: Any, depth: int = 0) -> bool:
 
 
 class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    def __init__(self, file: io.BytesIO, pid: Callable[[Any], Any]) -> None:
-        super().__init__(file, protocol=PROTOCOL)
+    def __init__(self, file: io.BytesIO, pid: Callable[[Any], Any], buffer_callback: Any) -> None:
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
         self._pid = pid
 
     def persistent_id(self, obj: Any) -> Any:
@@ -131,54 +146,152 @@ class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
 
 
 class _RefUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, load: Callable[[Any], Any]) -> None:
-        super().__init__(file)
+    def __init__(self, file: io.BytesIO, load: Callable[[Any], Any], buffers: Any) -> None:
+        super().__init__(file, buffers=buffers)
         self._load = load
 
     def persistent_load(self, pid: Any) -> Any:
         return self._load(pid)
 
 
-def encode_request(msg: tuple[Any, ...], a: Any, b: Any, c: Any) -> tuple[int, bytes]:
+# -- out-of-band buffers ---------------------------------------------------------------------------
+def _as_bytes(buf: Any) -> bytes:
+    return buf if type(buf) is bytes else bytes(buf)
+
+
+def _as_bytearray(buf: Any) -> bytearray:
+    return buf if type(buf) is bytearray else bytearray(buf)
+
+
+def _as_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    view = memoryview(buf)
+    if view.format != fmt or view.shape != shape:
+        view = view.cast("B").cast(fmt, shape)  # type: ignore[call-overload]
+    return view
+
+
+class _Buffer:
+    """A buffer in a message, pickled as a ``PickleBuffer`` so that it can leave the pickle."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        obj = self.obj
+        if type(obj) is bytes:
+            return _as_bytes, (pickle.PickleBuffer(obj),)
+        if type(obj) is bytearray:
+            return _as_bytearray, (pickle.PickleBuffer(obj),)
+        if not obj.c_contiguous:
+            obj = memoryview(obj.tobytes()).cast("B").cast(obj.format, obj.shape)
+        return _as_memoryview, (pickle.PickleBuffer(obj), obj.format, obj.shape)
+
+
+register_plain(_Buffer)
+
+
+def has_buffers(obj: Any, depth: int = 0) -> bool:
+    """True if ``obj`` holds, in its first levels, a buffer to send out of band (or a memoryview)."""
+    t = type(obj)
+    if t is bytes or t is bytearray:
+        return len(obj) >= OOB_MIN
+    if t is memoryview:
+        return True
+    if depth > 2:
+        return False
+    if t is tuple or t is list:
+        return len(obj) <= _SCAN_LIMIT and any(has_buffers(x, depth + 1) for x in obj)
+    if t is dict:
+        return len(obj) <= _SCAN_LIMIT and any(has_buffers(x, depth + 1) for x in obj.values())
+    return False
+
+
+def _wrap_buffers(obj: Any, depth: int = 0) -> Any:
+    t = type(obj)
+    if t is bytes or t is bytearray:
+        return _Buffer(obj) if len(obj) >= OOB_MIN else obj
+    if t is memoryview:
+        return _Buffer(obj)
+    if depth > 2:
+        return obj
+    if (t is tuple or t is list) and len(obj) <= _SCAN_LIMIT:
+        return t(_wrap_buffers(x, depth + 1) for x in obj)
+    if t is dict and len(obj) <= _SCAN_LIMIT:
+        return {k: _wrap_buffers(v, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+def _collector(oob: list[Any]) -> Callable[[pickle.PickleBuffer], bool]:
+    def buffer_callback(buf: pickle.PickleBuffer) -> bool:
+        with buf.raw() as raw:
+            if raw.nbytes < OOB_MIN:
+                return True  # small: in the pickle
+        oob.append(buf)
+        return False
+
+    return buffer_callback
+
+
+# -- encoding --------------------------------------------------------------------------------------
+def encode_request(msg: tuple[Any, ...], a: Any, b: Any, c: Any, oob: list[Any] | None = None) -> tuple[int, bytes]:
     """:func:`encode` for a request whose header items are plain: only the arguments are checked."""
     if (type(a) in _PLAIN or plain(a)) and (type(b) in _PLAIN or plain(b)) and (type(c) in _PLAIN or plain(c)):
-        try:
-            return 0, pickle.dumps(msg, PROTOCOL)
-        except Exception:
-            pass
-    return encode(msg)
+        if oob is None or not (has_buffers(a) or has_buffers(b) or has_buffers(c)):
+            try:
+                return 0, pickle.dumps(msg, PROTOCOL)
+            except Exception:
+                pass
+    return encode(msg, oob=oob)
 
 
-def encode(msg: tuple[Any, ...], persistent_id: Callable[[Any], Any] | None = None) -> tuple[int, bytes]:
+def encode(
+    msg: tuple[Any, ...], persistent_id: Callable[[Any], Any] | None = None, oob: list[Any] | None = None
+) -> tuple[int, bytes]:
     """Pickle ``msg``; returns ``(flags, payload)``.
 
-    Raises :class:`ReflectmgrPicklingError` naming what could not be pickled. Nothing is sent or
-    reserved before this returns, so a failure leaves the connection as it was.
+    With ``oob`` (a list), large buffers are appended to it instead of being copied into the
+    payload, and FLAG_OOB is set if there are any. Raises :class:`ReflectmgrPicklingError`
+    naming what could not be pickled. Nothing is sent or reserved before this returns, so a
+    failure leaves the connection as it was.
     """
+    callback = None
+    if oob is not None:
+        callback = _collector(oob)
+        if has_buffers(msg, -1):
+            msg = _wrap_buffers(msg, -1)
     try:
         if persistent_id is not None:
             buf = io.BytesIO()
-            _RefPickler(buf, persistent_id).dump(msg)
-            return FLAG_REFS, buf.getvalue()
-        if plain(msg):
-            return 0, pickle.dumps(msg, PROTOCOL)
-        return 0, cloudpickle.dumps(msg, protocol=PROTOCOL)
+            _RefPickler(buf, persistent_id, callback).dump(msg)
+            flags, payload = FLAG_REFS, buf.getvalue()
+        elif plain(msg):
+            flags, payload = 0, pickle.dumps(msg, PROTOCOL, buffer_callback=callback)
+        else:
+            flags, payload = 0, cloudpickle.dumps(msg, protocol=PROTOCOL, buffer_callback=callback)
     except ReflectmgrPicklingError:
         raise
     except RecursionError:
         raise
     except Exception as exc:
+        if oob:
+            oob.clear()
         raise ReflectmgrPicklingError(_diagnose(msg, exc)) from exc
+    return (flags | FLAG_OOB if oob else flags), payload
 
 
 def decode(
-    flags: int, payload: bytes | bytearray | memoryview, persistent_load: Callable[[Any], Any] | None = None
+    flags: int,
+    payload: bytes | bytearray | memoryview,
+    persistent_load: Callable[[Any], Any] | None = None,
+    buffers: Any = None,
 ) -> Any:
     if flags & FLAG_REFS:
         if persistent_load is None:
             raise pickle.UnpicklingError("references from a peer that may not send them")
-        return _RefUnpickler(io.BytesIO(payload), persistent_load).load()
-    return pickle.loads(payload)
+        return _RefUnpickler(io.BytesIO(payload), persistent_load, buffers).load()
+    return pickle.loads(payload, buffers=buffers)
 
 
 def _diagnose(msg: Any, exc: BaseException, label: str = "message") -> str:

@@ -4,6 +4,9 @@
     | length: u64 BE | flags | payload (pickle) |
     +----------------+-------+-----------------+
 
+A frame with FLAG_OOB is followed by a table frame (a u32 count, then per buffer its size as u64
+and a kind byte, BUF_READONLY or 0), then the buffers' bytes in order, unframed.
+
 Before authentication a peer may send only tiny frames (``MAX_PREAUTH``); anything larger, or any
 header that does not parse, drops the connection without reading or unpickling more.
 """
@@ -19,6 +22,11 @@ HEADER_SIZE = HEADER.size
 MAX_PREAUTH = 512
 # After authentication peers are trusted, but a corrupt length must not allocate the machine away.
 MAX_FRAME = 1 << 40
+
+
+BUFFER_COUNT = struct.Struct("!I")
+BUFFER_ENTRY = struct.Struct("!QB")
+BUF_READONLY = 0x01  # rebuilt from an immutable buffer (bytes, a read-only view)
 
 
 def pack_header(length: int, flags: int) -> bytes:

@@ -51,3 +51,4 @@ class Op(IntEnum):
 
 # Frame flags.
 FLAG_REFS = 0x01  # the payload holds persistent ids: decode it with the reference-aware unpickler
+FLAG_OOB = 0x02  # out-of-band buffers follow the payload (see FramedStream.send_buffers)

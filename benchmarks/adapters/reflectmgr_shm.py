@@ -1,0 +1,18 @@
+"""reflectmgr over the "shm" transport: shared-memory rings, the socket only as doorbell."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters import _reflectmgr_common as common
+
+NAME = "reflectmgr shm"
+
+
+def setup(quick: bool) -> Any:
+    return common.setup("shm")
+
+
+operations = common.operations
+teardown = common.teardown
+server_pid = common.server_pid
