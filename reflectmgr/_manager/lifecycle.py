@@ -184,6 +184,8 @@ class Manager(Factories):
             transport = "tcp" if isinstance(address, tuple) else DEFAULT_TRANSPORT
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
+        if transport == "shm" and isinstance(address, tuple):
+            raise ValueError("the shm transport is for one host: give it a unix path (or None), or use tcp")
         self.transport = transport
         self._requested = address
         self._authkey = bytes(authkey) if authkey is not None else default_authkey()

@@ -21,7 +21,7 @@ from reflectmgr._transport.sockets import connect as raw_connect
 
 from ..helpers import CHILD, DEATH, baseline_objects, second_session, wait_until
 from ..integration.objects import Failing
-from .workers import hold_proxies, own_a_manager
+from .workers import die_mid_message, hold_proxies, own_a_manager
 
 
 def test_unpicklable_argument_is_named_and_the_manager_goes_on(manager: reflectmgr.Manager) -> None:
@@ -172,3 +172,34 @@ def test_garbage_after_auth_drops_only_that_connection(manager: reflectmgr.Manag
     t.close()
     assert d["a"] == 1 and manager.dict(b=2)["b"] == 2
     assert wait_until(lambda: manager.stats().clients == 1, DEATH)
+
+
+def _segments(pid: int) -> int:
+    """Shared-memory rings mapped by process ``pid`` (one per shm connection)."""
+    return sum("memfd:reflectmgr" in m.path for m in psutil.Process(pid).memory_maps(grouped=False))
+
+
+@pytest.mark.crash
+@pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="no shared-memory transport here")
+def test_client_killed_mid_message_on_shared_memory() -> None:
+    with reflectmgr.Manager(transport="shm") as m:
+        d = m.dict(a=1)
+        assert m.pid is not None
+        before = _segments(m.pid)
+        ctx = multiprocessing.get_context("spawn")
+        report = ctx.Queue()
+        child = ctx.Process(target=die_mid_message, args=(m.address, m.authkey, report))
+        child.start()
+        try:
+            assert report.get(timeout=CHILD) == "half sent"
+            assert _segments(m.pid) == before + 1 and m.stats().clients == 2
+            child.kill()
+            child.join(CHILD)
+        finally:
+            if child.is_alive():
+                child.kill()
+        wait_until(lambda: m.stats().clients == 1, DEATH, "the manager to notice the death")
+        assert wait_until(lambda: _segments(m.pid) == before, DEATH, "the dead client's rings to be unmapped")
+        assert d["a"] == 1 and m.dict(b=2)["b"] == 2  # still serving, state intact
+        report.close()
+        report.join_thread()

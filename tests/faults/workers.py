@@ -25,3 +25,23 @@ def hold_proxies(address: Any, authkey: bytes, n: int) -> None:
     held = [d[str(i)] for i in range(n)]
     conn.root["ready"] = len(held)
     time.sleep(600)  # killed by the test while holding every proxy
+
+
+def die_mid_message(address: Any, authkey: bytes, report: Any) -> None:
+    """Open a shared-memory connection, send half of a large frame, tell the parent, wait to be killed."""
+    import os
+    import pickle
+
+    from reflectmgr._transport.auth import client_handshake
+    from reflectmgr._transport.shm import upgrade_client
+    from reflectmgr._transport.sockets import connect
+    from reflectmgr._wire.framing import pack_header
+
+    stream = connect(address, 10.0)
+    client_handshake(stream, authkey)
+    t = upgrade_client(stream)  # type: ignore[arg-type]
+    t.send(0, pickle.dumps((0, (), 27, 0, os.urandom(16), os.getpid(), None)))  # HELLO
+    t.recv()
+    t._sendall(pack_header(8 << 20, 0) + b"\x80" * (3 << 20))  # 3 of the 8 MiB it announces
+    report.put("half sent")
+    time.sleep(600)  # killed by the test in the middle of its message

@@ -168,3 +168,17 @@ def slow_echo(x: Any, seconds: float) -> Any:
 
     time.sleep(seconds)  # stands for a long computation in the manager
     return x
+
+
+class BufferProbe:
+    """Reports how a buffer arrived in the manager, and hands out buffers of its own."""
+
+    def describe(self, x: Any) -> tuple[str, str, tuple[int, ...], bool, bytes]:
+        view = memoryview(x)
+        return type(x).__name__, view.format, tuple(view.shape or ()), view.readonly, view.tobytes()
+
+    def view(self, data: bytes, fmt: str) -> memoryview:
+        return memoryview(bytearray(data)).cast(fmt)
+
+    def double(self, x: Any) -> Any:
+        return x * 2  # a fresh object: it comes back by value

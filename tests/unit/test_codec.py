@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from reflectmgr._wire import codec
+from reflectmgr._wire.opcodes import FLAG_OOB
 from reflectmgr.errors import ReflectmgrPicklingError
 
 
@@ -43,3 +44,35 @@ def test_errors_pickle() -> None:
     ):
         back = pickle.loads(pickle.dumps(exc))
         assert type(back) is type(exc) and str(back) == str(exc)
+
+
+def test_large_buffers_leave_the_pickle_and_come_back_with_their_types() -> None:
+    big = b"b" * codec.OOB_MIN
+    arr = bytearray(b"a" * codec.OOB_MIN)
+    view = memoryview(bytearray(8 * codec.OOB_MIN)).cast("d")
+    msg = (0, (), 7, 1, "k", (big, arr, view, b"small"), {"kw": big})
+    oob: list[object] = []
+    flags, payload = codec.encode(msg, oob=oob)
+    assert flags & FLAG_OOB and len(oob) == 4 and len(payload) < 1024
+    buffers = [bytes(b.raw()) if b.raw().readonly else bytearray(b.raw()) for b in oob]  # as a transport delivers
+    out = codec.decode(flags, payload, buffers=buffers)
+    assert out[5][0] == big and type(out[5][0]) is bytes
+    assert out[5][1] == arr and type(out[5][1]) is bytearray
+    assert type(out[5][2]) is memoryview and out[5][2].format == "d" and out[5][2].tobytes() == view.tobytes()
+    assert out[5][3] == b"small" and out[6] == {"kw": big}
+
+
+def test_small_messages_take_no_out_of_band_path() -> None:
+    oob: list[object] = []
+    flags, _ = codec.encode((0, (), 7, 1, "k", (b"x" * (codec.OOB_MIN - 1),), None), oob=oob)
+    assert not flags & FLAG_OOB and oob == []
+
+
+def test_numpy_arrays_go_out_of_band() -> None:
+    np = pytest.importorskip("numpy", reason="NumPy is not installed (pip install -e '.[test]' brings it)")
+    arr = np.ones((512, 256))
+    oob: list[object] = []
+    flags, payload = codec.encode((0, (), 7, 1, (arr,), None, None), oob=oob)
+    assert flags & FLAG_OOB and len(oob) == 1 and len(payload) < 1024
+    out = codec.decode(flags, payload, buffers=[bytearray(oob[0].raw())])  # type: ignore[attr-defined]
+    assert np.array_equal(out[4][0], arr)

@@ -1,0 +1,76 @@
+"""Large buffers travel out of band on every transport, and arrive with their own type."""
+
+from __future__ import annotations
+
+import array
+import os
+
+import pytest
+
+import reflectmgr
+from reflectmgr._transport.shm import RING_SIZE
+from reflectmgr._wire.codec import OOB_MIN
+
+from .objects import BufferProbe
+
+SIZES = [OOB_MIN - 1, OOB_MIN, RING_SIZE, 3 * RING_SIZE + 7]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["below-oob", "oob", "ring", "beyond-ring"])
+def test_bytes_in_and_out(manager: reflectmgr.Manager, size: int) -> None:
+    data = os.urandom(size)
+    d = manager.dict()
+    d["b"] = data
+    back = d["b"]
+    assert type(back) is bytes and back == data
+    lst = manager.list()
+    lst.append(data)  # a method call, not a dunder
+    assert lst[0] == data and lst.count(data) == 1
+
+
+def test_bytearray_keeps_its_type_both_ways(manager: reflectmgr.Manager) -> None:
+    data = bytearray(os.urandom(RING_SIZE + 3))
+    probe = manager.new(BufferProbe)
+    assert probe.describe(data) == ("bytearray", "B", (len(data),), False, bytes(data))
+    fresh = probe.double(data)  # a new bytearray in the manager: returned by value
+    assert type(fresh) is bytearray and fresh == data * 2
+    d = manager.dict(ba=data)
+    assert reflectmgr.is_proxy(d["ba"])  # a mutable buffer that lives in the manager is shared
+    copy = reflectmgr.value(d["ba"])
+    assert type(copy) is bytearray and copy == data
+    copy[0] ^= 0xFF  # a private, writable copy
+    assert reflectmgr.value(d["ba"]) == data
+
+
+def test_memoryviews_travel_as_views(manager: reflectmgr.Manager) -> None:
+    probe = manager.new(BufferProbe)
+    doubles = array.array("d", range(OOB_MIN))  # 512 KiB of float64
+    kind, fmt, shape, readonly, raw = probe.describe(memoryview(doubles))
+    assert (kind, fmt, shape, readonly, raw) == ("memoryview", "d", (OOB_MIN,), False, doubles.tobytes())
+    small = memoryview(b"tiny and read-only")  # below the out-of-band size: still a view
+    assert probe.describe(small) == ("memoryview", "B", (18,), True, b"tiny and read-only")
+    back = probe.view(doubles.tobytes(), "d")
+    assert type(back) is memoryview and back.format == "d" and back.tolist() == doubles.tolist()
+
+
+def test_several_and_nested_buffers_in_one_call(manager: reflectmgr.Manager) -> None:
+    a, b, c = os.urandom(OOB_MIN * 2), os.urandom(RING_SIZE * 2), os.urandom(OOB_MIN)
+    d = manager.dict()
+    d.update({"a": a, "b": b, "deep": {"x": [c, (a, 1)]}})
+    assert d["a"] == a and d["b"] == b
+    assert reflectmgr.value(d["deep"]) == {"x": [c, (a, 1)]}
+    assert d.get("b") == b
+
+
+def test_numpy_arrays_round_trip(manager: reflectmgr.Manager) -> None:
+    np = pytest.importorskip("numpy", reason="NumPy is not installed (pip install -e '.[test]' brings it)")
+    arr = np.arange(600 * 500, dtype=np.float64).reshape(600, 500)
+    probe = manager.new(BufferProbe)
+    kind, fmt, shape, readonly, raw = probe.describe(arr)
+    assert (kind, fmt, shape, readonly, raw) == ("ndarray", "d", (600, 500), False, arr.tobytes())
+    doubled = probe.double(arr)  # a fresh array: by value, out of band
+    assert isinstance(doubled, np.ndarray) and doubled.dtype == arr.dtype and doubled.shape == arr.shape
+    assert np.array_equal(doubled, arr * 2) and doubled.flags.writeable
+    d = manager.dict(arr=arr)
+    copy = reflectmgr.value(d["arr"])
+    assert isinstance(copy, np.ndarray) and np.array_equal(copy, arr)

@@ -1,0 +1,52 @@
+"""Choosing a transport: the default, shared memory on request, and what is refused."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import reflectmgr
+from reflectmgr._transport.sockets import DEFAULT_TRANSPORT
+
+from ..helpers import second_session
+
+needs_shm = pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="no descriptor passing here")
+
+
+@needs_shm
+def test_default_is_shared_memory(m: reflectmgr.Manager) -> None:
+    assert DEFAULT_TRANSPORT == "shm" and m.transport == "shm"
+    assert isinstance(m.address, str) and m.address.startswith("shm:")
+
+
+@needs_shm
+def test_a_pipe_manager_serves_shared_memory_on_request() -> None:
+    with reflectmgr.Manager(transport="pipe") as m:
+        d = m.dict(a=1)
+        assert isinstance(m.address, str) and not m.address.startswith("shm:")
+        conn = reflectmgr.connect(m.address, m.authkey, transport="shm")
+        assert conn.client.address == "shm:" + m.address
+        other = conn.root.setdefault("d", d)
+        other["b"] = 2
+        assert d["b"] == 2 and m.stats().clients == 2  # a client per route, each its own session
+
+
+def test_a_second_session_over_every_transport(manager: reflectmgr.Manager) -> None:
+    d = manager.dict(x=[1])
+    manager.root["d"] = d
+    conn = second_session(manager)
+    try:
+        conn.root["d"]["x"].append(2)
+        assert d["x"] == [1, 2] and manager.stats().clients == 2
+    finally:
+        conn.close()
+
+
+def test_shared_memory_is_refused_where_it_cannot_work() -> None:
+    with pytest.raises(ValueError, match="one host"):
+        reflectmgr.Manager(("127.0.0.1", 0), transport="shm")
+    with pytest.raises(ValueError, match="unix path"):
+        reflectmgr.connect(("127.0.0.1", 1), transport="shm")
+    with pytest.raises(ValueError, match="unknown transport"):
+        reflectmgr.connect("/nowhere", transport="carrier-pigeon")

@@ -1,0 +1,135 @@
+"""The shared-memory transport on its own: two ends of one segment, in threads of this process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from reflectmgr._transport import shm
+from reflectmgr._transport.shm import RING_SIZE, ShmTransport
+from reflectmgr._wire import codec
+
+from ..helpers import PROMPT, wait_until
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="no descriptor passing here")
+
+
+def _pair(spin: bool = True) -> tuple[ShmTransport, ShmTransport]:
+    a, b = socket.socketpair()
+    fd = shm._segment()
+    try:
+        return ShmTransport(a, fd, writer_ring=1, spin=spin), ShmTransport(b, fd, writer_ring=0, spin=spin)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[ShmTransport, ShmTransport]]:
+    client, server = _pair()
+    yield client, server
+    client.close()
+    server.close()
+
+
+@pytest.fixture
+def sleepy() -> Iterator[tuple[ShmTransport, ShmTransport]]:
+    """A pair that never spins: every wait goes to sleep on the doorbell."""
+    client, server = _pair(spin=False)
+    yield client, server
+    client.close()
+    server.close()
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # handed to the test, which asserts on it
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_frames_of_every_size_arrive_whole_and_in_order(pair: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = pair
+    sizes = [0, 1, 7, 4096, RING_SIZE // 2, RING_SIZE - 9, RING_SIZE, 3 * RING_SIZE + 5, 100]
+    payloads = [os.urandom(n) for n in sizes]
+
+    def read_all() -> list[tuple[int, bytes]]:
+        return [(flags, bytes(p)) for flags, p in (server.recv() for _ in payloads)]
+
+    t, out = _in_thread(read_all)
+    for i, p in enumerate(payloads):
+        client.send(i % 4, p)
+    t.join(PROMPT)
+    assert out and out[0] == [(i % 4, p) for i, p in enumerate(payloads)]
+
+
+def test_positions_wrap_around_the_ring_many_times(pair: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = pair
+    payload = os.urandom(RING_SIZE // 3 + 11)  # never a divisor of the ring: frames straddle the end
+    rounds = 20
+    t, out = _in_thread(lambda: all(server.recv()[1] == payload for _ in range(rounds)))
+    for _ in range(rounds):
+        client.send(0, payload)
+    t.join(PROMPT)
+    assert out == [True]
+    assert client._head == rounds * (len(payload) + 9) > 6 * RING_SIZE
+
+
+def test_a_sleeping_reader_is_woken_by_the_doorbell(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = sleepy
+    t, out = _in_thread(server.recv)
+    wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to go to sleep")
+    client.send(3, b"wake up")
+    t.join(PROMPT)
+    assert out == [(3, b"wake up")]
+
+
+def test_a_writer_waiting_for_space_is_woken_when_the_reader_catches_up(
+    sleepy: tuple[ShmTransport, ShmTransport],
+) -> None:
+    client, server = sleepy
+    big = os.urandom(2 * RING_SIZE + 1)
+    t, out = _in_thread(lambda: client.send(0, big))
+    wait_until(lambda: client._out_ctl[shm._WRITER_ASLEEP], PROMPT, "the writer to wait for space")
+    assert server.recv() == (0, big)
+    t.join(PROMPT)
+    assert out == [None]
+
+
+def test_peer_closing_mid_frame_is_eof_not_a_hang(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = sleepy
+    client._sendall(b"\x00\x00\x00\x00\x00\x00\x03\xe8\x00" + b"only ten b")  # announces 1000 bytes
+    t, out = _in_thread(server.recv)
+    wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to wait for the rest")
+    client.close()
+    t.join(PROMPT)
+    assert len(out) == 1 and isinstance(out[0], EOFError)
+
+
+def test_out_of_band_buffers_skip_the_pickle(pair: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = pair
+    small, inline, streamed = os.urandom(100), os.urandom(RING_SIZE), os.urandom(3 * RING_SIZE)
+    oob: list[Any] = []
+    flags, payload = codec.encode(("msg", small, inline, bytearray(streamed)), oob=oob)
+    assert len(oob) == 2 and len(payload) < 1024  # the large ones are not in the pickle
+
+    def receive() -> Any:
+        flags, payload = server.recv()
+        return codec.decode(flags, payload, buffers=server.recv_buffers())
+
+    t, out = _in_thread(receive)
+    client.send(flags, payload, oob)
+    t.join(PROMPT)
+    assert out and out[0] == ("msg", small, inline, bytearray(streamed))
+    assert [type(x) for x in out[0]] == [str, bytes, bytes, bytearray]
