@@ -18,6 +18,7 @@ import pickle
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._transport.base import Transport
@@ -28,15 +29,16 @@ from .._wire.codec import (
     decode,
     encode,
     encode_request,
-    swap_decoding,
     swap_encoding,
 )
+from .._wire.codec import _tls as _codec_tls
 from .._wire.opcodes import FLAG_OOB, Msg
 from ..errors import ProtocolError, ReflectmgrError, RemoteError, RemoteTraceback
 from .dispatch import HANDLERS, Context
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
 
 _getrefcount = sys.getrefcount
+_loads = pickle.loads
 _REQUEST, _OK, _ERR, _REF = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR), int(Msg.REF)
 _tls = threading.local()
 
@@ -148,21 +150,77 @@ class Channel:
     def _receive(self, load_ref: Any) -> Any:
         flags, payload = self.transport.recv()
         buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
-        prev = swap_decoding(self.peer)
+        # swap_decoding, inline (this runs for every message)
+        prev = getattr(_codec_tls, "table", None)
+        _codec_tls.table = self.peer
         try:
-            msg = decode(flags, payload, load_ref, buffers)
+            msg = _loads(payload) if not flags else decode(flags, payload, load_ref, buffers)
         except _USER_DECODE_ERRORS as exc:
             # The frame was whole; only its content names something this side cannot load.
             raise _UndecodableError(exc) from exc
         except Exception as exc:
             raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
         finally:
-            swap_decoding(prev)
+            _codec_tls.table = prev
         if type(msg) is not tuple or len(msg) < 3 or msg[0] not in (_REQUEST, _OK, _ERR, _REF):
             raise ProtocolError("malformed message from the peer")
         return msg
 
     # -- serving side ------------------------------------------------------------------------
+    def serve_forever(self, stopping: Callable[[], bool]) -> None:
+        """Answer requests until ``stopping()``; for a thread that serves only this channel.
+
+        The per-message context (this channel as the one being served, the peer's table for
+        decoding) is installed once for the thread, and the common request (no references, no
+        buffers) is handled inline: this loop is the manager's hot path.
+        """
+        _tls.channel = self
+        _codec_tls.table = peer = self.peer
+        recv, handlers = self.transport.recv, HANDLERS
+        while not stopping():
+            flags, payload = recv()
+            if flags:
+                self._serve_frame(flags, payload)
+                continue
+            try:
+                msg = _loads(payload)
+            except _USER_DECODE_ERRORS as exc:
+                self._send_error(exc)
+                continue
+            except Exception as exc:
+                raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
+            if type(msg) is not tuple or len(msg) != 7 or msg[0] != _REQUEST:
+                raise ProtocolError("malformed request")
+            _, releases, op, oid, a, b, c = msg
+            if releases:
+                peer.apply_releases(releases)
+            handle = handlers.get(op) if type(op) is int else None
+            if handle is None:
+                self._send_error(ProtocolError(f"unknown operation {op!r}"))
+                continue
+            try:
+                result = handle(peer, oid, a, b, c)
+                shared = _getrefcount(result) > LOCAL_BASE  # before anything else takes a reference
+            except BaseException as exc:
+                self._send_error(exc)
+                continue
+            self.reply(result, shared)
+            del result
+
+    def _serve_frame(self, flags: int, payload: bytes | bytearray) -> None:
+        """serve_one for a frame already read (one with references or buffers)."""
+        buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
+        try:
+            msg = decode(flags, payload, self.peer.load_ref, buffers)
+        except _USER_DECODE_ERRORS as exc:
+            self._send_error(exc)
+            return
+        except Exception as exc:
+            raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
+        if type(msg) is not tuple or len(msg) != 7 or msg[0] != _REQUEST:
+            raise ProtocolError("malformed request")
+        self._serve(msg)
+
     def serve_one(self) -> None:
         """Receive one request and answer it. Raises EOFError/OSError when the peer is gone."""
         try:

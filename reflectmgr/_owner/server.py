@@ -179,9 +179,7 @@ class Server:
             transport, payload = self._first_frame(transport)
             session = self._hello(transport, payload)
             transport.set_timeout(None)
-            channel = Channel(transport, session)
-            while not self._stopping.is_set():
-                channel.serve_one()
+            Channel(transport, session).serve_forever(self._stopping.is_set)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
         except ReflectmgrError as exc:  # a wrong authkey, garbage: the peer's problem, not ours
