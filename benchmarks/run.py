@@ -1,12 +1,14 @@
 """Run every adapter on the same workloads, each in a fresh process, and compare.
 
-    python benchmarks/run.py [--quick] [--json FILE] [--only NAME ...]
+    python benchmarks/run.py [--quick] [--smoke] [--json FILE] [--png FILE] [--only NAME ...]
 
 Every system runs in its own fresh process; repetitions are interleaved across systems so that
 machine noise hits them alike. Prints, per operation, the median time per call with its
-interquartile range for every system,
-and the ratio to the stdlib manager ("vs stdlib": above 1 means faster than the stdlib). For
-iteration it also prints how many times faster it is than one round trip per item would be.
+interquartile range for every system, and the ratio to the stdlib manager ("Nx": above 1 means
+faster than the stdlib). Several clients at once (1, 2 and 4 processes reading ``d[k]``) are
+reported as aggregate time per call (and calls per second in the notes). The notes also relate
+each system to the physical limits measured in the same run, and give idle CPU and, for
+reflectmgr, the manager's memory after many proxies were made and dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import physical  # noqa: E402
 from adapters import ADAPTERS  # noqa: E402
-from workloads import BIG, LARGE, SLOW, summarize, time_op  # noqa: E402
+from workloads import BIG, CLIENT_COUNTS, LARGE, SLOW, aggregate, summarize, time_op  # noqa: E402
 
 IDLE_SECONDS = 5.0  # idle CPU is measured over this long with no calls at all
 PROXIES = 100_000  # proxies created and dropped for the memory check
@@ -62,6 +64,9 @@ def serve(adapter: str) -> None:
                 _reply(_idle(mod, state, cmd["idle"]))
             elif cmd.get("proxies"):
                 _reply(_proxy_memory(state, cmd["proxies"]))
+            elif cmd.get("clients"):
+                rate = aggregate(adapter, mod.client_info(state), cmd["clients"], cmd["seconds"])
+                _reply({"seconds": 1 / rate})
             else:
                 _reply({"seconds": time_op(ops[cmd["op"]], repeat=1, number=cmd["number"])[0]})
     finally:
@@ -167,10 +172,19 @@ def run_all(adapters: list[str], quick: bool, smoke: bool = False) -> list[dict[
                 for c in order:
                     if op in c.ops:
                         samples.setdefault((c.adapter, op), []).append(c.time(op, number))
-        idle = [c.ask(idle=1.0 if quick else IDLE_SECONDS) for c in children]
-        memory = {
-            c.adapter: c.ask(proxies=PROXIES // 10 if quick else PROXIES) for c in children if "reflectmgr" in c.adapter
-        }
+        # Several client processes at once, each system in turn: the aggregate, as time per call.
+        for n in CLIENT_COUNTS:
+            op = clients_op(n)
+            for _ in range(1 if quick or smoke else 3):
+                for c in children:
+                    seconds = 0.2 if smoke else (0.5 if quick else 2.0)
+                    samples.setdefault((c.adapter, op), []).append(float(c.ask(clients=n, seconds=seconds)["seconds"]))
+            for c in children:
+                c.ops.append(op)
+        idle_seconds = 0.5 if smoke else (1.0 if quick else IDLE_SECONDS)
+        idle = [c.ask(idle=idle_seconds) for c in children]
+        proxies = PROXIES // 100 if smoke else (PROXIES // 10 if quick else PROXIES)
+        memory = {c.adapter: c.ask(proxies=proxies) for c in children if "reflectmgr" in c.adapter}
         return [
             {
                 "adapter": c.adapter,
@@ -184,6 +198,10 @@ def run_all(adapters: list[str], quick: bool, smoke: bool = False) -> list[dict[
     finally:
         for c in children:
             c.close()
+
+
+def clients_op(n: int) -> str:
+    return f"d[k], {n} client{'s' if n > 1 else ''} at once"
 
 
 def fmt(seconds: float) -> str:
@@ -241,6 +259,9 @@ def table(runs: list[dict[str, Any]], limits: dict[str, float]) -> str:
                     gib = size / big["median"] / (1 << 30)
                     frac = f" ({copy / big['median']:.0%} of an in-process copy)" if copy else ""
                     notes.append(f"64 MiB {way} {gib:.2f} GiB/s{frac}")
+        rates = [f"{1 / res[clients_op(n)]['median']:,.0f}" for n in CLIENT_COUNTS if clients_op(n) in res]
+        if len(rates) == len(CLIENT_COUNTS):
+            notes.append(f"aggregate calls/s with {'/'.join(map(str, CLIENT_COUNTS))} clients: {' / '.join(rates)}")
         idle = r.get("idle")
         if idle:
             notes.append(f"idle CPU: client {idle['client %']:.2f}%, server {idle['server %']:.2f}%")

@@ -25,8 +25,11 @@ def _run(*args: str) -> str:
 @pytest.mark.timeout(300)
 def test_benchmark_suite_runs(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    text = _run(str(BENCH / "run.py"), "--smoke", "--only", "stdlib", "reflectmgr_pipe", "--json", str(out))
-    assert "reflectmgr pipe" in text and "physical limits" in text
+    text = _run(
+        str(BENCH / "run.py"), "--smoke", "--only", "stdlib", "reflectmgr_shm", "reflectmgr_pipe", "--json", str(out)
+    )
+    assert "reflectmgr shm" in text and "reflectmgr pipe" in text and "physical limits" in text
+    assert "4 clients at once" in text
     assert out.read_text().startswith("{")
 
 
@@ -34,6 +37,5 @@ def test_benchmark_suite_runs(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_executor_and_interpreter_benchmarks_run() -> None:
     assert "task overhead" in _run(str(BENCH / "executor.py"), "--quick")
-    assert "4 clients" in _run(str(BENCH / "clients.py"), "--quick")
     text = _run(str(BENCH / "interpreters.py"), "--quick")
     assert ("ratio" in text) if sys.version_info >= (3, 13) else ("skipped" in text)

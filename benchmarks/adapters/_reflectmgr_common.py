@@ -13,9 +13,11 @@ def setup(transport: str) -> Any:
     address = ("127.0.0.1", 0) if transport == "tcp" else None
     m = reflectmgr.Manager(address, transport=transport)
     m.start()
+    d = m.dict(k=0)
+    m.root["d"] = d  # where client processes find it
     return {
         "m": m,
-        "d": m.dict(k=0),
+        "d": d,
         "lst": m.list(),
         "ns": m.Namespace(x=1),
         "obj": m.new(Counter),
@@ -34,3 +36,13 @@ def server_pid(s: Any) -> int:
 
 def teardown(s: Any) -> None:
     s["m"].shutdown()
+
+
+def client_info(s: Any) -> Any:
+    return s["m"].address, s["m"].authkey
+
+
+def client(info: Any) -> Any:
+    conn = reflectmgr.connect(*info)
+    d = conn.root["d"]
+    return (lambda: d["k"]), conn.close

@@ -7,6 +7,7 @@ from typing import Any
 from multiprocess.managers import SyncManager  # type: ignore[import-untyped]
 from workloads import Counter, standard_ops, sync_manager_state
 
+from adapters.stdlib import client_info as stdlib_client_info
 from adapters.stdlib import server_pid, teardown
 
 NAME = "multiprocess Manager"
@@ -24,4 +25,15 @@ def setup(quick: bool) -> Any:
 
 
 operations = standard_ops
-__all__ = ["NAME", "operations", "server_pid", "setup", "teardown"]
+client_info = stdlib_client_info
+
+
+def client(info: Any) -> Any:
+    from multiprocess.managers import DictProxy
+
+    token, authkey = info
+    d = DictProxy(token, "pickle", authkey=authkey)
+    return (lambda: d["k"]), (lambda: None)
+
+
+__all__ = ["NAME", "client", "client_info", "operations", "server_pid", "setup", "teardown"]

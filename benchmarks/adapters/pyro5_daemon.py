@@ -54,7 +54,7 @@ def setup(quick: bool) -> Any:
     uri = proc.stdout.readline().strip()
     store = Pyro5.api.Proxy(uri)
     store._pyroBind()
-    return {"proc": proc, "store": store}
+    return {"proc": proc, "store": store, "uri": uri}
 
 
 def operations(s: Any) -> dict[str, Any]:
@@ -78,3 +78,12 @@ def teardown(s: Any) -> None:
     s["store"]._pyroRelease()
     s["proc"].kill()
     s["proc"].wait()
+
+
+def client_info(s: Any) -> Any:
+    return s["uri"]
+
+
+def client(uri: Any) -> Any:
+    store = Pyro5.api.Proxy(uri)
+    return (lambda: store.getitem("k")), store._pyroRelease

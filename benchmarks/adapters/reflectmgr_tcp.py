@@ -16,3 +16,5 @@ def setup(quick: bool) -> Any:
 operations = common.operations
 teardown = common.teardown
 server_pid = common.server_pid
+client_info = common.client_info
+client = common.client

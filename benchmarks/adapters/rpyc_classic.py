@@ -32,10 +32,13 @@ def setup(quick: bool) -> Any:
     port = int(proc.stdout.readline())
     conn = rpyc.classic.connect("127.0.0.1", port)
     b = conn.modules.builtins
+    d = b.dict(k=0)
+    conn.modules.workloads.SHARED = d  # where client processes find it (a module of the server)
     return {
         "proc": proc,
+        "port": port,
         "conn": conn,
-        "d": b.dict(k=0),
+        "d": d,
         "lst": b.list(),
         "ns": conn.modules.types.SimpleNamespace(x=1),
         "obj": conn.modules.workloads.Counter(),
@@ -56,3 +59,13 @@ def teardown(s: Any) -> None:
     s["conn"].close()
     s["proc"].kill()
     s["proc"].wait()
+
+
+def client_info(s: Any) -> Any:
+    return s["port"]
+
+
+def client(port: Any) -> Any:
+    conn = rpyc.classic.connect("127.0.0.1", port)
+    d = conn.modules.workloads.SHARED
+    return (lambda: d["k"]), conn.close

@@ -30,3 +30,17 @@ def server_pid(s: Any) -> int:
 
 def teardown(s: Any) -> None:
     s["m"].shutdown()
+
+
+def client_info(s: Any) -> Any:
+    d = s["d"]
+    return d._token, bytes(d._authkey)
+
+
+def client(info: Any) -> Any:
+    """In a fresh process: the same shared dict, and how to let it go."""
+    from multiprocessing.managers import DictProxy
+
+    token, authkey = info
+    d = DictProxy(token, "pickle", authkey=authkey)
+    return (lambda: d["k"]), (lambda: None)
