@@ -1,7 +1,7 @@
 """A channel: one transport, spoken by the same loop on both sides.
 
     caller thread                       transport                        serving thread
-    call(op) --encode--> REQUEST ---------------------------------> serve_one()
+    call(op) --encode--> REQUEST ---------------------------------> serve_forever()
         wait() <------------------ REQUEST (callback) <---------- handler calls a byref proxy
         _serve() ---------------> OK/ERR ----------------------->     (nested wait)
         wait() <------------------ OK/ERR <---------------------- reply(result)
@@ -171,66 +171,35 @@ class Channel:
         """Answer requests until ``stopping()``; for a thread that serves only this channel.
 
         The per-message context (this channel as the one being served, the peer's table for
-        decoding) is installed once for the thread, and the common request (no references, no
-        buffers) is handled inline: this loop is the manager's hot path.
+        decoding) is installed once for the thread: this loop is the manager's hot path.
+        Raises EOFError/OSError when the peer is gone.
         """
         _tls.channel = self
         _codec_tls.table = peer = self.peer
-        recv, handlers = self.transport.recv, HANDLERS
+        recv = self.transport.recv
         while not stopping():
-            flags, payload = recv()
-            if flags:
-                self._serve_frame(flags, payload)
+            msg = self._request(*recv())
+            if msg is None:
                 continue
-            try:
-                msg = _loads(payload)
-            except _USER_DECODE_ERRORS as exc:
-                self._send_error(exc)
-                continue
-            except Exception as exc:
-                raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
-            if type(msg) is not tuple or len(msg) != 7 or msg[0] != _REQUEST:
-                raise ProtocolError("malformed request")
             _, releases, op, oid, a, b, c = msg
             if releases:
                 peer.apply_releases(releases)
-            handle = handlers.get(op) if type(op) is int else None
-            if handle is None:
-                self._send_error(ProtocolError(f"unknown operation {op!r}"))
-                continue
-            try:
-                result = handle(peer, oid, a, b, c)
-                shared = _getrefcount(result) > LOCAL_BASE  # before anything else takes a reference
-            except BaseException as exc:
-                self._send_error(exc)
-                continue
-            self.reply(result, shared)
-            del result
+            self._dispatch(op, oid, a, b, c)
 
-    def _serve_frame(self, flags: int, payload: bytes | bytearray) -> None:
-        """serve_one for a frame already read (one with references or buffers)."""
+    def _request(self, flags: int, payload: bytes | bytearray) -> tuple[Any, ...] | None:
+        """The request in a frame just read; None if its content names something this side
+        cannot load (the peer then gets the error as its reply, and the channel stays in step)."""
         buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
         try:
-            msg = decode(flags, payload, self.peer.load_ref, buffers)
+            msg = _loads(payload) if not flags else decode(flags, payload, self.peer.load_ref, buffers)
         except _USER_DECODE_ERRORS as exc:
             self._send_error(exc)
-            return
+            return None
         except Exception as exc:
             raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
         if type(msg) is not tuple or len(msg) != 7 or msg[0] != _REQUEST:
             raise ProtocolError("malformed request")
-        self._serve(msg)
-
-    def serve_one(self) -> None:
-        """Receive one request and answer it. Raises EOFError/OSError when the peer is gone."""
-        try:
-            msg = self._receive(self.peer.load_ref)
-        except _UndecodableError as exc:
-            self._send_error(exc.error)
-            return
-        if len(msg) != 7 or msg[0] != _REQUEST:
-            raise ProtocolError("malformed request")
-        self._serve(msg)
+        return msg
 
     def _serve(self, msg: tuple[Any, ...]) -> None:
         _, releases, op, oid, a, b, c = msg

@@ -2,7 +2,7 @@
 
     listeners --accept--> [auth thread] --HMAC ok--> HELLO(session token) --> Session
                                                             |
-                               one thread per connection:   Channel.serve_one() in a loop
+                               one thread per connection:   Channel.serve_forever()
                                                             |
                   last connection of a session closes ----> release every reference it held
 

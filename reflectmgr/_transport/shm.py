@@ -33,7 +33,7 @@ from pickle import PickleBuffer
 
 from .._wire.framing import HEADER, HEADER_SIZE, MAX_FRAME
 from ..errors import ProtocolError, ReflectmgrError
-from .stream import SPIN_NS, FramedStream, StreamTransport, _spinner
+from .stream import SPIN_NS, SocketEnd, StreamTransport, _spinner
 
 PREFIX = "shm:"
 # Sent as a raw frame right after authentication: "switch this connection to shared memory".
@@ -88,7 +88,7 @@ def upgrade_server(stream: StreamTransport) -> ShmTransport:
     """Answer a client's REQUEST: make the segment, pass it over, switch to it."""
     sock = stream.sock
     if sock.family != socket.AF_UNIX or not stream.drained():
-        socket.send_fds(sock, [b"N"], [])
+        sock.sendall(b"N")
         raise ProtocolError("shared memory was asked for on a connection that cannot pass it")
     fd = _segment()
     try:
@@ -118,12 +118,11 @@ def upgrade_client(stream: StreamTransport) -> ShmTransport:
         os.close(fds[0])
 
 
-class ShmTransport(FramedStream):
+class ShmTransport(SocketEnd):
     """Frames over two shared rings; ``sock`` only carries wake-ups and tells liveness."""
 
     def __init__(self, sock: socket.socket, fd: int, writer_ring: int, spin: bool = True) -> None:
-        super().__init__(spin)
-        self.sock = sock
+        super().__init__(sock, spin)
         self._mm = mmap.mmap(fd, SEGMENT_SIZE)
         mem = memoryview(self._mm)
         out_base = writer_ring * (_CTL + RING_SIZE)
@@ -157,12 +156,8 @@ class ShmTransport(FramedStream):
                 end = begin + length
                 if end <= RING_SIZE and avail >= HEADER_SIZE + length and length <= max_size:
                     payload = self._in[begin:end].tobytes()
-                    self._tail = tail = tail + HEADER_SIZE + length
-                    ctl[_TAIL] = tail
-                    _acquire()
-                    _release()
-                    if ctl[_WRITER_ASLEEP]:
-                        self._ring()
+                    self._tail = tail + HEADER_SIZE + length
+                    self._publish_tail()
                     return flags, payload
         return super().recv(max_size)
 
@@ -242,15 +237,7 @@ class ShmTransport(FramedStream):
             ring = self._out
             _pack_header_into(ring, start, n, flags)
             ring[start + HEADER_SIZE : start + total] = payload
-            self._head = head = head + total
-            if not _TSO:
-                _acquire()
-                _release()
-            ctl[_HEAD] = head
-            _acquire()
-            _release()
-            if ctl[_READER_ASLEEP]:
-                self._ring()
+            self._publish_head(head + total)
             return
         super().send(flags, payload, buffers)
 
@@ -274,15 +261,19 @@ class ShmTransport(FramedStream):
             if n > first:
                 ring[: n - first] = src[done + first : done + n]
             done += n
-            self._head = head + n
-            if not _TSO:
-                _acquire()
-                _release()
-            ctl[_HEAD] = head + n
+            self._publish_head(head + n)
+
+    def _publish_head(self, head: int) -> None:
+        ctl = self._out_ctl
+        self._head = head
+        if not _TSO:  # the data must be visible before the head that announces it
             _acquire()
             _release()
-            if ctl[_READER_ASLEEP]:
-                self._ring()
+        ctl[_HEAD] = head
+        _acquire()
+        _release()
+        if ctl[_READER_ASLEEP]:  # it sleeps on the doorbell
+            self._ring()
 
     def _wait_space(self) -> None:
         if self._closed:
@@ -366,24 +357,6 @@ class ShmTransport(FramedStream):
         self._publish_tail()
         return data
 
-    # -- the rest of the transport --------------------------------------------------------------
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
+    # -- the rest of the transport (the socket's own: see SocketEnd) ----------------------------
     def set_timeout(self, seconds: float | None) -> None:
         self._timeout = seconds
-
-    def _shut(self) -> None:
-        # The mapping stays until this object is collected: another thread may be copying.
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-    def detach_after_fork(self) -> None:
-        self._closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass

@@ -219,12 +219,37 @@ class FramedStream:
             self.close()
 
 
-class StreamTransport(FramedStream):
-    """Frames over a connected stream socket."""
+class SocketEnd(FramedStream):
+    """A framed stream that owns a connected socket: closing the stream shuts the socket."""
 
     def __init__(self, sock: socket.socket, spin: bool = True) -> None:
         super().__init__(spin)
         self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _shut(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def detach_after_fork(self) -> None:
+        """Forget the socket without shutting it down: the parent still uses the connection."""
+        self._closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class StreamTransport(SocketEnd):
+    """Frames over a connected stream socket."""
+
+    def __init__(self, sock: socket.socket, spin: bool = True) -> None:
+        super().__init__(sock, spin)
         # Bound methods of the socket itself: no Python frame per send or blocking receive.
         self._sendall = sock.sendall  # type: ignore[method-assign,assignment]
         self._block_recv_into = sock.recv_into  # type: ignore[method-assign,assignment]
@@ -236,18 +261,8 @@ class StreamTransport(FramedStream):
         except BlockingIOError:
             return None
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def set_timeout(self, seconds: float | None) -> None:
         self.sock.settimeout(seconds)
-
-    def _shut(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
 
     def drained(self) -> bool:
         """True if no received byte waits in the read-ahead buffer."""
@@ -257,14 +272,6 @@ class StreamTransport(FramedStream):
         """Hand the socket over to another transport (shared memory); this one is done."""
         self._closed = True
         return self.sock
-
-    def detach_after_fork(self) -> None:
-        """Forget the socket without shutting it down: the parent still uses the connection."""
-        self._closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 class FdTransport(FramedStream):

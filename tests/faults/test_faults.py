@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -9,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,17 +123,10 @@ def test_owner_death_stops_the_manager() -> None:
 def test_killed_client_releases_everything(m: reflectmgr.Manager) -> None:
     m.root["data"] = {str(i): [i] for i in range(100)}
     base = baseline_objects(m)
-    ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=hold_proxies, args=(m.address, m.authkey, 100))
-    child.start()
-    try:
+    with spawned(hold_proxies, m.address, m.authkey, 100) as child:
         wait_until(lambda: m.root.get("ready") == 100, CHILD, "the child to hold its proxies")
         assert m.stats().objects >= base + 100 and m.stats().clients == 2
         child.kill()
-        child.join(CHILD)
-    finally:
-        if child.is_alive():
-            child.kill()
     wait_until(lambda: m.stats().clients == 1, DEATH, "the manager to notice the death")
     assert wait_until(lambda: baseline_objects(m) == base, DEATH, "the dead client's references to go")
     assert m.root["data"]["5"] == [5]  # shared state intact, manager serving
@@ -174,6 +169,19 @@ def test_garbage_after_auth_drops_only_that_connection(manager: reflectmgr.Manag
     assert wait_until(lambda: manager.stats().clients == 1, DEATH)
 
 
+@contextlib.contextmanager
+def spawned(target: Any, *args: Any) -> Iterator[Any]:
+    """A spawned child running ``target(*args)``; killed and reaped when the block ends."""
+    child = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    child.start()
+    try:
+        yield child
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(CHILD)
+
+
 def _segments(pid: int) -> int:
     """Shared-memory rings mapped by process ``pid`` (one per shm connection)."""
     return sum("memfd:reflectmgr" in m.path for m in psutil.Process(pid).memory_maps(grouped=False))
@@ -186,18 +194,11 @@ def test_client_killed_mid_message_on_shared_memory() -> None:
         d = m.dict(a=1)
         assert m.pid is not None
         before = _segments(m.pid)
-        ctx = multiprocessing.get_context("spawn")
-        report = ctx.Queue()
-        child = ctx.Process(target=die_mid_message, args=(m.address, m.authkey, report))
-        child.start()
-        try:
+        report = multiprocessing.get_context("spawn").Queue()
+        with spawned(die_mid_message, m.address, m.authkey, report) as child:
             assert report.get(timeout=CHILD) == "half sent"
             assert _segments(m.pid) == before + 1 and m.stats().clients == 2
             child.kill()
-            child.join(CHILD)
-        finally:
-            if child.is_alive():
-                child.kill()
         wait_until(lambda: m.stats().clients == 1, DEATH, "the manager to notice the death")
         assert wait_until(lambda: _segments(m.pid) == before, DEATH, "the dead client's rings to be unmapped")
         assert d["a"] == 1 and m.dict(b=2)["b"] == 2  # still serving, state intact
