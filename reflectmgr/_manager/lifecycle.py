@@ -166,7 +166,7 @@ class Manager(Factories):
     unix socket; the default where the platform can pass descriptors), ``"pipe"`` (the unix socket
     itself) or ``"tcp"`` (the default for a ``(host, port)`` address).
     ``in_process=True`` keeps the owner in this process (threads of the main interpreter): its
-    subinterpreters reach it over in-process pipes (``inproc_address``), other processes over
+    subinterpreters reach it over in-process rings (``inproc_address``), other processes over
     ``address``; there is no manager process.
     """
 

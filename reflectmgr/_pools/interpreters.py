@@ -4,8 +4,8 @@
     worker thread i   --owns subinterpreter i--> exec(RUN) with the task; reads the result
                         from a cross-interpreter queue (exec returns after the task, so no wait)
 
-Each subinterpreter is a client of the manager: over in-process pipes when the owner runs in this
-process (``Manager(in_process=True)``), over the manager's socket otherwise.
+Each subinterpreter is a client of the manager: over in-process shared-memory rings when the owner
+runs in this process (``Manager(in_process=True)``), over the manager's transport otherwise.
 """
 
 from __future__ import annotations

@@ -1,22 +1,25 @@
-"""In-process channels: pipes between interpreters of one process, no socket.
+"""In-process channels: shared-memory rings between interpreters of one process.
 
     owner (main interpreter)                      client (any interpreter of this process)
-    InprocListener: accept pipe (r, w) <--- 12 bytes: two fresh pipes' fds, spin --- connect()
-    FdTransport(c2s read, s2c write)   <=============== frames ===============> FdTransport
+    InprocListener: accept  <--- 12 bytes: a socket's fd, a memfd, spin --- connect_inproc()
+    ShmTransport(socket, rings)  <=============== frames ===============> ShmTransport
 
-A record of 12 bytes is below PIPE_BUF, so concurrent connects never interleave. The address is
-a string ``"inproc:<pid>:<fd>"``; it means nothing outside this process.
+The client makes a socketpair and a ring segment and hands the owner its end and the segment by
+descriptor number (one process, one descriptor table). A record of 12 bytes is below PIPE_BUF, so
+concurrent connects never interleave. The address is a string ``"inproc:<pid>:<fd>"``; it means
+nothing outside this process.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
-from .stream import FdTransport
+from .shm import ShmTransport, new_segment
 
 PREFIX = "inproc:"
-# (client's write end -> our read end, our write end -> client's read end, spin flag)
+# (the owner's end of a socketpair, the ring segment, spin flag): descriptors of this process
 _RECORD = struct.Struct("iii")
 
 
@@ -38,14 +41,17 @@ class InprocListener:
         self._r, self._w = os.pipe()
         self.address = f"{PREFIX}{os.getpid()}:{self._w}"
 
-    def accept(self) -> FdTransport:
+    def accept(self) -> ShmTransport:
         record = os.read(self._r, _RECORD.size)
         if len(record) != _RECORD.size:
             raise OSError("the in-process listener was closed")
-        read_fd, write_fd, spin = _RECORD.unpack(record)
-        if read_fd < 0:
+        sock_fd, segment, spin = _RECORD.unpack(record)
+        if sock_fd < 0:
             raise OSError("the in-process listener was woken to stop")
-        return FdTransport(read_fd, write_fd, spin=bool(spin))
+        try:
+            return ShmTransport(socket.socket(fileno=sock_fd), segment, writer_ring=0, spin=bool(spin))
+        finally:
+            os.close(segment)  # mapped: the client's copy of the number is ours to close
 
     def wake(self) -> None:
         """Make a blocked ``accept`` return (the server is stopping)."""
@@ -59,7 +65,7 @@ class InprocListener:
                 pass
 
 
-def connect_inproc(address: str) -> FdTransport:
+def connect_inproc(address: str) -> ShmTransport:
     """Open a channel to the in-process owner at ``address``; raises OSError if it is not here."""
     pid, fd = address[len(PREFIX) :].split(":")
     if int(pid) != os.getpid():
@@ -67,12 +73,15 @@ def connect_inproc(address: str) -> FdTransport:
     # Spinning pays only between interpreters with separate GILs: the main interpreter's own
     # client shares the owner's GIL, so neither end spins for it.
     spin = not in_main_interpreter()
-    c2s_r, c2s_w = os.pipe()  # client -> server
-    s2c_r, s2c_w = os.pipe()  # server -> client
+    mine, theirs = socket.socketpair()
+    segment = new_segment()
     try:
-        os.write(int(fd), _RECORD.pack(c2s_r, s2c_w, spin))
-    except OSError:
-        for f in (c2s_r, c2s_w, s2c_r, s2c_w):
-            os.close(f)
+        transport = ShmTransport(mine, segment, writer_ring=1, spin=spin)
+        os.write(int(fd), _RECORD.pack(theirs.fileno(), segment, spin))
+    except BaseException:
+        for s in (mine, theirs):
+            s.close()
+        os.close(segment)
         raise
-    return FdTransport(s2c_r, c2s_w, spin=spin)
+    theirs.detach()  # the owner's socket object owns the descriptor now, and closes the segment
+    return transport

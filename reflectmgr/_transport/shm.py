@@ -69,7 +69,8 @@ def socket_path(address: str) -> str:
     return address[len(PREFIX) :]
 
 
-def _segment() -> int:
+def new_segment() -> int:
+    """A nameless shared-memory file the size of a ring pair (the caller closes it)."""
     memfd_create = getattr(os, "memfd_create", None)
     if memfd_create is not None:
         fd: int = memfd_create("reflectmgr", getattr(os, "MFD_CLOEXEC", 0))
@@ -90,7 +91,7 @@ def upgrade_server(stream: StreamTransport) -> ShmTransport:
     if sock.family != socket.AF_UNIX or not stream.drained():
         sock.sendall(b"N")
         raise ProtocolError("shared memory was asked for on a connection that cannot pass it")
-    fd = _segment()
+    fd = new_segment()
     try:
         transport = ShmTransport(stream.detach(), fd, writer_ring=0)
         socket.send_fds(sock, [b"S"], [fd])

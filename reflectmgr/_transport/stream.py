@@ -1,5 +1,5 @@
-"""Frames over a byte stream: a socket (AF_UNIX for "pipe", AF_INET for "tcp") or a pair of
-OS pipes (the in-process transport to subinterpreters).
+"""Frames over a byte stream: a socket (AF_UNIX for "pipe", AF_INET for "tcp"); shm.py puts the
+same framing over shared-memory rings.
 
 send: header+payload in one write (one syscall for small frames; large payloads go straight
       from the caller's buffer, no concatenation)
@@ -9,7 +9,6 @@ recv: a read-ahead buffer, so a small frame costs one read syscall, not two
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 import time
@@ -39,10 +38,6 @@ CHUNK = 256 * 1024
 SPIN_NS = 100_000
 _yield = getattr(os, "sched_yield", lambda: None)
 _spinner = threading.Lock()
-
-
-# How often a blocked in-process reader looks whether its channel was closed under it.
-POLL_MS = 250
 # Below this size header and payload are joined (one copy, one syscall); above, sent separately.
 JOIN_LIMIT = 64 * 1024
 
@@ -272,48 +267,3 @@ class StreamTransport(SocketEnd):
         """Hand the socket over to another transport (shared memory); this one is done."""
         self._closed = True
         return self.sock
-
-
-class FdTransport(FramedStream):
-    """Frames over two OS pipes (read end, write end): an in-process channel, no socket.
-
-    Spinning pays between interpreters with their own GILs; threads sharing one GIL hand it over
-    through the kernel anyway, so their channels are made with ``spin=False``.
-    """
-
-    def __init__(self, read_fd: int, write_fd: int, spin: bool = True) -> None:
-        super().__init__(spin)
-        self.read_fd = read_fd
-        self.write_fd = write_fd
-        os.set_blocking(read_fd, False)
-        self._poll = select.poll()
-        self._poll.register(read_fd, select.POLLIN)
-
-    def _try_recv_into(self, view: memoryview) -> int | None:
-        try:
-            return os.readv(self.read_fd, [view])
-        except BlockingIOError:
-            return None
-
-    def _block_recv_into(self, view: memoryview) -> int:
-        # Closing a pipe does not wake a poll() on it in another thread: wake up now and then
-        # to notice (an idle in-process channel costs one wake-up per POLL_MS).
-        while True:
-            if self._closed:
-                raise EOFError("the channel was closed")
-            if self._poll.poll(POLL_MS):
-                n = self._try_recv_into(view)
-                if n is not None:
-                    return n
-
-    def _sendall(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.write_fd, view) :]
-
-    def _shut(self) -> None:
-        for fd in (self.write_fd, self.read_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="no desc
 
 def _pair(spin: bool = True) -> tuple[ShmTransport, ShmTransport]:
     a, b = socket.socketpair()
-    fd = shm._segment()
+    fd = shm.new_segment()
     try:
         return ShmTransport(a, fd, writer_ring=1, spin=spin), ShmTransport(b, fd, writer_ring=0, spin=spin)
     finally:
