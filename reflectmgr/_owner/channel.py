@@ -26,12 +26,12 @@ from .._wire.codec import (
     OOB_MIN,
     PROTOCOL,
     SCALARS,
+    codec_context,
     decode,
     encode,
     encode_request,
     swap_encoding,
 )
-from .._wire.codec import _tls as _codec_tls
 from .._wire.opcodes import FLAG_OOB, Msg
 from ..errors import ProtocolError, ReflectmgrError, RemoteError, RemoteTraceback
 from .dispatch import HANDLERS, Context
@@ -127,7 +127,7 @@ class Channel:
         """Receive until our reply arrives, serving the peer's requests in between."""
         while True:
             try:
-                msg = self._receive(self.peer.load_ref)
+                msg = self._receive()
             except _UndecodableError as exc:
                 self.busy = False  # the frame was read whole: the channel is still in step
                 raise ReflectmgrError(f"could not unpickle the reply: {exc.error!r}") from exc.error
@@ -147,24 +147,30 @@ class Channel:
                 raise error
             self._serve(msg)
 
-    def _receive(self, load_ref: Any) -> Any:
+    def _receive(self) -> Any:
         flags, payload = self.transport.recv()
-        buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
         # swap_decoding, inline (this runs for every message)
-        prev = getattr(_codec_tls, "table", None)
-        _codec_tls.table = self.peer
+        prev = getattr(codec_context, "table", None)
+        codec_context.table = self.peer
         try:
-            msg = _loads(payload) if not flags else decode(flags, payload, load_ref, buffers)
-        except _USER_DECODE_ERRORS as exc:
-            # The frame was whole; only its content names something this side cannot load.
-            raise _UndecodableError(exc) from exc
-        except Exception as exc:
-            raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
+            msg = self._decode(flags, payload)
         finally:
-            _codec_tls.table = prev
+            codec_context.table = prev
         if type(msg) is not tuple or len(msg) < 3 or msg[0] not in (_REQUEST, _OK, _ERR, _REF):
             raise ProtocolError("malformed message from the peer")
         return msg
+
+    def _decode(self, flags: int, payload: bytes | bytearray) -> Any:
+        """Unpickle a frame just read, with its out-of-band buffers. Raises _UndecodableError
+        when the content names something this side cannot load (the frame was whole: the channel
+        is still in step) and ProtocolError when it is garbage."""
+        buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
+        try:
+            return _loads(payload) if not flags else decode(flags, payload, self.peer.load_ref, buffers)
+        except _USER_DECODE_ERRORS as exc:
+            raise _UndecodableError(exc) from exc
+        except Exception as exc:
+            raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
 
     # -- serving side ------------------------------------------------------------------------
     def serve_forever(self, stopping: Callable[[], bool]) -> None:
@@ -175,7 +181,7 @@ class Channel:
         Raises EOFError/OSError when the peer is gone.
         """
         _tls.channel = self
-        _codec_tls.table = peer = self.peer
+        codec_context.table = peer = self.peer
         recv = self.transport.recv
         while not stopping():
             msg = self._request(*recv())
@@ -188,15 +194,12 @@ class Channel:
 
     def _request(self, flags: int, payload: bytes | bytearray) -> tuple[Any, ...] | None:
         """The request in a frame just read; None if its content names something this side
-        cannot load (the peer then gets the error as its reply, and the channel stays in step)."""
-        buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
+        cannot load (the peer then gets the error as its reply)."""
         try:
-            msg = _loads(payload) if not flags else decode(flags, payload, self.peer.load_ref, buffers)
-        except _USER_DECODE_ERRORS as exc:
-            self._send_error(exc)
+            msg = self._decode(flags, payload)
+        except _UndecodableError as exc:
+            self._send_error(exc.error)
             return None
-        except Exception as exc:
-            raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
         if type(msg) is not tuple or len(msg) != 7 or msg[0] != _REQUEST:
             raise ProtocolError("malformed request")
         return msg

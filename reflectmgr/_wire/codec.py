@@ -68,6 +68,8 @@ class LocalTable(Protocol):
 
 
 _tls = threading.local()
+# The thread-local context itself, for hot paths that set ``table`` without a function call.
+codec_context = _tls
 
 
 def register_plain(cls: type) -> None:
