@@ -23,4 +23,10 @@ def test_example_runs(path: Path) -> None:
 
 
 def test_there_are_examples() -> None:
-    assert {p.stem for p in EXAMPLES} >= {"quickstart", "remote_tcp", "process_pool", "interpreter_pool"}
+    assert {p.stem for p in EXAMPLES} >= {
+        "quickstart",
+        "remote_tcp",
+        "process_pool",
+        "interpreter_pool",
+        "large_values",
+    }
