@@ -204,3 +204,17 @@ def test_client_killed_mid_message_on_shared_memory() -> None:
         assert d["a"] == 1 and m.dict(b=2)["b"] == 2  # still serving, state intact
         report.close()
         report.join_thread()
+
+
+def test_shared_memory_asked_over_tcp_is_refused_and_the_manager_goes_on() -> None:
+    from reflectmgr._transport import shm
+
+    with reflectmgr.Manager(("127.0.0.1", 0)) as m:
+        d = m.dict(a=1)
+        t = raw_connect(m.address, DEATH)  # type: ignore[arg-type]
+        client_handshake(t, m.authkey)
+        t.send(0, shm.REQUEST)  # descriptors cannot cross TCP
+        assert t.sock.recv(16) == b"N"
+        assert t.sock.recv(16) == b""  # and the manager drops that connection
+        t.close()
+        assert d["a"] == 1 and m.dict(b=2)["b"] == 2
