@@ -246,7 +246,7 @@ def table(runs: list[dict[str, Any]], limits: dict[str, float]) -> str:
         if ping and "d[k]" in res:
             notes.append(f"d[k] = {res['d[k]']['median'] / ping:.1f}x a socketpair ping-pong")
         if shm and "d[k]" in res:
-            notes.append(f"{res['d[k]']['median'] / shm:.0f}x a shm ping-pong")
+            notes.append(f"{res['d[k]']['median'] / shm:.1f}x a shm ping-pong")
         it = res.get(f"iterate {BIG // 1000}k list")
         if it and "d[k]" in res:
             notes.append(
