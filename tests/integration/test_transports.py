@@ -26,10 +26,13 @@ def test_a_pipe_manager_serves_shared_memory_on_request() -> None:
         d = m.dict(a=1)
         assert isinstance(m.address, str) and not m.address.startswith("shm:")
         conn = reflectmgr.connect(m.address, m.authkey, transport="shm")
-        assert conn.client.address == "shm:" + m.address
-        other = conn.root.setdefault("d", d)
-        other["b"] = 2
-        assert d["b"] == 2 and m.stats().clients == 2  # a client per route, each its own session
+        try:
+            assert conn.client.address == "shm:" + m.address
+            other = conn.root.setdefault("d", d)
+            other["b"] = 2
+            assert d["b"] == 2 and m.stats().clients == 2  # a client per route, each its own session
+        finally:
+            conn.close()
 
 
 def test_a_second_session_over_every_transport(manager: reflectmgr.Manager) -> None:
