@@ -22,6 +22,14 @@ class BrokenManagerError(ReflectmgrError):
     """The manager died or the link to it broke; the OS error, if any, is the ``__cause__``."""
 
 
+class ManagerTimeoutError(ReflectmgrError, TimeoutError):
+    """The manager did not answer within the timeout (``Manager(timeout=...)``, ``connect(timeout=...)``).
+
+    The connection that waited is dropped (a late answer must not reach the next call); the call
+    itself may still run in the manager.
+    """
+
+
 class AuthenticationError(ReflectmgrError, multiprocessing.AuthenticationError):
     """The HMAC challenge failed: the two sides do not share the same authkey."""
 
@@ -66,6 +74,7 @@ __all__ = [
     "AuthenticationError",
     "BrokenManagerError",
     "ManagerClosedError",
+    "ManagerTimeoutError",
     "ProtocolError",
     "ReflectmgrError",
     "ReflectmgrPicklingError",

@@ -37,6 +37,7 @@ from .._wire.opcodes import Msg, Op
 from ..errors import (
     BrokenManagerError,
     ManagerClosedError,
+    ManagerTimeoutError,
     ProtocolError,
     ReflectmgrError,
     ReflectmgrPicklingError,
@@ -63,14 +64,20 @@ def _key(address: Address) -> Any:
     return tuple(address) if isinstance(address, (tuple, list)) else address
 
 
-def get_client(address: Address, authkey: bytes | None = None) -> Client:
-    """The client of this process for ``address``, connecting on first use."""
+def get_client(address: Address, authkey: bytes | None = None, *, implicit: bool = True) -> Client:
+    """The client of this process for ``address``, connecting on first use.
+
+    ``implicit``: the caller is not a :class:`Connection` that will close it (an unpickled proxy,
+    an executor worker), so no connection's ``close()`` may close this client.
+    """
     key = _key(address)
     with _clients_lock:
         client = _clients.get(key)
         if client is not None and not client.closed and (authkey is None or bytes(authkey) == client.authkey):
+            client.implicit |= implicit
             return client
     client = Client(address, authkey if authkey is not None else default_authkey())
+    client.implicit = implicit
     with _clients_lock:
         _clients[key] = client
     return client
@@ -80,8 +87,19 @@ class Client(Endpoint):
     """``address``: where this client connects. ``public_address``: where *other processes* reach
     the same manager (differs for an in-process owner, whose own interpreters use pipes)."""
 
-    def __init__(self, address: Address, authkey: bytes, public_address: Address | None = None) -> None:
+    def __init__(
+        self, address: Address, authkey: bytes, public_address: Address | None = None, timeout: float | None = None
+    ) -> None:
         super().__init__(f"manager at {address!r}")
+        # How long a call waits for the manager's answer (None: as long as the call takes, since a
+        # Queue.get() or a Lock.acquire() may rightly wait for ever); ManagerTimeoutError past it.
+        self.timeout = timeout
+        # Connections (connect()) that use this client; the last one's close() closes it, unless
+        # something else of this process relies on it too (``implicit``: a Manager, unpickled
+        # proxies, an executor worker), whose proxies a library's connect()+close() must not break.
+        self.handles = 0
+        self.implicit = True
+        self._fork_pin: tuple[bytes, list[int]] | None = None
         self.address = address
         self.public_address = public_address if public_address is not None else address
         # Where a proxy pickled here can be rebuilt: this process's route first, then everyone's.
@@ -127,14 +145,20 @@ class Client(Endpoint):
             _, payload = transport.recv(MAX_PREAUTH)
             reply = codec.decode(0, payload)
             self.manager_pid = reply[2]
-            transport.set_timeout(None)
+            transport.set_timeout(self.timeout)
+        except TimeoutError as exc:
+            transport.dispose()
+            raise BrokenManagerError(
+                f"the manager at {self.address!r} did not answer the handshake within {CONNECT_TIMEOUT} s: "
+                "is it stopped or overloaded?"
+            ) from exc
         except (OSError, EOFError) as exc:
-            transport.close()
+            transport.dispose()
             raise BrokenManagerError(
                 f"the manager at {self.address!r} closed the connection during the handshake"
             ) from exc
         except BaseException:
-            transport.close()
+            transport.dispose()
             raise
         channel = Channel(transport, self)
         self._transports[:] = [t for t in self._transports if not t.closed]
@@ -151,8 +175,32 @@ class Client(Endpoint):
             channel, spare = mine.channel, False  # the common case, inline
         else:
             channel, spare = self._checkout()
+        return self._call_on(channel, spare, op, oid, a, b, c)
+
+    def call_within(self, timeout: float | None, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
+        """:meth:`call` that waits at most ``timeout`` seconds for each answer of the manager;
+        raises :class:`ManagerTimeoutError` after that (and drops the connection it waited on)."""
+        if self._generation != _fork_generation[0]:
+            self._after_fork()
+        if self.closed:
+            raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
+        channel, spare = self._checkout()
+        channel.transport.set_timeout(timeout)
+        try:
+            return self._call_on(channel, spare, op, oid, a, b, c)
+        finally:
+            if not channel.transport.closed:
+                channel.transport.set_timeout(self.timeout)
+
+    def _call_on(self, channel: Channel, spare: bool, op: int, oid: int, a: Any, b: Any, c: Any) -> Any:
         try:
             result = channel.call(op, oid, a, b, c)
+        except TimeoutError as exc:
+            channel.transport.close()  # out of step: a late answer must not reach the next call
+            raise ManagerTimeoutError(
+                f"the manager at {self.address!r} (pid {self.manager_pid}) did not answer within the timeout; "
+                "the call may still run there"
+            ) from exc
         except (OSError, EOFError) as exc:
             channel.transport.close()
             if self.closed:
@@ -209,7 +257,7 @@ class Client(Endpoint):
         if keep is not None:
             keep.append(proxy)  # the caller keeps it (so the object) alive until the task is done
             return (_borrowed, (self.routes, proxy._rm_oid, proxy._rm_desc))
-        token = self.call(Op.PIN, proxy._rm_oid)
+        token = self.call(Op.PIN, 0, [proxy._rm_oid])
         # Like multiprocessing: the authkey travels inside the pickle only to a child being spawned
         # (through its private pipe); any other receiver uses the authkey it inherited.
         authkey = self.authkey if _spawning() else None
@@ -299,18 +347,35 @@ class Client(Endpoint):
         self._flusher = None
         self._stop = threading.Event()
 
+    def _pin_for_fork(self) -> None:
+        """In the parent, just before ``fork``: pin what the child inherits, so that the parent's
+        own releases cannot free it before the child has adopted it (or the pin's lease ran out)."""
+        self._fork_pin = None
+        if self.closed or self._generation != _fork_generation[0]:
+            return
+        live = list(self.cache.live())
+        if not live:
+            return
+        try:
+            self._fork_pin = (self.call(Op.PIN, 0, live), live)
+        except (ReflectmgrError, OSError):
+            pass  # the manager is gone: the child's proxies will say so
+
     def _after_fork(self) -> None:
+        """In a forked child: a session of its own, adopting the references it inherited."""
         with self._fork_lock:
             if self._generation == _fork_generation[0]:
                 return
             self._forget_parent()
-            self._generation = _fork_generation[0]
             self._token = os.urandom(16)
             self.table.release_all(self.holder)
-            inherited = self.cache.live()
+            token = self._fork_pin[0] if self._fork_pin is not None else None
+            inherited = list(self.cache.live())
             self._anchor = self._open()
+            self._generation = _fork_generation[0]
             self._start_flusher()
-            alive = self._anchor.call(Op.ADOPT, 0, list(inherited)) if inherited else []
+            alive = self._anchor.call(Op.ADOPT, 0, token, inherited) if inherited or token else []
+            self._fork_pin = None
             self.cache.reset(dict.fromkeys(alive, 1))
 
 
@@ -393,6 +458,8 @@ _held_for_fork: list[Any] = []
 
 
 def _before_fork() -> None:
+    for client in list(_clients.values()):
+        client._pin_for_fork()
     # Hold every lock a helper thread might hold at fork time, so the child inherits none locked.
     _clients_lock.acquire()
     _held_for_fork[:] = _fork_locks()
@@ -400,18 +467,33 @@ def _before_fork() -> None:
         lock.acquire()
 
 
-def _after_fork_in_parent() -> None:
+def _release_fork_locks() -> None:
     for lock in reversed(_held_for_fork):
         lock.release()
     _held_for_fork.clear()
     _clients_lock.release()
 
 
+def _after_fork_in_parent() -> None:
+    _release_fork_locks()
+    for client in list(_clients.values()):
+        client._fork_pin = None  # the child claims it, or its lease runs out
+
+
 def _after_fork_in_child() -> None:
     _fork_generation[0] += 1
-    _after_fork_in_parent()
-    for client in list(_clients.values()):
+    _release_fork_locks()
+    clients = list(_clients.values())
+    for client in clients:
         client._forget_parent()
+    # Adopt at once, not at the first call: the parent's pin lapses after a lease, and a child
+    # that uses its proxies only later must still find their objects.
+    for client in clients:
+        if not client.closed:
+            try:
+                client._after_fork()
+            except Exception:
+                pass  # the manager is unreachable: the first call retries, and raises
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

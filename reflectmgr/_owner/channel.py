@@ -30,9 +30,11 @@ from .._wire.codec import (
     decode,
     encode,
     encode_request,
+    split_releases,
     swap_encoding,
+    with_releases,
 )
-from .._wire.opcodes import FLAG_OOB, Msg
+from .._wire.opcodes import FLAG_OOB, FLAG_RELEASES, Msg
 from ..errors import ProtocolError, ReflectmgrError, RemoteError, RemoteTraceback
 from .dispatch import HANDLERS, Context
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
@@ -48,9 +50,11 @@ def serving() -> Channel | None:
     return getattr(_tls, "channel", None)
 
 
-# Unpickling errors that mean "this pickle names something we lack", not "this is garbage":
-# the sender gets them back as an error reply and the connection keeps serving.
-_USER_DECODE_ERRORS = (ImportError, AttributeError, ReflectmgrError, TypeError)
+# Unpickling errors that mean "this is not a pickle": the peer is out of step or hostile, and the
+# connection is dropped. Any other error comes from the content (a __setstate__ or __reduce__ that
+# raises, a class this side lacks): the frame was read whole, so the sender gets the error as its
+# reply and the connection keeps serving.
+_GARBAGE_ERRORS = (pickle.UnpicklingError, EOFError)
 
 
 class Peer(Context, Protocol):
@@ -110,15 +114,23 @@ class Channel:
             return self.wait()
         prev = swap_encoding(peer.home)
         buffers: list[Any] = []
+        exported: list[int] = []
+        codec_context.exported = exported  # byref() objects counted for the peer while pickling
         try:
             # int(op): an IntEnum member would push the message off pickle's fast path
-            flags, payload = encode_request((_REQUEST, releases, int(op), oid, a, b, c), a, b, c, buffers)
+            flags, payload = encode_request((_REQUEST, (), int(op), oid, a, b, c), a, b, c, buffers)
         except BaseException:
             if releases:
                 peer.return_releases(releases)
+            if exported:
+                peer.table.release(peer.holder, [(x, 1) for x in exported])
             raise
         finally:
             swap_encoding(prev)
+            codec_context.exported = None
+        if releases:
+            # Outside the pickle: applied by the peer even if the rest fails to unpickle there.
+            flags, payload = with_releases(flags, payload, releases)
         self.busy = True
         self.transport.send(flags, payload, buffers)
         return self.wait()
@@ -165,12 +177,24 @@ class Channel:
         when the content names something this side cannot load (the frame was whole: the channel
         is still in step) and ProtocolError when it is garbage."""
         buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
+        releases: tuple[tuple[int, int], ...] = ()
         try:
-            return _loads(payload) if not flags else decode(flags, payload, self.peer.load_ref, buffers)
-        except _USER_DECODE_ERRORS as exc:
-            raise _UndecodableError(exc) from exc
-        except Exception as exc:
+            if not flags:
+                return _loads(payload)
+            if flags & FLAG_RELEASES:
+                rest, releases = split_releases(payload)
+                return decode(flags, rest, self.peer.load_ref, buffers)
+            return decode(flags, payload, self.peer.load_ref, buffers)
+        except _GARBAGE_ERRORS as exc:
             raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
+        except Exception as exc:
+            raise _UndecodableError(exc) from exc
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt raised by the content
+            error = ReflectmgrError(f"unpickling the message raised {exc!r}; it was not run")
+            raise _UndecodableError(error) from exc
+        finally:
+            if releases:  # whatever happened to the rest of the message
+                self.peer.apply_releases(releases)
 
     # -- serving side ------------------------------------------------------------------------
     def serve_forever(self, stopping: Callable[[], bool]) -> None:
@@ -234,48 +258,58 @@ class Channel:
             return
         prev = swap_encoding(self.peer.home)
         buffers: list[Any] = []
+        exported: list[int] = []  # counted for the peer while encoding, before it can release them
         try:
-            flags, payload, exported, new_types = self._encode_result(result, shared, buffers)
+            flags, payload, new_types = self._encode_result(result, shared, buffers, exported)
         except BaseException as exc:
+            self._unexport(exported)
             self._send_error(exc)
             return
         finally:
             swap_encoding(prev)
-        if exported:
-            self.peer.table.add(self.peer.holder, exported)  # counted before the peer can release
         self.sent_types |= new_types
         self.transport.send(flags, payload, buffers)
 
-    def _encode_result(self, result: Any, shared: bool, buffers: list[Any]) -> tuple[int, bytes, list[Any], set[int]]:
+    def _unexport(self, exported: list[int]) -> None:
+        if exported:
+            self.peer.table.release(self.peer.holder, [(oid, 1) for oid in exported])
+            exported.clear()
+
+    def _encode_result(
+        self, result: Any, shared: bool, buffers: list[Any], exported: list[int]
+    ) -> tuple[int, bytes, set[int]]:
         refs = plan(result, shared)
         if refs is None:
             value = result.target if type(result) is Value else result
-            return (*encode((_OK, (), value), oob=buffers), [], set())
+            return (*encode((_OK, (), value), oob=buffers), set())
+        peer = self.peer
         if len(refs) == 1 and id(result) in refs:  # one object by reference: no pickler subclass needed
             target = refs[id(result)]
-            desc = self.peer.describer.describe(type(target))
+            desc = peer.describer.describe(type(target))
             tid = desc[0]
-            pid = (id(target), tid if tid in self.sent_types else desc)
-            payload = pickle.dumps((_REF, self.peer.take_releases(), pid), PROTOCOL)
-            return 0, payload, [target], {tid}
+            oid = peer.table.export(peer.holder, target)
+            exported.append(oid)
+            payload = pickle.dumps((_REF, peer.take_releases(), (oid, tid if tid in self.sent_types else desc)), 5)
+            return 0, payload, {tid}
         try:
-            return self._encode_refs(result, refs, buffers)
+            return self._encode_refs(result, refs, buffers, exported)
         except pickle.PicklingError:
             buffers.clear()
-            return self._encode_result(Ref(result), False, buffers)  # unpicklable inside: all by reference
+            self._unexport(exported)
+            return self._encode_result(Ref(result), False, buffers, exported)  # unpicklable inside: by reference
 
     def _encode_refs(
-        self, result: Any, refs: dict[int, Any], buffers: list[Any]
-    ) -> tuple[int, bytes, list[Any], set[int]]:
+        self, result: Any, refs: dict[int, Any], buffers: list[Any], exported: list[int]
+    ) -> tuple[int, bytes, set[int]]:
         """Pickle ``result`` with the objects in ``refs`` replaced by references.
 
         Each reference carries its type description the first time this connection sends that type,
         then only the type's id.
         """
-        exported: list[Any] = []
         new_types: set[int] = set()
         sent_types = self.sent_types
-        describe = self.peer.describer.describe
+        peer = self.peer
+        describe, export, holder = peer.describer.describe, peer.table.export, peer.holder
 
         def persistent_id(obj: Any) -> Any:
             target = refs.get(id(obj))
@@ -283,14 +317,21 @@ class Channel:
                 return None
             desc = describe(type(target))
             tid = desc[0]
-            exported.append(target)
+            oid = export(holder, target)
+            exported.append(oid)
             if tid in sent_types or tid in new_types:
-                return (id(target), tid)
+                return (oid, tid)
             new_types.add(tid)
-            return (id(target), desc)
+            return (oid, desc)
 
-        flags, payload = encode((_OK, self.peer.take_releases(), result), persistent_id, buffers)
-        return flags, payload, exported, new_types
+        releases = peer.take_releases()
+        try:
+            flags, payload = encode((_OK, releases, result), persistent_id, buffers)
+        except BaseException:
+            if releases:
+                peer.return_releases(releases)
+            raise
+        return flags, payload, new_types
 
     def _send_error(self, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -174,8 +174,8 @@ def _ping(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
 
 
 @handler(Op.PIN)
-def _pin(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
-    return ctx.table.pin(ctx.holder, oid)
+def _pin(ctx: Context, oid: int, oids: Any, b: Any, c: Any) -> Any:
+    return ctx.table.pin(oids)
 
 
 @handler(Op.CLAIM)
@@ -184,15 +184,9 @@ def _claim(ctx: Context, oid: int, token: Any, b: Any, c: Any) -> Any:
 
 
 @handler(Op.ADOPT)
-def _adopt(ctx: Context, oid: int, oids: Any, b: Any, c: Any) -> Any:
-    """A forked child takes over the references it inherited: count them for its own session."""
-    alive = []
-    for inherited in oids:
-        entry = ctx.table.objects.get(inherited)
-        if entry is not None:
-            alive.append(entry[0])
-    ctx.table.add(ctx.holder, alive)
-    return [id(obj) for obj in alive]
+def _adopt(ctx: Context, oid: int, token: Any, oids: Any, c: Any) -> Any:
+    """A forked child takes over the references it inherited (pinned by its parent at fork)."""
+    return ctx.table.adopt(ctx.holder, token, oids)
 
 
 @handler(Op.SHUTDOWN)

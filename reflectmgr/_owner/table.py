@@ -1,23 +1,37 @@
 """The object table: which objects the peers hold, and how many times each peer received each.
 
-    table.objects   oid -> [obj, total]        total = sum over holders of their counts
+    table.objects   oid -> [obj, total]        total = pin counts + sum over holders of their counts
+    table._oids     id(obj) -> oid             for the objects in the table (so they are alive)
     holder.held     oid -> count               times this holder *received* the reference
-    table.pins      token -> (oid, holder)     references kept for a pickled proxy in flight
+    table.pins      token -> (oids, expiry)    references kept for a pickled proxy or a fork in flight
+
+Object ids are numbers from a counter, never reused in the table's life: a stale reference (a
+forked child's, a pickle loaded twice, a pin claimed after it lapsed) can only fail with
+:class:`ReleasedError`, never reach another object. An object keeps its id while it is in the
+table; once nobody holds it, it leaves, and if it is sent again later it gets a new id.
 
 A release carries the count the peer had received when its proxy died; the holder's count drops
 by that much, so a reference sent again in the meantime (a reply crossing the release) survives.
-The table keeps the object alive while ``total > 0``. All mutation happens under one lock: it is
-held for dictionary updates only, never across a call into user code or a send.
+A pin belongs to no holder: it outlives its sender, until the receiver claims it or PIN_LEASE
+runs out. The lock guards dictionary updates only: objects that leave the table are dropped after
+it is released, so a ``__del__`` that calls back into the manager cannot deadlock it.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ReleasedError
+
+# How long a pin keeps its objects when nobody claims it: a pickled proxy that is never loaded, a
+# forked child that never adopted what it inherited. Long enough for a pickle to wait in a queue
+# behind real work; short enough that an abandoned one does not hold memory for the session's life.
+PIN_LEASE = 300.0
 
 
 class Holder:
@@ -31,10 +45,13 @@ class Holder:
 
 
 class ObjectTable:
-    def __init__(self) -> None:
+    def __init__(self, pin_lease: float = PIN_LEASE) -> None:
         self.lock = threading.Lock()
         self.objects: dict[int, list[Any]] = {}
-        self.pins: dict[bytes, tuple[int, Holder]] = {}
+        self.pins: dict[bytes, tuple[tuple[int, ...], float]] = {}
+        self.pin_lease = pin_lease
+        self._oids: dict[int, int] = {}
+        self._next_oid = itertools.count(1).__next__
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -42,20 +59,23 @@ class ObjectTable:
     def resolve(self, oid: int) -> Any:
         entry = self.objects.get(oid)
         if entry is None:
-            raise ReleasedError(f"object {oid:#x} is not (or no longer) held by any client")
+            raise ReleasedError(f"object #{oid} is not (or no longer) held by any client")
         return entry[0]
 
-    def add(self, holder: Holder, objs: Iterable[Any]) -> None:
-        """Count one more reception by ``holder`` of each object (the objects are alive: we hold them)."""
+    def export(self, holder: Holder, obj: Any) -> int:
+        """Count one more reception of ``obj`` by ``holder``; returns its id (a new one if the
+        object is not in the table). Called while encoding, before the message is sent, so the
+        peer can never release what was not yet counted; undo with ``release`` if the send fails."""
         with self.lock:
-            for obj in objs:
-                oid = id(obj)
-                entry = self.objects.get(oid)
-                if entry is None:
-                    self.objects[oid] = [obj, 1]
-                else:
-                    entry[1] += 1
-                holder.held[oid] = holder.held.get(oid, 0) + 1
+            oid = self._oids.get(id(obj))
+            if oid is None:
+                oid = self._next_oid()
+                self._oids[id(obj)] = oid
+                self.objects[oid] = [obj, 1]
+            else:
+                self.objects[oid][1] += 1
+            holder.held[oid] = holder.held.get(oid, 0) + 1
+        return oid
 
     def release(self, holder: Holder, releases: Iterable[tuple[int, int]]) -> None:
         """Apply ``(oid, count)`` releases from ``holder``; unknown ids are ignored (idempotent).
@@ -63,6 +83,7 @@ class ObjectTable:
         A negative count *acquires*: the holder takes over a borrowed reference (an executor task
         got the proxy without a round trip while its submitter kept the object alive).
         """
+        garbage: list[Any] = []
         with self.lock:
             for oid, count in releases:
                 if count < 0:
@@ -79,49 +100,101 @@ class ObjectTable:
                     del holder.held[oid]
                 else:
                     holder.held[oid] = have - count
-                self._drop(oid, count)
+                self._drop(oid, count, garbage)
+        garbage.clear()  # the last references go here, outside the lock: __del__ may call back
 
     def release_all(self, holder: Holder) -> None:
-        """The holder went away: drop every reference it had, and its pins."""
+        """The holder went away: drop every reference it had (its pins stay until claimed or lapsed)."""
+        garbage: list[Any] = []
         with self.lock:
             for oid, count in holder.held.items():
-                self._drop(oid, count)
+                self._drop(oid, count, garbage)
             holder.held.clear()
-            for token in [t for t, (_, h) in self.pins.items() if h is holder]:
-                del self.pins[token]
+        garbage.clear()
 
-    def _drop(self, oid: int, count: int) -> None:
+    def _drop(self, oid: int, count: int, garbage: list[Any]) -> None:
         entry = self.objects.get(oid)
         if entry is None:
             return
         entry[1] -= count
         if entry[1] <= 0:
             del self.objects[oid]
+            del self._oids[id(entry[0])]
+            garbage.append(entry)
 
-    def pin(self, holder: Holder, oid: int) -> bytes:
-        """Keep ``oid`` alive for a pickled proxy on its way to another process."""
-        obj = self.resolve(oid)
-        self.add(holder, (obj,))
+    # -- pins: references in flight ------------------------------------------------------------
+    def pin(self, oids: Iterable[int]) -> bytes:
+        """Keep the live objects among ``oids`` alive for a pickle or a fork on its way to another
+        process, until :meth:`claim` or :meth:`adopt` takes them or PIN_LEASE runs out."""
         token = os.urandom(16)
+        garbage: list[Any] = []
         with self.lock:
-            self.pins[token] = (oid, holder)
+            self._expire(garbage)
+            pinned = []
+            for oid in oids:
+                entry = self.objects.get(oid)
+                if entry is not None:
+                    entry[1] += 1
+                    pinned.append(oid)
+            self.pins[token] = (tuple(pinned), time.monotonic() + self.pin_lease)
+        garbage.clear()
         return token
 
     def claim(self, token: bytes, oid: int) -> Any:
         """Give up a pin and return its object, which the caller then sends as a reference
-        (counted for the claimer then, like any reference sent).
+        (counted for the claimer then, like any reference sent: the caller holds the object
+        meanwhile, so it cannot be freed in between).
 
-        A token claimed twice (the same pickle loaded twice) still works while the object lives.
+        A token claimed twice (the same pickle loaded twice) still works while the object lives;
+        once it is gone, :class:`ReleasedError`, since ids are never reused.
         """
+        garbage: list[Any] = []
         with self.lock:
-            pinned = self.pins.pop(token, None)
             entry = self.objects.get(oid)
-            if entry is None:
-                raise ReleasedError(
-                    f"object {oid:#x} was released before the pickled proxy reached this process; "
-                    "keep the sender's proxy alive until the receiver has loaded it"
-                )
-            obj = entry[0]
-        if pinned is not None:
-            self.release(pinned[1], ((oid, 1),))
+            obj = entry[0] if entry is not None else None
+            self._unpin(token, garbage)
+            self._expire(garbage)
+        garbage.clear()
+        if entry is None:
+            raise ReleasedError(
+                f"object #{oid} was released before the pickled proxy reached this process (the pin "
+                f"lapses after {self.pin_lease:g} s, or the pickle was loaded after its object was freed)"
+            )
         return obj
+
+    def adopt(self, holder: Holder, token: bytes | None, oids: Iterable[int]) -> list[int]:
+        """A forked child takes over the references it inherited: count the live ones among
+        ``oids`` for ``holder`` and give up the fork's pin. Returns the ids still alive."""
+        alive = []
+        garbage: list[Any] = []
+        with self.lock:
+            for oid in oids:
+                entry = self.objects.get(oid)
+                if entry is not None:
+                    entry[1] += 1
+                    holder.held[oid] = holder.held.get(oid, 0) + 1
+                    alive.append(oid)
+            if token is not None:
+                self._unpin(token, garbage)
+        garbage.clear()
+        return alive
+
+    def _unpin(self, token: bytes, garbage: list[Any]) -> None:
+        pinned = self.pins.pop(token, None)
+        if pinned is not None:
+            for oid in pinned[0]:
+                self._drop(oid, 1, garbage)
+
+    def _expire(self, garbage: list[Any]) -> None:
+        if not self.pins:
+            return
+        now = time.monotonic()
+        for token in [t for t, (_, expiry) in self.pins.items() if expiry <= now]:
+            self._unpin(token, garbage)
+
+    def expire_pins(self) -> None:
+        """Drop the pins whose lease ran out (also done on every pin and claim)."""
+        garbage: list[Any] = []
+        with self.lock:
+            self._expire(garbage)
+        garbage.clear()

@@ -14,6 +14,7 @@ from typing import Any
 
 from .._owner.export import Describer
 from .._owner.table import Holder, ObjectTable
+from .._wire.codec import note_export
 from ..errors import ReleasedError
 from .cache import ProxyCache, Releases
 from .proxy import Proxy, TypeDesc, new_proxy, proxy_class
@@ -77,8 +78,9 @@ class Endpoint:
     # -- byref ---------------------------------------------------------------------------------
     def export(self, obj: Any) -> tuple[int, TypeDesc]:
         """Hold ``obj`` for the peer (one more reception) and describe it for its proxy."""
-        self.table.add(self.holder, (obj,))
-        return id(obj), self.describer.describe(type(obj))
+        oid = self.table.export(self.holder, obj)
+        note_export(oid)
+        return oid, self.describer.describe(type(obj))
 
     def disconnect(self) -> None:
         """The peer is gone: forget its references to our objects."""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .._wire.codec import encoding_peer, register_plain, resolve_local
+from .._wire.codec import encoding_peer, resolve_local
 from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
 from ..errors import ReflectmgrPicklingError, RemoteError
@@ -48,6 +48,7 @@ class Proxy:
     """Base of every proxy class; ``isinstance(x, Proxy)`` is how to tell a proxy (see is_proxy)."""
 
     __slots__ = ("__weakref__", "_rm_oid", "_rm_peer")
+    _rm_plain = True  # proxies reduce themselves with plain pickle (see codec.plain)
     _rm_oid: int
     _rm_peer: Caller
     _rm_desc: TypeDesc
@@ -227,7 +228,6 @@ def proxy_class(desc: TypeDesc) -> type[Proxy]:
     ns["_rm_local_class"] = _local_class(module, qualname)
     cls: type[Proxy] = type(name, (Proxy,), ns)
     cls.__qualname__ = qualname
-    register_plain(cls)
     return cls
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import platform
 import select
 import socket
 import tempfile
@@ -33,7 +32,8 @@ from pickle import PickleBuffer
 
 from .._wire.framing import HEADER, HEADER_SIZE, MAX_FRAME
 from ..errors import ProtocolError, ReflectmgrError
-from .stream import SPIN_NS, SocketEnd, StreamTransport, _spinner
+from . import stream as _stream
+from .stream import SPIN_NS, SocketEnd, StreamTransport
 
 PREFIX = "shm:"
 # Sent as a raw frame right after authentication: "switch this connection to shared memory".
@@ -50,12 +50,27 @@ SAFETY_MS = 500
 # How long a writer spins for space in a full ring before it sleeps.
 SPACE_SPIN_NS = 200_000
 
-# Any locked instruction orders all earlier stores before all later loads (x86 has no cheaper
-# way from Python): an uncontended lock's acquire and release are such instructions.
+# The fence. Python has no atomics, but a lock's acquire has acquire semantics and its release has
+# release semantics on every platform CPython supports (pthread mutexes or futexes: a locked
+# instruction on x86, barriers on ARM and POWER), and an acquire+release pair of an uncontended lock
+# orders every earlier load and store before every later one. It costs ~50 ns; a call costs ~10 us.
+#   writer: copy data, FENCE, store head, FENCE, load "reader asleep"  (publish; Dekker pair)
+#   reader: load head, FENCE, copy data, FENCE, store tail, FENCE, load "writer asleep"
+# x86 would need only the Dekker fences; the others are kept everywhere, so that one code path is
+# tested. Only x86_64 has been run here; other architectures rely on the lock's documented semantics.
 _fence_lock = threading.Lock()
 _acquire, _release = _fence_lock.acquire, _fence_lock.release
-# On x86 stores are seen in order, so data written before the head is published needs no fence.
-_TSO = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def _new_fence_after_fork() -> None:
+    # A thread of the parent may have been inside a fence at fork: the child's copy of the lock
+    # would stay taken for ever, and its first send over shared memory would block.
+    global _fence_lock, _acquire, _release
+    _fence_lock = threading.Lock()
+    _acquire, _release = _fence_lock.acquire, _fence_lock.release
+
+
+os.register_at_fork(after_in_child=_new_fence_after_fork)
 _yield = getattr(os, "sched_yield", lambda: None)
 _unpack_header = HEADER.unpack_from
 _pack_header_into = HEADER.pack_into
@@ -152,6 +167,8 @@ class ShmTransport(SocketEnd):
                 avail = ctl[_HEAD] - tail
             start = tail % RING_SIZE
             if avail >= HEADER_SIZE and start + HEADER_SIZE <= RING_SIZE:
+                _acquire()  # acquire: the data the head announces is read after the head
+                _release()
                 length, flags = _unpack_header(self._in, start)
                 begin = start + HEADER_SIZE
                 end = begin + length
@@ -176,7 +193,7 @@ class ShmTransport(SocketEnd):
         tail = self._tail if seen is None else seen
         began = time.perf_counter_ns()
         # Spin first (see FramedStream: one spinner per interpreter, an adaptive window).
-        if self._spin_ns and _spinner.acquire(False):
+        if self._spin_ns and _stream._spinner.acquire(False):
             try:
                 deadline = began + self._spin_ns
                 spins = 0
@@ -189,7 +206,7 @@ class ShmTransport(SocketEnd):
                 else:
                     return
             finally:
-                _spinner.release()
+                _stream._spinner.release()
         limit = None if self._timeout is None else time.monotonic() + self._timeout
         while ctl[_HEAD] == tail and not self._eof:
             ctl[_READER_ASLEEP] = 1
@@ -207,6 +224,8 @@ class ShmTransport(SocketEnd):
         avail = self._in_ctl[_HEAD] - self._tail
         if not avail:
             return None
+        _acquire()  # acquire: the data the head announces is read after the head
+        _release()
         n = min(avail, len(view))
         tail = self._tail
         start = tail % RING_SIZE
@@ -220,8 +239,10 @@ class ShmTransport(SocketEnd):
 
     def _publish_tail(self) -> None:
         ctl = self._in_ctl
+        _acquire()  # release: the data is copied out before the writer may overwrite it
+        _release()
         ctl[_TAIL] = self._tail
-        _acquire()
+        _acquire()  # Dekker: the tail is visible before we look at the writer's sleep flag
         _release()
         if ctl[_WRITER_ASLEEP]:  # it waits for the space we just freed
             self._ring()
@@ -267,9 +288,8 @@ class ShmTransport(SocketEnd):
     def _publish_head(self, head: int) -> None:
         ctl = self._out_ctl
         self._head = head
-        if not _TSO:  # the data must be visible before the head that announces it
-            _acquire()
-            _release()
+        _acquire()  # release: the data is visible before the head that announces it
+        _release()
         ctl[_HEAD] = head
         _acquire()
         _release()
@@ -343,6 +363,8 @@ class ShmTransport(SocketEnd):
         while True:
             seen = ctl[_HEAD]  # read once: a publish between two reads would be waited for twice
             if seen - self._tail >= size:
+                _acquire()  # acquire: the buffer is read after the head that announced it
+                _release()
                 break
             self._await(seen)
             if ctl[_HEAD] == seen:
@@ -361,3 +383,14 @@ class ShmTransport(SocketEnd):
     # -- the rest of the transport (the socket's own: see SocketEnd) ----------------------------
     def set_timeout(self, seconds: float | None) -> None:
         self._timeout = seconds
+
+    def dispose(self) -> None:
+        """Close and unmap the rings now (the sole user's path: a failed handshake, the end of a
+        manager connection), instead of whenever this object is collected."""
+        self.close()
+        for view in (self._out_ctl, self._out, self._in_ctl, self._in):
+            view.release()
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a view of it is still alive somewhere: unmapped when that goes

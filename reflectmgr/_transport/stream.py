@@ -38,6 +38,15 @@ CHUNK = 256 * 1024
 SPIN_NS = 100_000
 _yield = getattr(os, "sched_yield", lambda: None)
 _spinner = threading.Lock()
+
+
+def _new_spinner_after_fork() -> None:
+    # A thread of the parent may have held it at fork: the child's only thread must not find it taken.
+    global _spinner
+    _spinner = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_spinner_after_fork)
 # Below this size header and payload are joined (one copy, one syscall); above, sent separately.
 JOIN_LIMIT = 64 * 1024
 
@@ -202,10 +211,17 @@ class FramedStream:
         return obj
 
     def close(self) -> None:
+        """Shut the connection: the peer sees EOF, a thread blocked on it here wakes up. Safe from
+        any thread."""
         if self._closed:
             return
         self._closed = True
         self._shut()
+
+    def dispose(self) -> None:
+        """Close, and free every resource now (the shared-memory mapping too). Only for the
+        transport's sole user: no other thread may be inside send or recv."""
+        self.close()
 
     def __del__(self) -> None:
         # A transport dropped without close() (its client was garbage-collected): close it here,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import cloudpickle
 
 from ..errors import ReflectmgrPicklingError, ReleasedError
-from .opcodes import FLAG_OOB, FLAG_REFS
+from .opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES
 
 PROTOCOL = 5
 
@@ -49,7 +50,9 @@ ATOMS: frozenset[type] = frozenset(
         slice,
     }
 )
-# Atoms, and classes (proxies) that know how to reduce themselves with plain pickle.
+# Atoms, and classes that know how to reduce themselves with plain pickle. Proxy classes are not
+# listed (one is generated per remote type and connection: the set would only grow); they say so
+# with a class attribute, _rm_plain.
 _PLAIN: set[type] = set(ATOMS)
 # Beyond this many items a container is sent through cloudpickle without scanning it first.
 _SCAN_LIMIT = 32
@@ -97,6 +100,35 @@ def encoding_peer() -> object | None:
     return getattr(_tls, "peer", None)
 
 
+def note_export(oid: int) -> None:
+    """Record that pickling this message counted ``oid`` for the peer (a ``byref`` object), so
+    that the sender can undo it if the rest of the message fails to pickle."""
+    exported = getattr(_tls, "exported", None)
+    if exported is not None:
+        exported.append(oid)
+
+
+# The releases of a message, pickled apart in front of it: "u32 length, pickle of the releases,
+# pickle of the message". The receiver applies them even when the message itself fails to load.
+_RELEASES_LEN = struct.Struct("!I")
+
+
+def with_releases(flags: int, payload: bytes, releases: tuple[tuple[int, int], ...]) -> tuple[int, bytes]:
+    prefix = pickle.dumps(releases, PROTOCOL)
+    return flags | FLAG_RELEASES, _RELEASES_LEN.pack(len(prefix)) + prefix + payload
+
+
+def split_releases(payload: bytes | bytearray) -> tuple[memoryview, tuple[tuple[int, int], ...]]:
+    """``(the message's own payload, the releases)`` of a FLAG_RELEASES frame."""
+    view = memoryview(payload)
+    (n,) = _RELEASES_LEN.unpack_from(view)
+    end = _RELEASES_LEN.size + n
+    releases = pickle.loads(view[_RELEASES_LEN.size : end])
+    if type(releases) is not tuple:
+        raise pickle.UnpicklingError("malformed releases")
+    return view[end:], releases
+
+
 def decoding_table() -> Any:
     table = getattr(_tls, "table", None)
     if table is None:
@@ -115,7 +147,7 @@ def resolve_local(oid: int) -> Any:
 def plain(obj: Any, depth: int = 0) -> bool:
     """True if plain pickle reproduces ``obj`` on the other side (no function or class by value)."""
     t = type(obj)
-    if t in _PLAIN:
+    if t in _PLAIN or getattr(t, "_rm_plain", False):
         return True
     if depth > 2:
         return False

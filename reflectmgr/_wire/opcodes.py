@@ -39,9 +39,9 @@ class Op(IntEnum):
     ROOT = 21  # -> the root dict
     STATS = 22  # -> Stats
     RELEASE = 23  # nothing but the piggybacked releases
-    PIN = 24  # oid -> pin token (a reference held for a pickle in flight)
+    PIN = 24  # a=oids -> pin token (references held for a pickle or a fork in flight)
     CLAIM = 25  # a=token -> the reference
-    ADOPT = 26  # a=oids inherited through fork -> oids still alive
+    ADOPT = 26  # a=fork pin token, b=oids inherited through fork -> oids still alive
     HELLO = 27  # a=session token, b=pid -> manager pid
     SHUTDOWN = 28  # stop serving
     PING = 29  # -> None
@@ -52,3 +52,4 @@ class Op(IntEnum):
 # Frame flags.
 FLAG_REFS = 0x01  # the payload holds persistent ids: decode it with the reference-aware unpickler
 FLAG_OOB = 0x02  # out-of-band buffers follow the payload (see FramedStream.send_buffers)
+FLAG_RELEASES = 0x04  # the payload starts with the releases, pickled apart (see codec.with_releases)

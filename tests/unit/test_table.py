@@ -1,6 +1,9 @@
-"""The owner's object table: per-holder counts make crossing releases safe."""
+"""The owner's object table: ids never reused, per-holder counts, pins, no user code under the lock."""
 
 from __future__ import annotations
+
+import threading
+from typing import Any
 
 import pytest
 
@@ -8,38 +11,139 @@ from reflectmgr._owner.table import Holder, ObjectTable
 from reflectmgr.errors import ReleasedError
 
 
+class Obj:
+    """A weak-referenceable, hashable stand-in for a managed object."""
+
+
 def test_release_crossing_a_resend_keeps_the_object() -> None:
     table, client = ObjectTable(), Holder("c")
-    obj = object()
-    table.add(client, [obj])  # sent once; the client's proxy dies and releases 1 ...
-    table.add(client, [obj])  # ... while a reply to another thread sends it again
-    table.release(client, [(id(obj), 1)])
-    assert table.resolve(id(obj)) is obj
-    table.release(client, [(id(obj), 1)])
+    obj = Obj()
+    oid = table.export(client, obj)  # sent once; the client's proxy dies and releases 1 ...
+    assert table.export(client, obj) == oid  # ... while a reply to another thread sends it again
+    table.release(client, [(oid, 1)])
+    assert table.resolve(oid) is obj
+    table.release(client, [(oid, 1)])
     with pytest.raises(ReleasedError):
-        table.resolve(id(obj))
+        table.resolve(oid)
+
+
+def test_ids_are_never_reused_even_when_addresses_are() -> None:
+    table, client = ObjectTable(), Holder("c")
+    seen: set[int] = set()
+    for _ in range(200):
+        obj = Obj()  # CPython hands the freed address straight back to the next object
+        oid = table.export(client, obj)
+        assert oid not in seen
+        seen.add(oid)
+        table.release(client, [(oid, 1)])
+        del obj
+    stale = min(seen)
+    with pytest.raises(ReleasedError):
+        table.resolve(stale)
+    assert len(table) == 0
+
+
+def test_the_same_object_sent_again_after_leaving_gets_a_new_id() -> None:
+    table, client = ObjectTable(), Holder("c")
+    obj = Obj()
+    first = table.export(client, obj)
+    table.release(client, [(first, 1)])
+    second = table.export(client, obj)
+    assert second != first and table.resolve(second) is obj
+    with pytest.raises(ReleasedError):
+        table.resolve(first)
 
 
 def test_holders_are_independent_and_release_all() -> None:
     table, a, b = ObjectTable(), Holder("a"), Holder("b")
-    obj = object()
-    table.add(a, [obj])
-    table.add(b, [obj])
+    obj = Obj()
+    oid = table.export(a, obj)
+    assert table.export(b, obj) == oid
     table.release_all(a)
-    assert table.resolve(id(obj)) is obj
-    table.release(b, [(id(obj), 5)])  # over-release is clamped to what b holds
+    assert table.resolve(oid) is obj
+    table.release(b, [(oid, 5)])  # over-release is clamped to what b holds
     assert len(table) == 0
 
 
-def test_pin_and_claim_transfer_a_reference() -> None:
-    table, sender, receiver = ObjectTable(), Holder("s"), Holder("r")
-    obj = object()
-    table.add(sender, [obj])
-    token = table.pin(sender, id(obj))
-    table.release(sender, [(id(obj), 1)])  # the sender drops its proxy while the pickle travels
-    claimed = table.claim(token, id(obj))  # the claimer holds it while replying ...
-    assert claimed is obj and sender.held == {}
-    table.add(receiver, [claimed])  # ... and the reply counts it for the receiver
-    assert receiver.held == {id(obj): 1}
-    table.release(receiver, [(id(obj), 1)])
+def test_borrowed_reference_is_acquired_with_a_negative_count() -> None:
+    table, submitter, worker = ObjectTable(), Holder("s"), Holder("w")
+    oid = table.export(submitter, Obj())
+    table.release(worker, [(oid, -1)])  # the worker takes over a reference it was lent
+    table.release(submitter, [(oid, 1)])
+    assert worker.held == {oid: 1} and len(table) == 1
+    table.release(worker, [(oid, 1)])
     assert len(table) == 0
+    table.release(worker, [(oid, -1)])  # acquiring an id that is gone changes nothing
+    assert worker.held == {} and len(table) == 0
+
+
+def test_pin_outlives_its_sender_until_claimed() -> None:
+    table, sender = ObjectTable(), Holder("s")
+    obj = Obj()
+    oid = table.export(sender, obj)
+    token = table.pin([oid])
+    table.release_all(sender)  # the sender exits while the pickle travels
+    assert table.claim(token, oid) is obj  # still there; the claimer's reply counts it
+    assert len(table) == 0  # the pin is given up; nobody holds the object now
+    with pytest.raises(ReleasedError):
+        table.claim(token, oid)  # the same pickle loaded again after the object left
+
+
+def test_pickle_loaded_twice_while_the_object_lives() -> None:
+    table, sender = ObjectTable(), Holder("s")
+    obj = Obj()
+    oid = table.export(sender, obj)
+    token = table.pin([oid])
+    assert table.claim(token, oid) is obj
+    assert table.claim(token, oid) is obj  # the sender still holds it
+
+
+def test_pin_lapses_after_its_lease() -> None:
+    table, sender = ObjectTable(pin_lease=0.0), Holder("s")
+    oid = table.export(sender, Obj())
+    table.pin([oid])
+    table.release_all(sender)
+    assert len(table) == 1
+    table.expire_pins()
+    assert len(table) == 0 and table.pins == {}
+
+
+def test_pin_skips_ids_that_are_gone() -> None:
+    table, sender = ObjectTable(), Holder("s")
+    oid = table.export(sender, Obj())
+    token = table.pin([oid, 12345])
+    assert table.pins[token][0] == (oid,)
+
+
+def test_adopt_counts_the_live_inherited_ids_and_unpins() -> None:
+    table, parent, child = ObjectTable(), Holder("p"), Holder("c")
+    live, gone = Obj(), Obj()
+    oid = table.export(parent, live)
+    gone_oid = table.export(parent, gone)
+    token = table.pin([oid])
+    table.release_all(parent)  # the parent drops everything right after fork
+    assert table.adopt(child, token, [oid, gone_oid]) == [oid]
+    assert child.held == {oid: 1} and table.pins == {} and len(table) == 1
+
+
+def test_last_reference_is_dropped_outside_the_lock() -> None:
+    """A __del__ that uses the table (user code calling back into the manager) must not deadlock."""
+    table, client = ObjectTable(), Holder("c")
+    seen: list[Any] = []
+
+    class CallsBack:
+        def __del__(self) -> None:
+            seen.append(table.lock.locked())
+            table.export(client, Obj())  # would block for ever under the non-reentrant lock
+
+    oid = table.export(client, CallsBack())
+    done = threading.Event()
+
+    def release() -> None:
+        table.release(client, [(oid, 1)])
+        done.set()
+
+    t = threading.Thread(target=release, daemon=True)
+    t.start()
+    assert done.wait(10), "release deadlocked in __del__"
+    assert seen == [False] and len(table) == 1
