@@ -32,7 +32,7 @@ from .._transport.inproc import is_inproc
 from .._transport.shm import is_shm, upgrade_client
 from .._transport.sockets import Address, connect
 from .._wire import codec
-from .._wire.framing import MAX_PREAUTH
+from .._wire.framing import MAX_FRAME, MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
 from ..errors import (
     BrokenManagerError,
@@ -88,12 +88,18 @@ class Client(Endpoint):
     the same manager (differs for an in-process owner, whose own interpreters use pipes)."""
 
     def __init__(
-        self, address: Address, authkey: bytes, public_address: Address | None = None, timeout: float | None = None
+        self,
+        address: Address,
+        authkey: bytes,
+        public_address: Address | None = None,
+        timeout: float | None = None,
+        max_frame: int = MAX_FRAME,
     ) -> None:
         super().__init__(f"manager at {address!r}")
         # How long a call waits for the manager's answer (None: as long as the call takes, since a
         # Queue.get() or a Lock.acquire() may rightly wait for ever); ManagerTimeoutError past it.
         self.timeout = timeout
+        self.max_frame = max_frame
         # Connections (connect()) that use this client; the last one's close() closes it, unless
         # something else of this process relies on it too (``implicit``: a Manager, unpickled
         # proxies, an executor worker), whose proxies a library's connect()+close() must not break.
@@ -146,6 +152,7 @@ class Client(Endpoint):
             reply = codec.decode(0, payload)
             self.manager_pid = reply[2]
             transport.set_timeout(self.timeout)
+            transport.authenticated(self.max_frame)
         except TimeoutError as exc:
             transport.dispose()
             raise BrokenManagerError(

@@ -16,13 +16,17 @@ import array
 import importlib
 import os
 import queue
+import shutil
 import threading
 import weakref
 from typing import Any
 
-from .._transport.sockets import DEFAULT_TRANSPORT, TRANSPORTS, Address, with_transport
+from .._transport.inproc import is_inproc
+from .._transport.shm import is_shm, socket_path
+from .._transport.sockets import DEFAULT_TRANSPORT, SOCKET_DIR_PREFIX, TRANSPORTS, Address, with_transport
+from .._wire.framing import MAX_FRAME
 from .._wire.opcodes import Op
-from ..errors import BrokenManagerError, ManagerClosedError, ReflectmgrError
+from ..errors import BrokenManagerError, ManagerClosedError, ManagerTimeoutError, ReflectmgrError
 from .client import Client, default_authkey, get_client
 from .namespace import Namespace, identity
 from .stats import Stats
@@ -33,8 +37,11 @@ EXECUTORS: dict[str, str] = {}
 
 # How long a new manager has to bind its listener and report back.
 START_TIMEOUT = 60.0
-# How long shutdown() waits for the manager to exit by itself before terminating it.
+# How long shutdown() waits for the manager to answer SHUTDOWN, then to exit by itself, before
+# terminating it.
 SHUTDOWN_TIMEOUT = 5.0
+# After SIGTERM (the manager stops serving and cleans up), how long before SIGKILL.
+TERMINATE_GRACE = 2.0
 
 
 class Factories:
@@ -168,6 +175,12 @@ class Manager(Factories):
     ``in_process=True`` keeps the owner in this process (threads of the main interpreter): its
     subinterpreters reach it over in-process rings (``inproc_address``), other processes over
     ``address``; there is no manager process.
+    ``timeout``: how long a call waits for the manager's answer before it raises
+    :class:`~reflectmgr.ManagerTimeoutError` (default: no limit, since ``Queue.get()`` may rightly
+    wait). ``max_frame``: the largest pickled message or out-of-band buffer either side accepts
+    (2 GiB by default; a larger one drops the connection). ``shutdown_timeout`` bounds
+    ``shutdown()`` whatever the manager does: it waits that long for an answer and for the exit,
+    then terminates the manager, then kills it.
     """
 
     def __init__(
@@ -179,6 +192,8 @@ class Manager(Factories):
         ctx: Any = None,
         shutdown_timeout: float = SHUTDOWN_TIMEOUT,
         in_process: bool = False,
+        timeout: float | None = None,
+        max_frame: int = MAX_FRAME,
     ) -> None:
         if transport is None:
             transport = "tcp" if isinstance(address, tuple) else DEFAULT_TRANSPORT
@@ -192,6 +207,8 @@ class Manager(Factories):
         self._ctx = ctx
         self._setup: bytes | None = None  # registry and initializer for the manager process
         self.shutdown_timeout = shutdown_timeout
+        self.timeout = timeout
+        self.max_frame = max_frame
         self.in_process = in_process
         self.inproc_address: str | None = None
         self._server: Any = None
@@ -232,7 +249,7 @@ class Manager(Factories):
         reader, writer = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=serve,
-            args=(self.transport, self._requested, self._authkey, os.getpid(), writer, self._setup),
+            args=(self.transport, self._requested, self._authkey, os.getpid(), writer, self._setup, self.max_frame),
             name="reflectmgr-manager",
         )
         process.start()
@@ -254,7 +271,11 @@ class Manager(Factories):
             raise BrokenManagerError(f"the manager could not listen: {detail}")
         self._process = process
         self.address = detail
-        self._client = Client(detail, self._authkey)
+        try:
+            self._client = Client(detail, self._authkey, timeout=self.timeout, max_frame=self.max_frame)
+        except BaseException:
+            _stop_process(process, 0)
+            raise
         self._finalizer = weakref.finalize(
             self, _shutdown, self._client, process, self._owner_pid, self.shutdown_timeout
         )
@@ -262,12 +283,16 @@ class Manager(Factories):
     def _start_in_process(self) -> None:
         from .process import serve_in_process
 
-        server, inproc, thread = serve_in_process(self.transport, self._requested, self._authkey)
+        server, inproc, thread = serve_in_process(self.transport, self._requested, self._authkey, self.max_frame)
         self._server = server
         self.address = server.address
         self.inproc_address = inproc
-        self._client = Client(inproc, self._authkey, public_address=server.address)
-        self._finalizer = weakref.finalize(self, _stop_in_process, self._client, server, thread, self.shutdown_timeout)
+        self._client = Client(
+            inproc, self._authkey, public_address=server.address, timeout=self.timeout, max_frame=self.max_frame
+        )
+        self._finalizer = weakref.finalize(
+            self, _stop_in_process, self._client, server, thread, self._owner_pid, self.shutdown_timeout
+        )
 
     @property
     def pid(self) -> int | None:
@@ -295,7 +320,7 @@ class Manager(Factories):
 
     def __reduce__(self) -> Any:
         # A Manager pickled elsewhere becomes a connection to the same manager (it never owns it).
-        return (connect, (self.address, None))
+        return (_connection_of, (self.address,))
 
     def __repr__(self) -> str:
         state = "stopped" if self._finalizer is None or not self._finalizer.alive else f"pid {self.pid}"
@@ -303,6 +328,8 @@ class Manager(Factories):
 
 
 def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> None:
+    """Stop the manager, bounded whatever it does: ask (``timeout`` for an answer), wait for its
+    exit (``timeout`` more, if it answered), SIGTERM (it stops and cleans up), SIGKILL."""
     if os.getpid() != owner_pid:
         return  # a forked child inherited the Manager object; the manager is not its to stop
     import psutil
@@ -311,46 +338,81 @@ def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> N
         children = psutil.Process(process.pid).children(recursive=True)
     except psutil.Error:
         children = []
+    grace = timeout
     try:
-        client.call(Op.SHUTDOWN, 0)
+        client.call_within(timeout, Op.SHUTDOWN, 0)
+    except ManagerTimeoutError:
+        grace = 0  # it does not answer (stopped, or stuck): no point waiting for it to exit
     except ReflectmgrError:
-        pass  # already dead: we only need to reap it
+        pass  # it closed the connection while stopping, or was already dead
     client.close()
-    _stop_process(process, timeout)
+    _stop_process(process, grace)
     _, alive = psutil.wait_procs([c for c in children if c.is_running()], timeout=timeout)
     for child in alive:
         try:
             child.kill()
         except psutil.NoSuchProcess:
             pass
+    _remove_socket_dir(client.address)
 
 
-def _stop_in_process(client: Client, server: Any, thread: Any, timeout: float) -> None:
+def _remove_socket_dir(address: Address) -> None:
+    """A manager that was killed could not remove its private socket directory: do it for it."""
+    if not isinstance(address, str) or is_inproc(address):
+        return
+    folder = os.path.dirname(socket_path(address) if is_shm(address) else address)
+    if os.path.basename(folder).startswith(SOCKET_DIR_PREFIX) and os.path.isdir(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop_in_process(client: Client, server: Any, thread: Any, owner_pid: int, timeout: float) -> None:
+    if os.getpid() != owner_pid:
+        return  # a forked child: the listener and its threads are the parent's
     client.close()
     server.stop()
     thread.join(timeout)
 
 
-def _stop_process(process: Any, timeout: float) -> None:
-    process.join(timeout)
+def _stop_process(process: Any, grace: float) -> None:
+    process.join(grace)
     if process.is_alive():
         process.terminate()
-        process.join(timeout)
+        process.join(TERMINATE_GRACE)
     if process.is_alive():
         process.kill()
-        process.join()
+        process.join(TERMINATE_GRACE)
 
 
 class Connection(Factories):
-    """A connection to a manager that someone else started (see :func:`connect`)."""
+    """A connection to a manager that someone else started (see :func:`connect`); the caller owns it.
+
+    Connections of one process to one manager share its session (so proxies keep their identity)
+    and count their users: ``close()`` closes this connection only. The session ends when the last
+    connection is closed and nothing else of the process uses it (a ``Manager`` it started, proxies
+    it unpickled); its proxies then raise :class:`~reflectmgr.ManagerClosedError`.
+    """
 
     def __init__(self, client: Client) -> None:
+        client.handles += 1
         self._client = client
+        self._shared = client
         self.address = client.address
 
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise ManagerClosedError(f"this connection to the manager at {self.address!r} was closed")
+        return self._client
+
     def close(self) -> None:
-        """Drop this process's connection; every proxy through it raises ManagerClosedError."""
-        self.client.close()
+        """Close this connection (idempotent); other connections of this process go on."""
+        if self._client is None:
+            return
+        self._client = None
+        client = self._shared
+        client.handles -= 1
+        if client.handles <= 0 and not client.implicit:
+            client.close()
 
     def __enter__(self) -> Connection:
         return self
@@ -362,14 +424,27 @@ class Connection(Factories):
         return f"<reflectmgr.Connection {self.address!r}>"
 
 
-def connect(address: Address, authkey: bytes | None = None, *, transport: str | None = None) -> Connection:
+def _connection_of(address: Address) -> Connection:
+    """An unpickled Manager: a connection nobody closes (like an unpickled proxy's)."""
+    return Connection(get_client(address))
+
+
+def connect(
+    address: Address, authkey: bytes | None = None, *, transport: str | None = None, timeout: float | None = None
+) -> Connection:
     """Attach to a running manager at ``address`` (as its ``address`` reports it: ``"shm:<path>"``,
     a unix path, or ``(host, port)`` for TCP). ``transport="shm"`` asks for shared memory on a
-    unix path (any manager on this host serves it); ``"pipe"`` keeps to the socket.
+    unix path (any manager on this host serves it); ``"pipe"`` keeps to the socket. ``timeout``:
+    how long each call waits for an answer (see :class:`Manager`); it applies to this process's
+    session with that manager.
 
+    The connection is the caller's: closing it closes nothing else (see :class:`Connection`).
     Raises :class:`BrokenManagerError` if nothing answers there and
     :class:`~reflectmgr.AuthenticationError` if the authkey does not match.
     """
     if transport is not None:
         address = with_transport(address, transport)
-    return Connection(get_client(address, authkey))
+    client = get_client(address, authkey, implicit=False)
+    if timeout is not None:
+        client.timeout = timeout
+    return Connection(client)

@@ -9,6 +9,7 @@ parent: Manager.start() --spawn--> serve(...)
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -21,6 +22,7 @@ import psutil
 from .._owner.server import Server
 from .._transport.inproc import InprocListener
 from .._transport.sockets import Listener
+from .._wire.framing import MAX_FRAME
 from .callbacks import CallbackEndpoint
 from .client import _key, local_tables
 from .stats import collect
@@ -33,7 +35,13 @@ CHILD_GRACE = 2.0
 
 
 def serve(
-    transport: str, address: Any, authkey: bytes, owner_pid: int, report: Any, setup: bytes | None = None
+    transport: str,
+    address: Any,
+    authkey: bytes,
+    owner_pid: int,
+    report: Any,
+    setup: bytes | None = None,
+    max_frame: int = MAX_FRAME,
 ) -> None:
     """The manager process. ``setup``: cloudpickled ``(registry, initializer, initargs)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's program, not for us
@@ -46,9 +54,12 @@ def serve(
         report.send(("error", f"{type(exc).__name__}: {exc}"))
         report.close()
         return
-    server = make_server([listener], authkey)
+    server = make_server([listener], authkey, max_frame)
     server.registry.update(registry)
     local_tables[_key(listener.address)] = server.table
+    # SIGTERM (the owner's shutdown when SHUTDOWN got no answer): stop serving and clean up as for
+    # SHUTDOWN, so the socket directory goes too. Runs in this, the main, thread, between accepts.
+    signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, server, os.getpid()))
     threading.Thread(target=_watch, args=(server, owner_pid), name="reflectmgr-watchdog", daemon=True).start()
     report.send(("ok", listener.address))
     report.close()
@@ -61,11 +72,23 @@ def serve(
         os._exit(0)  # connection threads may sit in recv(); nothing of theirs needs finishing
 
 
-def make_server(listeners: list[Any], authkey: bytes) -> Server:
-    return Server(listeners, authkey, make_importer=CallbackEndpoint, stats=collect)
+def _on_sigterm(server: Server, manager_pid: int, signum: int, frame: Any) -> None:
+    if os.getpid() != manager_pid:
+        # A process the manager forked (a multiprocessing.Pool's worker) inherited this handler:
+        # SIGTERM must end it as it would have without us.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    server.stop()
 
 
-def serve_in_process(transport: str, address: Any, authkey: bytes) -> tuple[Server, str, threading.Thread]:
+def make_server(listeners: list[Any], authkey: bytes, max_frame: int = MAX_FRAME) -> Server:
+    return Server(listeners, authkey, make_importer=CallbackEndpoint, stats=collect, max_frame=max_frame)
+
+
+def serve_in_process(
+    transport: str, address: Any, authkey: bytes, max_frame: int = MAX_FRAME
+) -> tuple[Server, str, threading.Thread]:
     """The owner in this very process (main interpreter): sockets for other processes, pipes for
     this process's interpreters. Returns the server, its in-process address and its thread."""
     inproc = InprocListener()
@@ -74,7 +97,7 @@ def serve_in_process(transport: str, address: Any, authkey: bytes) -> tuple[Serv
     except BaseException:
         inproc.close()
         raise
-    server = make_server([listener, inproc], authkey)
+    server = make_server([listener, inproc], authkey, max_frame)
     thread = threading.Thread(target=server.serve_forever, name="reflectmgr-owner", daemon=True)
     thread.start()
     return server, inproc.address, thread

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from .._transport import shm
 from .._transport.auth import serve_handshake
 from .._transport.stream import FramedStream, StreamTransport
-from .._wire.framing import MAX_PREAUTH
+from .._wire.framing import MAX_FRAME, MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError
 from .channel import Channel
@@ -35,6 +35,9 @@ log = logging.getLogger("reflectmgr.server")
 
 # A peer has this long to complete the handshake and say hello; silent sockets do not pin threads.
 HANDSHAKE_TIMEOUT = 10.0
+# Connections still in their handshake at once; beyond this, new ones are closed at once. Each
+# costs a thread for up to HANDSHAKE_TIMEOUT; a flood of silent sockets must not cost the machine.
+MAX_PENDING_HANDSHAKES = 64
 
 
 class Session(Holder):
@@ -98,6 +101,7 @@ class Server:
         authkey: bytes,
         make_importer: Callable[[Session], Any] | None = None,
         stats: Callable[[Server], Any] | None = None,
+        max_frame: int = MAX_FRAME,
     ) -> None:
         self.listeners = listeners
         self.address = listeners[0].address
@@ -112,6 +116,8 @@ class Server:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._transports: set[FramedStream] = set()
+        self.max_frame = max_frame
+        self._handshakes = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
 
     # -- services used by dispatch ----------------------------------------------------------
     def stats(self) -> Any:
@@ -163,6 +169,10 @@ class Server:
                     if self._stopping.is_set():
                         break
                     continue
+                if not self._handshakes.acquire(blocking=False):
+                    log.info("refusing a connection: %d handshakes already pending", MAX_PENDING_HANDSHAKES)
+                    transport.dispose()
+                    continue
                 with self._lock:
                     self._transports.add(transport)
                 t = threading.Thread(target=self._connection, args=(transport,), daemon=True)
@@ -173,12 +183,16 @@ class Server:
 
     def _connection(self, transport: FramedStream) -> None:
         session: Session | None = None
+        pending = True
         try:
             transport.set_timeout(HANDSHAKE_TIMEOUT)
             serve_handshake(transport, self.authkey)
             transport, payload = self._first_frame(transport)
             session = self._hello(transport, payload)
             transport.set_timeout(None)
+            transport.authenticated(self.max_frame)
+            self._handshakes.release()
+            pending = False
             Channel(transport, session).serve_forever(self._stopping.is_set)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
@@ -187,7 +201,9 @@ class Server:
         except Exception as exc:
             log.warning("dropping a connection: %r", exc)
         finally:
-            transport.close()
+            if pending:
+                self._handshakes.release()
+            transport.dispose()  # this thread is its only user: unmap shared memory now
             with self._lock:
                 self._transports.discard(transport)
             if session is not None:
@@ -202,10 +218,16 @@ class Server:
         with self._lock:
             self._transports.discard(transport)
             self._transports.add(shared)
-        if self._stopping.is_set():
-            shared.close()
-        shared.set_timeout(HANDSHAKE_TIMEOUT)
-        return shared, shared.recv(MAX_PREAUTH)[1]
+        try:
+            if self._stopping.is_set():
+                shared.close()
+            shared.set_timeout(HANDSHAKE_TIMEOUT)
+            return shared, shared.recv(MAX_PREAUTH)[1]
+        except BaseException:
+            shared.dispose()  # the caller still holds the socket transport it started with
+            with self._lock:
+                self._transports.discard(shared)
+            raise
 
     def _hello(self, transport: FramedStream, payload: bytes | bytearray) -> Session:
         msg = pickle.loads(payload)  # authenticated: the peer is trusted from here on

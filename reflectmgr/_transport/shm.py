@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from pickle import PickleBuffer
 
-from .._wire.framing import HEADER, HEADER_SIZE, MAX_FRAME
+from .._wire.framing import HEADER, HEADER_SIZE
 from ..errors import ProtocolError, ReflectmgrError
 from . import stream as _stream
 from .stream import SPIN_NS, SocketEnd, StreamTransport
@@ -150,14 +150,15 @@ class ShmTransport(SocketEnd):
         self._head = 0  # what we have published in our out ring
         self._tail = 0  # what we have consumed of our in ring
         self._eof = False
-        self._timeout: float | None = None
+        self._bound: float | None = None  # how long one wait may last (set_timeout, or a body's)
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
         self._bell = threading.Lock()  # one sleeper on the socket at a time
 
     # -- receiving ------------------------------------------------------------------------------
-    def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | bytearray]:
+    def recv(self, max_size: int = 0) -> tuple[int, bytes | bytearray]:
         # Fast path: the whole frame lies unwrapped in the ring; copy its payload out once.
+        max_size = max_size or self.max_frame
         if self._start == self._end:
             ctl = self._in_ctl
             tail = self._tail
@@ -207,7 +208,7 @@ class ShmTransport(SocketEnd):
                     return
             finally:
                 _stream._spinner.release()
-        limit = None if self._timeout is None else time.monotonic() + self._timeout
+        limit = None if self._bound is None else time.monotonic() + self._bound
         while ctl[_HEAD] == tail and not self._eof:
             ctl[_READER_ASLEEP] = 1
             _acquire()
@@ -308,7 +309,7 @@ class ShmTransport(SocketEnd):
             _yield()
         else:
             return
-        limit = None if self._timeout is None else time.monotonic() + self._timeout
+        limit = None if self._bound is None else time.monotonic() + self._bound
         ctl[_WRITER_ASLEEP] = 1
         try:
             while True:
@@ -360,15 +361,21 @@ class ShmTransport(SocketEnd):
         if self._start != self._end or size > RING_SIZE:
             return super()._read_buffer(size, readonly)  # streamed into its final object
         ctl = self._in_ctl
-        while True:
-            seen = ctl[_HEAD]  # read once: a publish between two reads would be waited for twice
-            if seen - self._tail >= size:
-                _acquire()  # acquire: the buffer is read after the head that announced it
-                _release()
-                break
-            self._await(seen)
-            if ctl[_HEAD] == seen:
-                raise EOFError("peer closed the connection in the middle of a buffer")
+        self._body(0, size)
+        try:
+            while True:
+                seen = ctl[_HEAD]  # read once: a publish between two reads would be waited for twice
+                if seen - self._tail >= size:
+                    _acquire()  # acquire: the buffer is read after the head that announced it
+                    _release()
+                    break
+                self._await(seen)
+                if ctl[_HEAD] == seen:
+                    raise EOFError("peer closed the connection in the middle of a buffer")
+        except TimeoutError as exc:
+            raise self._stalled(ctl[_HEAD] - self._tail, size, "a buffer") from exc
+        finally:
+            self._body_done()
         tail = self._tail
         start = tail % RING_SIZE
         if start + size <= RING_SIZE:
@@ -382,7 +389,10 @@ class ShmTransport(SocketEnd):
 
     # -- the rest of the transport (the socket's own: see SocketEnd) ----------------------------
     def set_timeout(self, seconds: float | None) -> None:
-        self._timeout = seconds
+        self._timeout = self._bound = seconds
+
+    def _apply_timeout(self, seconds: float | None) -> None:
+        self._bound = seconds
 
     def dispose(self) -> None:
         """Close and unmap the rings now (the sole user's path: a failed handshake, the end of a

@@ -25,6 +25,8 @@ TRANSPORTS = ("pipe", "shm", "tcp")
 # than the socket alone for small calls and no slower for large values: docs/architecture.md).
 DEFAULT_TRANSPORT = "shm" if hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX") else "pipe"
 BACKLOG = 128
+# The private directory of a manager's unix socket (its owner removes it if the manager could not).
+SOCKET_DIR_PREFIX = "reflectmgr-"
 
 
 class Listener:
@@ -41,7 +43,7 @@ class Listener:
             if is_shm(address):
                 address = socket_path(address)  # type: ignore[arg-type]
             if address is None:
-                self._tmpdir = tempfile.mkdtemp(prefix="reflectmgr-")
+                self._tmpdir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
                 os.chmod(self._tmpdir, 0o700)
                 address = os.path.join(self._tmpdir, "manager.sock")
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -17,12 +17,13 @@ from pickle import PickleBuffer
 from typing import Any
 
 from .._wire.framing import (
+    BODY_TIMEOUT,
     BUF_READONLY,
     BUFFER_COUNT,
     BUFFER_ENTRY,
     HEADER,
     HEADER_SIZE,
-    MAX_FRAME,
+    MAX_PREAUTH,
     pack_header,
     unpack_header,
 )
@@ -30,7 +31,12 @@ from ..errors import ProtocolError
 from .buffers import fresh_buffer
 
 # Read-ahead size: one recv usually brings a whole small frame (and often the next header too).
+# Before authentication the buffer is only big enough for the handshake: an unauthenticated
+# connection costs next to nothing.
 CHUNK = 256 * 1024
+PREAUTH_CHUNK = 2 * MAX_PREAUTH
+# A large payload's buffer starts at this size and doubles as its bytes arrive.
+GROW_FROM = 4 << 20
 # How long a reader spins before it blocks: a few calls' worth of work on the other side (a small
 # call takes ~10-20 us of CPU per side here, a kernel wake-up ~20 us). Longer wastes CPU when the
 # peer is idle or slow (the adaptive window then decays to nothing); shorter pays wake-ups on
@@ -62,13 +68,28 @@ class FramedStream:
     """
 
     def __init__(self, spin: bool = True) -> None:
-        # Read-ahead buffer, allocated once: a fresh 256 KiB buffer per recv() would cost an mmap.
-        self._buf = bytearray(CHUNK)
+        # Read-ahead buffer, allocated once (a fresh 256 KiB buffer per recv() would cost an mmap),
+        # and small until authenticated() enlarges it.
+        self._buf = bytearray(PREAUTH_CHUNK)
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self._closed = False
         self._spin_max = SPIN_NS if spin else 0
         self._spin_ns = self._spin_max
+        # The largest payload or buffer accepted; MAX_PREAUTH until authenticated().
+        self.max_frame = MAX_PREAUTH
+        self._timeout: float | None = None
+
+    def authenticated(self, max_frame: int) -> None:
+        """The peer proved the authkey: accept frames up to ``max_frame`` and read ahead in CHUNKs."""
+        self.max_frame = max_frame
+        if len(self._buf) < CHUNK:
+            pending = self._view[self._start : self._end].tobytes()
+            self._view.release()
+            self._buf = bytearray(CHUNK)
+            self._buf[: len(pending)] = pending
+            self._view = memoryview(self._buf)
+            self._start, self._end = 0, len(pending)
 
     def _recv_into(self, view: memoryview) -> int:
         start = time.perf_counter_ns()
@@ -112,6 +133,23 @@ class FramedStream:
 
     def set_timeout(self, seconds: float | None) -> None:
         """Bound each blocking read and write (the handshake uses it); None blocks for ever."""
+        self._timeout = seconds
+
+    def _body(self, have: int, n: int) -> None:
+        """Called before each blocking read inside a frame's body: bound it by BODY_TIMEOUT."""
+        if self._timeout is None or self._timeout > BODY_TIMEOUT:
+            self._apply_timeout(BODY_TIMEOUT)
+
+    def _apply_timeout(self, seconds: float | None) -> None:
+        """Set the transport's own wait bound without changing the one the user chose."""
+
+    def _body_done(self) -> None:
+        self._apply_timeout(self._timeout)
+
+    def _stalled(self, have: int, n: int, what: str) -> ProtocolError:
+        return ProtocolError(
+            f"the peer sent {have} of the {n} bytes of {what} it announced, then nothing for {BODY_TIMEOUT:g} s"
+        )
 
     def send(self, flags: int, payload: bytes | bytearray | memoryview, buffers: Sequence[PickleBuffer] = ()) -> None:
         header = pack_header(len(payload), flags)
@@ -123,18 +161,20 @@ class FramedStream:
         if buffers:
             self._send_buffers(buffers)
 
-    def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | bytearray]:
+    def recv(self, max_size: int = 0) -> tuple[int, bytes | bytearray]:
+        """The next frame; its payload may be at most ``max_size`` (default: ``max_frame``)."""
+        limit = max_size or self.max_frame
         start = self._start
         avail = self._end - start
         if avail >= HEADER_SIZE:  # fast path: the whole frame is already buffered
             length, flags = HEADER.unpack_from(self._buf, start)
-            if avail - HEADER_SIZE >= length and length <= max_size:
+            if avail - HEADER_SIZE >= length and length <= limit:
                 begin = start + HEADER_SIZE
                 self._start = begin + length
                 return flags, bytes(self._view[begin : begin + length])
         length, flags = unpack_header(self._read(HEADER_SIZE))
-        if length > max_size:
-            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_size} bytes")
+        if length > limit:
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit} bytes")
         return flags, self._read(length)
 
     def _read(self, n: int) -> bytes | bytearray:
@@ -144,18 +184,8 @@ class FramedStream:
             return bytes(self._view[start : start + n])
         have = self._view[start:end].tobytes()
         self._start = self._end = 0
-        if n > CHUNK:
-            # Large frame: receive straight into its final buffer, no read-ahead copy.
-            out = bytearray(n)
-            out[: len(have)] = have
-            view = memoryview(out)
-            got = len(have)
-            while got < n:
-                k = self._recv_into(view[got:])
-                if not k:
-                    raise EOFError("peer closed the connection in the middle of a frame")
-                got += k
-            return out
+        if n > len(self._buf):
+            return self._read_large(have, n)
         self._buf[: len(have)] = have
         end = len(have)
         view = self._view
@@ -168,6 +198,28 @@ class FramedStream:
             end += k
         self._start, self._end = n, end
         return bytes(view[:n])
+
+    def _read_large(self, have: bytes, n: int) -> bytearray:
+        """A frame larger than the read-ahead buffer, received straight into its own buffer, which
+        grows as the bytes arrive (a header alone never allocates what it announces)."""
+        out = bytearray(max(len(have), min(n, GROW_FROM)))
+        out[: len(have)] = have
+        got = len(have)
+        self._body(got, n)
+        try:
+            while got < n:
+                if got == len(out):
+                    out.extend(bytes(min(len(out), n - len(out))))
+                with memoryview(out) as view:
+                    k = self._recv_into(view[got:])
+                if not k:
+                    raise EOFError("peer closed the connection in the middle of a frame")
+                got += k
+        except TimeoutError as exc:
+            raise self._stalled(got, n, "a frame") from exc
+        finally:
+            self._body_done()
+        return out
 
     # -- out-of-band buffers (after a frame with FLAG_OOB) ----------------------------------
     def _send_buffers(self, buffers: Sequence[PickleBuffer]) -> None:
@@ -188,6 +240,8 @@ class FramedStream:
         out: list[Any] = []
         for i in range(count):
             size, kind = BUFFER_ENTRY.unpack_from(table, BUFFER_COUNT.size + i * BUFFER_ENTRY.size)
+            if size > self.max_frame:
+                raise ProtocolError(f"a buffer of {size} bytes exceeds the limit of {self.max_frame} bytes")
             out.append(self._read_buffer(size, bool(kind & BUF_READONLY)))
         return out
 
@@ -202,12 +256,18 @@ class FramedStream:
         got = min(end - start, size)
         view[:got] = self._view[start : start + got]
         self._start = start + got
-        while got < size:
-            k = self._recv_into(view[got:])
-            if not k:
-                raise EOFError("peer closed the connection in the middle of a buffer")
-            got += k
-        view.release()
+        self._body(got, size)
+        try:
+            while got < size:
+                k = self._recv_into(view[got:])
+                if not k:
+                    raise EOFError("peer closed the connection in the middle of a buffer")
+                got += k
+        except TimeoutError as exc:
+            raise self._stalled(got, size, "a buffer") from exc
+        finally:
+            self._body_done()
+            view.release()
         return obj
 
     def close(self) -> None:
@@ -272,7 +332,11 @@ class StreamTransport(SocketEnd):
         except BlockingIOError:
             return None
 
+    def _apply_timeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
     def set_timeout(self, seconds: float | None) -> None:
+        self._timeout = seconds
         self.sock.settimeout(seconds)
 
     def drained(self) -> bool:

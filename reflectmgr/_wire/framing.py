@@ -8,7 +8,9 @@ A frame with FLAG_OOB is followed by a table frame (a u32 count, then per buffer
 and a kind byte, BUF_READONLY or 0), then the buffers' bytes in order, unframed.
 
 Before authentication a peer may send only tiny frames (``MAX_PREAUTH``); anything larger, or any
-header that does not parse, drops the connection without reading or unpickling more.
+header that does not parse, drops the connection without reading or unpickling more. After it, a
+frame's payload and each out-of-band buffer may be at most the connection's ``max_frame``
+(MAX_FRAME unless ``Manager(max_frame=...)`` says otherwise), checked before anything is allocated.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ HEADER_SIZE = HEADER.size
 # Challenge and answer frames are ~60 bytes; 512 leaves room and still rejects garbage early.
 MAX_PREAUTH = 512
 # After authentication peers are trusted, but a corrupt length must not allocate the machine away.
-MAX_FRAME = 1 << 40
+# Large values travel as out-of-band buffers, each under the same limit: 2 GiB leaves room for big
+# arrays while a corrupt header cannot ask for more (and a payload's memory grows only as its
+# bytes arrive, see FramedStream._read).
+MAX_FRAME = 2 << 30
+# Once a frame's header has arrived, its body must keep coming: no byte for this long after
+# authentication drops the connection (a stalled peer must not hold a large buffer for ever).
+BODY_TIMEOUT = 30.0
 
 
 BUFFER_COUNT = struct.Struct("!I")

@@ -13,6 +13,7 @@ import pytest
 from reflectmgr._transport import shm
 from reflectmgr._transport.shm import RING_SIZE, ShmTransport
 from reflectmgr._wire import codec
+from reflectmgr._wire.framing import MAX_FRAME
 
 from ..helpers import PROMPT, wait_until
 
@@ -23,9 +24,12 @@ def _pair(spin: bool = True) -> tuple[ShmTransport, ShmTransport]:
     a, b = socket.socketpair()
     fd = shm.new_segment()
     try:
-        return ShmTransport(a, fd, writer_ring=1, spin=spin), ShmTransport(b, fd, writer_ring=0, spin=spin)
+        ends = ShmTransport(a, fd, writer_ring=1, spin=spin), ShmTransport(b, fd, writer_ring=0, spin=spin)
     finally:
         os.close(fd)
+    for end in ends:
+        end.authenticated(MAX_FRAME)  # as after the handshake: frames beyond the pre-auth limit
+    return ends
 
 
 @pytest.fixture
