@@ -135,8 +135,9 @@ class Client(Endpoint):
 
     # -- connections -------------------------------------------------------------------------
     def _open(self) -> Channel:
+        bound = CONNECT_TIMEOUT if self.timeout is None else min(CONNECT_TIMEOUT, self.timeout)
         try:
-            transport = connect(self.address, CONNECT_TIMEOUT)
+            transport = connect(self.address, bound)
         except OSError as exc:
             raise BrokenManagerError(
                 f"cannot connect to the manager at {self.address!r}: {exc}. "
@@ -146,7 +147,7 @@ class Client(Endpoint):
             client_handshake(transport, self.authkey)
             if is_shm(self.address):
                 transport = upgrade_client(transport)  # type: ignore[arg-type]
-                transport.set_timeout(CONNECT_TIMEOUT)
+                transport.set_timeout(bound)
             transport.send(0, codec.encode((Msg.REQUEST, (), Op.HELLO, 0, self._token, os.getpid(), None))[1])
             _, payload = transport.recv(MAX_PREAUTH)
             reply = codec.decode(0, payload)
@@ -155,8 +156,8 @@ class Client(Endpoint):
             transport.authenticated(self.max_frame)
         except TimeoutError as exc:
             transport.dispose()
-            raise BrokenManagerError(
-                f"the manager at {self.address!r} did not answer the handshake within {CONNECT_TIMEOUT} s: "
+            raise ManagerTimeoutError(
+                f"the manager at {self.address!r} did not answer the handshake within {bound} s: "
                 "is it stopped or overloaded?"
             ) from exc
         except (OSError, EOFError) as exc:
@@ -314,6 +315,9 @@ class Client(Endpoint):
             except RuntimeError:
                 self._flusher = threading.Thread(target=self._flush_loop, name="reflectmgr-release")
                 self._flusher.start()
+                # Not a daemon: stop it when this interpreter shuts down (threading runs these
+                # before it joins its threads), or an interpreter never closed hangs process exit.
+                threading._register_atexit(self._stop.set)  # type: ignore[attr-defined]
 
     def _flush_loop(self) -> None:
         anchor = self._anchor

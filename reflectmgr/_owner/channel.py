@@ -128,6 +128,15 @@ class Channel:
         finally:
             swap_encoding(prev)
             codec_context.exported = None
+        if buffers or len(payload) > OOB_MIN:
+            try:
+                self._check_size(payload, buffers)
+            except ReflectmgrError:
+                if releases:
+                    peer.return_releases(releases)
+                if exported:
+                    peer.table.release(peer.holder, [(x, 1) for x in exported])
+                raise
         if releases:
             # Outside the pickle: applied by the peer even if the rest fails to unpickle there.
             flags, payload = with_releases(flags, payload, releases)
@@ -261,6 +270,8 @@ class Channel:
         exported: list[int] = []  # counted for the peer while encoding, before it can release them
         try:
             flags, payload, new_types = self._encode_result(result, shared, buffers, exported)
+            if buffers or len(payload) > OOB_MIN:
+                self._check_size(payload, buffers)
         except BaseException as exc:
             self._unexport(exported)
             self._send_error(exc)
@@ -269,6 +280,18 @@ class Channel:
             swap_encoding(prev)
         self.sent_types |= new_types
         self.transport.send(flags, payload, buffers)
+
+    def _check_size(self, payload: bytes, buffers: list[Any]) -> None:
+        """Refuse, before sending a byte, what the peer would refuse by dropping the connection."""
+        limit = getattr(self.transport, "max_frame", None)
+        if limit is None:
+            return
+        sizes = [len(payload)] + [buf.raw().nbytes for buf in buffers]
+        if max(sizes) > limit:
+            raise ReflectmgrError(
+                f"a message part of {max(sizes)} bytes exceeds this connection's limit of {limit} bytes; "
+                "start the manager with a larger max_frame (Manager(max_frame=...)) or send it in pieces"
+            )
 
     def _unexport(self, exported: list[int]) -> None:
         if exported:

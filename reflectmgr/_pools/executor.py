@@ -13,8 +13,11 @@ BrokenProcessPool when a worker dies) is the standard executor's own behaviour.
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._manager.client import Client
@@ -43,14 +46,35 @@ class ManagerExecutor(ProcessPoolExecutor):
             max_tasks_per_child=max_tasks_per_child,
         )
         self._client = client
+        # Shut down before the interpreter tears its modules down, as concurrent.futures does for
+        # its threads: an executor collected later has its weakref callback fail noisily.
+        threading._register_atexit(_shutdown_at_exit, weakref.ref(self))  # type: ignore[attr-defined]
 
     # Any: tasks take and return anything; the signature is concurrent.futures.Executor's.
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Schedule ``fn(*args, **kwargs)``; raises ReflectmgrPicklingError here if it does not pickle."""
+        """Schedule ``fn(*args, **kwargs)``. As with the standard executor, a task that does not
+        pickle fails its future (with ReflectmgrPicklingError naming the argument), not ``submit``;
+        ``submit`` raises only when the pool is broken or shut down."""
+        with self._shutdown_lock:
+            if self._broken:
+                raise BrokenProcessPool(self._broken)
+            if self._shutdown_thread:
+                raise RuntimeError("cannot schedule new futures after shutdown")
         keep: list[Any] = []
-        blob = self._client.pickle_task((fn, args, kwargs), keep)
+        try:
+            blob = self._client.pickle_task((fn, args, kwargs), keep)
+        except Exception as exc:
+            failed: Future[Any] = Future()
+            failed.set_exception(exc)
+            return failed
         future = super().submit(run_task, blob)
         if keep:
             # The borrowed proxies keep their objects alive until the task is done.
             future.add_done_callback(lambda _f: keep.clear())
         return future
+
+
+def _shutdown_at_exit(ref: weakref.ref[ManagerExecutor]) -> None:
+    executor = ref()
+    if executor is not None:
+        executor.shutdown(wait=True)

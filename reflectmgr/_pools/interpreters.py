@@ -14,6 +14,7 @@ import os
 import pickle
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -55,6 +56,8 @@ class InterpreterExecutor(ThreadPoolExecutor):
         self._workers: list[tuple[Any, Any]] = []
         self._workers_lock = threading.Lock()
         super().__init__(max_workers or os.cpu_count() or 1, "reflectmgr-interp", self._start_worker)
+        # An executor never shut down: close its interpreters before this one finalizes them.
+        threading._register_atexit(_shutdown_at_exit, weakref.ref(self))  # type: ignore[attr-defined]
 
     def _start_worker(self) -> None:
         interp = self._interpreters.create()
@@ -107,3 +110,9 @@ class InterpreterExecutor(ThreadPoolExecutor):
             except Exception:
                 pass
             interp.close()
+
+
+def _shutdown_at_exit(ref: weakref.ref[InterpreterExecutor]) -> None:
+    executor = ref()
+    if executor is not None:
+        executor.shutdown(wait=True)

@@ -13,6 +13,7 @@ import cloudpickle
 
 from .._manager.client import Client, get_client
 from .._wire.codec import plain
+from ..errors import ReflectmgrError
 
 _client: Client | None = None
 
@@ -28,14 +29,27 @@ def init_worker(
 
 
 def execute(blob: bytes) -> Any:
-    """Run one task pickled by Client.pickle_task."""
-    fn, args, kwargs = pickle.loads(blob)
-    result = fn(*args, **kwargs)
-    if _client is not None and _client.cache.has_acquires:
-        # Borrowed proxies that the task never used in a call: register them before the
-        # caller's future completes (and its proxies, which keep the objects alive, may go).
-        _client.flush()
-    return result
+    """Run one task pickled by Client.pickle_task.
+
+    Unpickling the task runs code of its arguments (``__reduce__``, ``__setstate__``): an
+    exception there reaches the caller with its own type, except one that is not an
+    ``Exception`` (``SystemExit``, ``KeyboardInterrupt``), which would pass through ``except
+    Exception`` handlers and end the caller: it arrives as a ReflectmgrError.
+    """
+    try:
+        fn, args, kwargs = pickle.loads(blob)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise ReflectmgrError(f"unpickling the task in the worker raised {exc!r}; the task did not run") from exc
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if _client is not None and _client.cache.has_acquires:
+            # Borrowed proxies that the task never used in a call: register them before the
+            # caller's future completes (and its proxies, which keep the objects alive, may go),
+            # whether the task returned or raised.
+            _client.flush()
 
 
 def run_task(blob: bytes) -> Any:

@@ -62,15 +62,26 @@ _fence_lock = threading.Lock()
 _acquire, _release = _fence_lock.acquire, _fence_lock.release
 
 
+# A thread inside a fence when another forks would leave the child's copy of the lock taken for
+# ever (its first send over shared memory would block). The forking thread holds the fence across
+# fork (a fence lasts nanoseconds), and the child gets a fresh lock all the same.
+def _hold_fence_for_fork() -> None:
+    _fence_lock.acquire()
+
+
+def _release_fence_after_fork() -> None:
+    _fence_lock.release()
+
+
 def _new_fence_after_fork() -> None:
-    # A thread of the parent may have been inside a fence at fork: the child's copy of the lock
-    # would stay taken for ever, and its first send over shared memory would block.
     global _fence_lock, _acquire, _release
     _fence_lock = threading.Lock()
     _acquire, _release = _fence_lock.acquire, _fence_lock.release
 
 
-os.register_at_fork(after_in_child=_new_fence_after_fork)
+os.register_at_fork(
+    before=_hold_fence_for_fork, after_in_parent=_release_fence_after_fork, after_in_child=_new_fence_after_fork
+)
 _yield = getattr(os, "sched_yield", lambda: None)
 _unpack_header = HEADER.unpack_from
 _pack_header_into = HEADER.pack_into

@@ -182,3 +182,61 @@ class BufferProbe:
 
     def double(self, x: Any) -> Any:
         return x * 2  # a fresh object: it comes back by value
+
+
+class RaisesOnLoad:
+    """Pickles fine; unpickling it (in the manager, or a worker) raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self) -> Any:
+        return (raise_error, (self.error,))
+
+
+def raise_error(error: BaseException) -> Any:
+    raise error
+
+
+class CallsBackOnDel:
+    """Holds a byref callback of a client and calls it when the manager frees this object."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+
+    def __del__(self) -> None:
+        self.callback()
+
+
+def read_after_churn(inherited: Any, go: Any, results: Any) -> None:
+    """A forked child: wait until the parent dropped the object and made new ones, then read it."""
+    go.wait(60)
+    try:
+        results.put(("ok", dict(inherited)))
+    except BaseException as exc:
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def send_own_proxy_and_exit(address: Any, authkey: bytes, out: Any) -> None:
+    """A spawned child: make an object only it holds, send a pickled proxy to it, exit at once."""
+    import pickle
+
+    import reflectmgr
+
+    conn = reflectmgr.connect(address, authkey)
+    mine = conn.list(["made", "by", "the", "child"])
+    out.put(pickle.dumps(mine))
+    conn.close()
+
+
+stash: list[Any] = []
+
+
+def keep_and_raise(proxy: Any) -> Any:
+    """An executor task that keeps a borrowed proxy for later tasks, makes no call, and raises."""
+    stash.append(proxy)
+    raise ValueError("task failed after keeping its proxy")
+
+
+def read_kept() -> Any:
+    return list(stash[0])

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import os
 import signal
+import subprocess
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pytest
 
 import reflectmgr
 
 from ..helpers import CHILD, DEATH, baseline_objects, wait_until
-from .objects import Inventory
+from .objects import Inventory, RaisesOnLoad, keep_and_raise, read_kept
 
 
 def _add(inv: object, name: str) -> int:
@@ -92,13 +95,55 @@ def test_dead_worker_breaks_the_pool_and_releases_its_references(m: reflectmgr.M
     assert wait_until(lambda: baseline_objects(m) == base, DEATH, "the dead worker's references to go")
 
 
-def test_unpicklable_task_argument_fails_in_submit(m: reflectmgr.Manager) -> None:
+def test_unpicklable_task_argument_fails_its_future_not_submit(m: reflectmgr.Manager) -> None:
     import threading
 
     with m.executor(max_workers=1) as ex:
-        with pytest.raises(reflectmgr.ReflectmgrPicklingError, match="argument 0"):
-            ex.submit(print, threading.Lock())
+        future = ex.submit(print, threading.Lock())  # the standard executor's contract: no raise here
+        error = future.exception(CHILD)
+        assert isinstance(error, reflectmgr.ReflectmgrPicklingError) and "argument 0" in str(error)
         assert ex.submit(abs, -3).result(CHILD) == 3
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(abs, -3)
+
+
+def test_system_exit_while_unpickling_a_task_is_an_ordinary_exception(m: reflectmgr.Manager) -> None:
+    with m.executor(max_workers=1) as ex:
+        future = ex.submit(repr, RaisesOnLoad(SystemExit(3)))
+        error = future.exception(CHILD)
+        assert isinstance(error, reflectmgr.ReflectmgrError) and "SystemExit" in str(error)
+        with pytest.raises(Exception, match="SystemExit"):  # an `except Exception` handler sees it
+            future.result()
+        with pytest.raises(KeyError):
+            ex.submit(repr, RaisesOnLoad(KeyError("k"))).result(CHILD)  # an Exception keeps its type
+        assert ex.submit(abs, -3).result(CHILD) == 3  # the worker is still there
+
+
+def test_a_task_that_raises_still_registers_its_borrowed_proxies(m: reflectmgr.Manager) -> None:
+    lst = m.list(["kept"])
+    with m.executor(max_workers=1) as ex:
+        with pytest.raises(ValueError, match="keeping its proxy"):
+            ex.submit(keep_and_raise, lst).result(CHILD)
+        del lst  # the submitter's proxy goes: only the worker's keeps the list alive now
+        gc.collect()
+        m.client.flush()
+        assert ex.submit(read_kept).result(CHILD) == ["kept"]
+
+
+@pytest.mark.slow
+def test_exiting_without_shutting_the_executor_down_prints_nothing(tmp_path: Path) -> None:
+    script = tmp_path / "left_open.py"
+    script.write_text(
+        "import reflectmgr\n\n"
+        "def task(x):\n    return x + 1\n\n"
+        "if __name__ == '__main__':\n"
+        "    m = reflectmgr.Manager()\n    m.start()\n"
+        "    ex = m.executor(1)\n    print(ex.submit(task, 1).result())\n"
+    )
+    for _ in range(3):  # the noise depended on timing at interpreter exit
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=CHILD)
+        assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+        assert "Exception ignored" not in proc.stderr, proc.stderr
 
 
 def _initialized() -> object:

@@ -1,0 +1,290 @@
+"""Issue 10: ordinary programs that broke the core. Each test failed before its fix.
+
+connect()+close() in a library helper, arguments that fail to unpickle in the manager, a __del__
+that calls back, a stopped manager, forks at awkward moments.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import reflectmgr
+from reflectmgr._manager import client as client_module
+from reflectmgr._wire.opcodes import Op
+
+from ..helpers import CHILD, DEATH, PROMPT, baseline_objects, second_session, wait_until
+from ..integration.objects import CallsBackOnDel, RaisesOnLoad
+
+pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
+# -- 2. connect() + close() ---------------------------------------------------------------------
+def _library_helper(address: Any, authkey: bytes) -> int:
+    """What any library does: connect, work, close."""
+    with reflectmgr.connect(address, authkey) as conn:
+        conn.root["seen"] = True
+        return len(conn.root)
+
+
+def test_connect_and_close_leave_the_managers_own_connection_alone() -> None:
+    m = reflectmgr.Manager(shutdown_timeout=DEATH)
+    m.start()
+    try:
+        d = m.dict(a=1)
+        assert _library_helper(m.address, m.authkey) == 1
+        assert d["a"] == 1 and m.root["seen"] is True  # nothing of ours was closed
+        other = reflectmgr.connect(m.address, m.authkey)
+        third = reflectmgr.connect(m.address, m.authkey)
+        other.close()
+        assert third.root["seen"] is True  # closing one connection leaves the others
+        other.close()  # idempotent
+        with pytest.raises(reflectmgr.ManagerClosedError, match=r"connection .* was closed"):
+            other.root  # noqa: B018 - the closed one refuses use
+        third.close()
+        assert m.stats().clients == 1
+        assert isinstance(m.address, str)
+        folder = Path(m.address.removeprefix("shm:")).parent
+    finally:
+        started = time.monotonic()
+        m.shutdown()
+    assert time.monotonic() - started < 3.0  # the manager answered SHUTDOWN: no 5 s join, no SIGTERM
+    assert not folder.exists()
+
+
+def test_last_connection_closed_ends_the_session() -> None:
+    with reflectmgr.Manager() as m:
+        assert m.address is not None
+        server = second_session(m)  # plays the part of the owner; this test is a separate client
+        conn = reflectmgr.connect(m.address, m.authkey)
+        lst = conn.list([1])
+        client = conn.client
+        assert client is not m.client or client.implicit  # the manager's own is never closed by handles
+        conn.close()
+        if client is not m.client:
+            assert client.closed
+            with pytest.raises(reflectmgr.ManagerClosedError):
+                lst.append(2)
+        server.close()
+
+
+# -- 3. an argument that fails to unpickle in the manager -----------------------------------------
+@pytest.mark.parametrize("error", [ValueError("v"), KeyError("k"), RuntimeError("r"), MemoryError("m")])
+def test_unpickling_error_in_the_manager_keeps_its_type_and_the_connection(
+    manager: reflectmgr.Manager, error: BaseException
+) -> None:
+    d = manager.dict()
+    with pytest.raises(type(error)) as info:
+        d["k"] = RaisesOnLoad(error)
+    assert isinstance(info.value.__cause__, reflectmgr.RemoteTraceback)
+    assert "raise_error" in str(info.value.__cause__)
+    d["k"] = 1  # the same connection goes on
+    assert d == {"k": 1}
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()])
+def test_system_exit_while_unpickling_arrives_as_a_reflectmgr_error(
+    manager: reflectmgr.Manager, error: BaseException
+) -> None:
+    d = manager.dict()
+    with pytest.raises(reflectmgr.ReflectmgrError, match=type(error).__name__) as info:
+        d["k"] = RaisesOnLoad(error)
+    assert not isinstance(info.value, (SystemExit, KeyboardInterrupt))
+    d["k"] = 1
+    assert d == {"k": 1} and manager.stats().clients == 1
+
+
+def test_releases_riding_on_a_message_that_fails_to_unpickle_are_applied(m: reflectmgr.Manager) -> None:
+    src = m.dict({str(i): [i] for i in range(50)})
+    base = baseline_objects(m)
+    held = [src[str(i)] for i in range(50)]
+    assert m.stats().objects == base + 50
+    d = m.dict()
+    del held
+    gc.collect()
+    with pytest.raises(ValueError):
+        d["k"] = RaisesOnLoad(ValueError("no"))  # carries the 50 releases
+    assert wait_until(lambda: m.stats().objects == base + 1, PROMPT, "the releases to be applied")
+
+
+# -- 4. user code in __del__ calling back into the manager ---------------------------------------
+def test_del_that_calls_back_into_the_manager_does_not_deadlock_it(m: reflectmgr.Manager) -> None:
+    made: list[Any] = []
+    obj = m.new(CallsBackOnDel, reflectmgr.byref(lambda: made.append(m.dict(from_del=True))))
+    del obj
+    gc.collect()
+    done = threading.Event()
+
+    def flush() -> None:
+        m.client.flush()  # carries the release: the manager frees the object, __del__ calls us back
+        done.set()
+
+    threading.Thread(target=flush, daemon=True).start()
+    assert done.wait(PROMPT), "the manager deadlocked in __del__"
+    assert len(made) == 1 and made[0]["from_del"] is True
+    other = second_session(m)
+    assert other.dict(x=1)["x"] == 1  # every client is still served
+    other.close()
+
+
+# -- 5. unbounded waits ---------------------------------------------------------------------------
+@pytest.fixture
+def stoppable() -> Any:
+    """A manager that the test may SIGSTOP; resumed (if still there) and reaped at the end."""
+    m = reflectmgr.Manager(timeout=1.0, shutdown_timeout=1.0)
+    m.start()
+    yield m
+    if m.pid is not None and psutil.pid_exists(m.pid):
+        try:
+            os.kill(m.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    m.shutdown()
+
+
+def test_a_stopped_manager_times_calls_out_and_shutdown_is_bounded(stoppable: reflectmgr.Manager) -> None:
+    m = stoppable
+    d = m.dict(a=1)
+    assert m.pid is not None
+    pid = m.pid
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(reflectmgr.ManagerTimeoutError, match="did not answer") as info:
+        d["a"]
+    assert isinstance(info.value, TimeoutError) and time.monotonic() - started < DEATH
+    errors: list[BaseException] = []
+
+    def thread_call() -> None:
+        try:
+            d["a"]
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=thread_call)
+    t.start()
+    t.join(DEATH)
+    assert not t.is_alive() and isinstance(errors[0], reflectmgr.ManagerTimeoutError)
+    started = time.monotonic()
+    m.shutdown()  # SHUTDOWN times out, SIGTERM stays pending on a stopped process, SIGKILL ends it
+    assert time.monotonic() - started < DEATH
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_shutdown_without_a_call_timeout_is_bounded_too() -> None:
+    m = reflectmgr.Manager(shutdown_timeout=1.0)  # calls may wait for ever; shutdown may not
+    m.start()
+    assert m.pid is not None
+    pid = m.pid
+    m.dict(a=1)
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    m.shutdown()
+    assert time.monotonic() - started < DEATH
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_handshake_with_a_stopped_manager_says_it_did_not_answer(
+    stoppable: reflectmgr.Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert stoppable.pid is not None and stoppable.address is not None
+    monkeypatch.setattr(client_module, "CONNECT_TIMEOUT", 1.0)
+    os.kill(stoppable.pid, signal.SIGSTOP)
+    with pytest.raises(reflectmgr.ManagerTimeoutError, match=r"did not answer the handshake within 1.0 s"):
+        reflectmgr.connect(stoppable.address, stoppable.authkey, transport="pipe")  # a new session
+
+
+# -- 6. fork and locks --------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(socket, "send_fds"), reason="needs fork and shm")
+def test_fork_while_another_thread_is_inside_a_shared_memory_fence() -> None:
+    from reflectmgr._transport import shm
+
+    with reflectmgr.Manager(transport="shm") as m:
+        m.root  # noqa: B018 - connected; the proxy is dropped, so fork pins nothing
+        gc.collect()
+        holding, release = threading.Event(), threading.Event()
+
+        def inside_a_fence() -> None:
+            with shm._fence_lock:  # what a publish in another thread holds for a moment
+                holding.set()
+                release.wait(PROMPT)
+
+        t = threading.Thread(target=inside_a_fence)
+        t.start()
+        assert holding.wait(PROMPT)
+        threading.Timer(0.2, release.set).start()  # the other thread leaves its fence a bit later
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = 0 if m.client.call(Op.PING, 0) is None else 2  # the child's first shm send
+            finally:
+                os._exit(code)
+        t.join(PROMPT)
+        deadline = time.monotonic() + CHILD
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child hung on its first shared-memory send")
+            time.sleep(0.01)  # polling the child's exit, not synchronising with it
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_leaving_an_in_process_manager_leaves_the_parents_listener() -> None:
+    with reflectmgr.Manager(in_process=True) as m:
+        d = m.dict(a=1)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                m.shutdown()  # what leaving the inherited `with` block does in the child
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        other = second_session(m)  # a new connection over the listener: still accepted
+        assert other.root is not None and d["a"] == 1
+        other.close()
+
+
+@pytest.mark.interpreters
+def test_interpreter_pool_never_shut_down_does_not_hang_exit(tmp_path: Path) -> None:
+    script = tmp_path / "pool_left_open.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import reflectmgr
+
+            def bump(d):
+                d["n"] = d.get("n", 0) + 1
+                return d["n"]
+
+            if __name__ == "__main__":
+                m = reflectmgr.Manager(in_process=True)
+                m.start()
+                d = m.dict()
+                ex = m.executor(2, kind="interpreter")
+                print(ex.submit(bump, d).result())
+            """
+        )
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=CHILD)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
