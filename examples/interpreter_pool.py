@@ -1,7 +1,7 @@
 """A subinterpreter pool (Python 3.13+) updating a shared counter under a shared lock.
 
 The owner runs in this process (``in_process=True``): no manager process, and each
-subinterpreter, with its own GIL, reaches the shared objects over in-process pipes.
+subinterpreter, with its own GIL, reaches the shared objects over in-process shared-memory rings.
 
 Run:  python examples/interpreter_pool.py
 """

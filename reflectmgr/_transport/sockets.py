@@ -21,8 +21,9 @@ from .stream import FramedStream, StreamTransport
 
 Address = str | tuple[str, int]
 TRANSPORTS = ("pipe", "shm", "tcp")
-# Shared memory where the rings' descriptor can be passed over the unix socket (measured faster
-# than the socket alone for small calls and no slower for large values: docs/architecture.md).
+# Shared memory where the rings' descriptor can be passed over the unix socket: measured about
+# twice as fast as the socket alone for small calls; for 64 MiB values the socket alone was as
+# fast or a little faster (docs/architecture.md, "Transports").
 DEFAULT_TRANSPORT = "shm" if hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX") else "pipe"
 BACKLOG = 128
 # The private directory of a manager's unix socket (its owner removes it if the manager could not).
