@@ -113,9 +113,8 @@ class ObjectTable:
         garbage.clear()
 
     def _drop(self, oid: int, count: int, garbage: list[Any]) -> None:
-        entry = self.objects.get(oid)
-        if entry is None:
-            return
+        # Every id a holder or a pin counts has an entry (it leaves only when its total reaches 0).
+        entry = self.objects[oid]
         entry[1] -= count
         if entry[1] <= 0:
             del self.objects[oid]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 from reflectmgr._proxy.cache import ProxyCache
 
 
@@ -54,3 +56,17 @@ def test_returned_releases_go_with_the_next_message() -> None:
     assert cache.has_releases
     assert cache.take_releases() == ((3, 1),)
     assert not cache.has_releases
+
+
+def test_a_proxy_that_failed_to_be_made_is_made_on_the_next_arrival() -> None:
+    cache = ProxyCache()
+
+    def broken() -> P:
+        raise RuntimeError("the proxy class could not be built")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_create(5, broken)
+    p = cache.get_or_create(5, P)  # the entry exists without a proxy: a new one is made and counted
+    del p
+    gc.collect()
+    assert cache.take_releases() == ((5, 1),)

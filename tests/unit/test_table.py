@@ -147,3 +147,18 @@ def test_last_reference_is_dropped_outside_the_lock() -> None:
     t.start()
     assert done.wait(10), "release deadlocked in __del__"
     assert seen == [False] and len(table) == 1
+
+
+def test_release_of_an_id_the_holder_never_received_changes_nothing() -> None:
+    table, a, b = ObjectTable(), Holder("a"), Holder("b")
+    oid = table.export(a, Obj())
+    table.release(b, [(oid, 1), (999, 1)])  # b never received oid; 999 was never issued
+    assert a.held == {oid: 1} and len(table) == 1
+
+
+def test_adopt_without_a_fork_pin() -> None:
+    """A child whose parent could not pin (its manager was unreachable at fork) adopts what lives."""
+    table, parent, child = ObjectTable(), Holder("p"), Holder("c")
+    oid = table.export(parent, Obj())
+    assert table.adopt(child, None, [oid]) == [oid]
+    assert child.held == {oid: 1} and parent.held == {oid: 1}
