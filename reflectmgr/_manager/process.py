@@ -23,8 +23,8 @@ from .._owner.server import Server
 from .._transport.inproc import InprocListener
 from .._transport.sockets import Listener
 from .._wire.framing import MAX_FRAME
+from . import registry
 from .callbacks import CallbackEndpoint
-from .client import _key, local_tables
 from .stats import collect
 
 # How often the manager checks that its owner process is alive. Polling costs a syscall per
@@ -46,7 +46,7 @@ def serve(
     """The manager process. ``setup``: cloudpickled ``(registry, initializer, initargs)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's program, not for us
     try:
-        registry, initializer, initargs = pickle.loads(setup) if setup else ({}, None, ())
+        typeids, initializer, initargs = pickle.loads(setup) if setup else ({}, None, ())
         if initializer is not None:
             initializer(*initargs)
         listener = Listener(transport, address)
@@ -55,8 +55,8 @@ def serve(
         report.close()
         return
     server = make_server([listener], authkey, max_frame)
-    server.registry.update(registry)
-    local_tables[_key(listener.address)] = server.table
+    server.registry.update(typeids)
+    registry.local_tables[registry.key(listener.address)] = server.table
     # SIGTERM (the owner's shutdown when SHUTDOWN got no answer): stop serving and clean up as for
     # SHUTDOWN, so the socket directory goes too. Runs in this, the main, thread, between accepts.
     signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, server, os.getpid()))

@@ -7,7 +7,9 @@ that calls back, a stopped manager, forks at awkward moments.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -26,7 +28,7 @@ from reflectmgr._manager import client as client_module
 from reflectmgr._wire.opcodes import Op
 
 from ..helpers import CHILD, DEATH, PROMPT, baseline_objects, second_session, wait_until
-from ..integration.objects import CallsBackOnDel, RaisesOnLoad
+from ..integration.objects import CallsBackOnDel, RaisesOnLoad, load_after_connect_then_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
@@ -78,6 +80,21 @@ def test_last_connection_closed_ends_the_session() -> None:
             with pytest.raises(reflectmgr.ManagerClosedError):
                 lst.append(2)
         server.close()
+
+
+def test_a_proxy_unpickled_through_a_connection_outlives_its_close(m: reflectmgr.Manager) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    blob = pickle.dumps(m.list(["shared"]))
+    child = ctx.Process(target=load_after_connect_then_close, args=(m.address, m.authkey, blob, out))
+    child.start()
+    try:
+        assert out.get(timeout=CHILD) == ("ok", ["shared"])
+    finally:
+        child.join(CHILD)
+    assert child.exitcode == 0
+    out.close()
+    out.join_thread()
 
 
 # -- 3. an argument that fails to unpickle in the manager -----------------------------------------

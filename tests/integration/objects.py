@@ -240,3 +240,18 @@ def keep_and_raise(proxy: Any) -> Any:
 
 def read_kept() -> Any:
     return list(stash[0])
+
+
+def load_after_connect_then_close(address: Any, authkey: bytes, blob: bytes, out: Any) -> None:
+    """A spawned child that, like a library, connects and closes, with a proxy unpickled meanwhile."""
+    import pickle
+
+    import reflectmgr
+
+    conn = reflectmgr.connect(address, authkey)
+    received = pickle.loads(blob)  # rebuilt through the session that connect() opened
+    conn.close()
+    try:
+        out.put(("ok", list(received)))
+    except BaseException as exc:
+        out.put(("error", f"{type(exc).__name__}: {exc}"))

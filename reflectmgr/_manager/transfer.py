@@ -1,0 +1,149 @@
+"""Proxies leaving this process: pickled for a child, a queue, an executor task.
+
+    pickle.dumps(proxy) --Proxy.__reduce_ex__--> Client.transfer
+        for an executor task (inside pickle_task): borrowed  -> _borrowed(routes, oid, desc)
+            no round trip; the submitter keeps the object alive until the task is done, and the
+            worker counts the reference for itself with its next message ((oid, -1))
+        anything else: pinned (PIN, one round trip)          -> _rebuild(routes, authkey, oid, token)
+            the pin outlives this process until the receiver claims it or PIN_LEASE runs out
+    pickle.loads(...) in the receiver: _route picks the object table (inside the manager itself)
+        or this process's client for the manager, connecting once per process
+
+Hidden state, kept to two places: the codec's thread-local encoding peer decides whether a proxy
+goes home as its object or leaves as a transfer (Proxy.__reduce_ex__), and ``_borrowing`` marks
+the pickling of an executor task, during which proxies are lent instead of pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .._proxy.proxy import Proxy
+from .._transport.inproc import is_inproc
+from .._transport.sockets import Address
+from .._wire import codec
+from .._wire.opcodes import Op
+from . import registry
+
+if TYPE_CHECKING:
+    from .client import Client
+
+_borrowing = threading.local()
+
+
+class Transfers:
+    """The transfer side of a :class:`~reflectmgr._manager.client.Client` (mixed into it)."""
+
+    routes: tuple[Address, ...]
+    authkey: bytes
+    address: Address
+    cache: Any
+
+    if TYPE_CHECKING:  # provided by the client; declared here for the type checker only
+
+        def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any: ...
+
+        def load_ref(self, pid: Any) -> Any: ...
+
+    def transfer(self, proxy: Proxy) -> tuple[Any, ...]:
+        """How ``proxy`` pickles for another process (see the module's diagram)."""
+        keep = getattr(_borrowing, "keep", None)
+        if keep is not None:
+            keep.append(proxy)  # the caller keeps it (so the object) alive until the task is done
+            return (_borrowed, (self.routes, proxy._rm_oid, proxy._rm_desc))
+        token = self.call(Op.PIN, 0, [proxy._rm_oid])
+        # Like multiprocessing: the authkey travels inside the pickle only to a child being spawned
+        # (through its private pipe); any other receiver uses the authkey it inherited.
+        authkey = self.authkey if _spawning() else None
+        return (_rebuild, (self.routes, authkey, proxy._rm_oid, token))
+
+    def pickle_task(self, task: Any, keep: list[Any]) -> bytes:
+        """Cloudpickle ``task`` for an executor worker of this manager; its proxies are *borrowed*.
+
+        A borrowed proxy costs no round trip: the worker counts the reference for itself with its
+        next message, and ``keep`` (held by the caller until the task is done) keeps the objects
+        alive meanwhile. Raises ReflectmgrPicklingError naming the argument that does not pickle.
+        """
+        _borrowing.keep = keep
+        try:
+            fn = task[0]
+            if getattr(fn, "__module__", None) != "__main__":
+                # Importable functions pickle by name: plain pickle is several times cheaper.
+                # (__main__ ones go by value, so notebooks and scripts without spawn work too.)
+                try:
+                    return pickle.dumps(task, protocol=5)
+                except Exception:
+                    keep.clear()
+            return bytes(cloudpickle.dumps(task, protocol=5))
+        except Exception as exc:
+            raise codec.diagnose_call(task[1], task[2], exc) from exc
+        finally:
+            _borrowing.keep = None
+
+    def borrow(self, oid: int, desc: Any) -> Any:
+        """Unpickling a borrowed proxy in a worker: the proxy now, the reference with the next message."""
+        proxy = self.load_ref((oid, desc))
+        self.cache.acquire(oid)
+        return proxy
+
+    def same_owner(self, other: object) -> bool:
+        """True if ``other`` (an encoding peer) reaches the same manager."""
+        address = getattr(other, "address", None)
+        return (
+            isinstance(other, Transfers) and address is not None and registry.key(address) == registry.key(self.address)
+        )
+
+
+def _spawning() -> bool:
+    """True while pickling for a child being spawned (its authkey is not inherited otherwise)."""
+    from multiprocessing.context import get_spawning_popen
+
+    if get_spawning_popen() is not None:
+        return True
+    try:
+        from multiprocess.context import get_spawning_popen as mp_spawning
+    except ImportError:
+        return False
+    return mp_spawning() is not None
+
+
+def _route(routes: tuple[Address, ...], authkey: bytes | None) -> Any:
+    """The object table (inside the manager itself) or the client to use for ``routes``."""
+    for address in routes:
+        table = registry.local_tables.get(registry.key(address))
+        if table is not None:
+            return table
+    for address in routes:
+        client = registry.lookup(address)
+        if client is not None:
+            client.implicit = True  # a proxy of this process now relies on it: no close() may end it
+            return client
+    from .client import get_client  # the client layer builds on this module, not the reverse
+
+    usable = [a for a in routes if not is_inproc(a) or a.startswith(f"inproc:{os.getpid()}:")]  # type: ignore[union-attr]
+    return get_client(usable[0], authkey)
+
+
+def _is_client(route: Any) -> bool:
+    return isinstance(route, Transfers)
+
+
+def _borrowed(routes: tuple[Address, ...], oid: int, desc: Any) -> Any:
+    route = _route(routes, None)
+    if _is_client(route):
+        client: Client = route
+        return client.borrow(oid, desc)
+    return route.resolve(oid)
+
+
+def _rebuild(routes: tuple[Address, ...], authkey: bytes | None, oid: int, token: bytes) -> Any:
+    """Unpickling a proxy in another process: connect (once per process) and claim the pin."""
+    route = _route(routes, authkey)
+    if _is_client(route):
+        return route.call(Op.CLAIM, oid, token)
+    return route.claim(token, oid)
