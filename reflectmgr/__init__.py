@@ -44,7 +44,7 @@ def value(obj: Any) -> Any:
     Raises :class:`ReflectmgrPicklingError` if the remote object does not pickle (a lock, a file).
     """
     if is_proxy(obj):
-        return obj._rm_peer.call(Op.VALUE, obj._rm_oid)
+        return obj._rm_link.call(Op.VALUE, obj._rm_oid)
     t = type(obj)
     if t is list or t is tuple or t is set or t is frozenset:
         return t(value(x) for x in obj)

@@ -94,7 +94,7 @@ class BaseProxy:
                 "AttributeError",
                 f"method {methodname!r} of {self._token.typeid!r} object is not in exposed={exposed!r}",
             )
-        peer, oid = self._referent._rm_peer, self._referent._rm_oid
+        peer, oid = self._referent._rm_link, self._referent._rm_oid
         typeid = (self._method_to_typeid_ or {}).get(methodname)
         if typeid is not None and self._manager is not None:
             ref = peer.call(Op.CALLMETHOD_REF, oid, methodname, tuple(args), dict(kwds or {}))
@@ -116,7 +116,7 @@ class BaseProxy:
 
     def __str__(self) -> str:
         try:
-            return str(self._referent._rm_peer.call(Op.CALLMETHOD, self._referent._rm_oid, "__repr__", (), {}))
+            return str(self._referent._rm_link.call(Op.CALLMETHOD, self._referent._rm_oid, "__repr__", (), {}))
         except Exception:
             return repr(self)[:-1] + "; '__str__()' failed>"
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from .._owner.channel import serving
 from .._owner.server import Session
-from .._proxy.endpoint import Endpoint
+from .._proxy.calls import CallingChannel
+from .._proxy.link import Link
 from .._proxy.proxy import Proxy
 from ..errors import ReflectmgrError
 
 
-class CallbackEndpoint(Endpoint):
+class CallbackLink(Link):
     def __init__(self, session: Session) -> None:
         super().__init__(session.name)
         self.session = session
@@ -22,7 +23,7 @@ class CallbackEndpoint(Endpoint):
         if self.gone:
             raise ReflectmgrError(f"the client that passed this byref object ({self.session.name}) has disconnected")
         channel = serving()
-        if channel is None or channel.peer is not self.session:
+        if not isinstance(channel, CallingChannel) or channel.peer is not self.session:
             raise ReflectmgrError(
                 f"a byref object of {self.session.name} can be called only while that client waits "
                 "for a call to the manager (from within that call)"

@@ -18,8 +18,8 @@ import weakref
 from collections import deque
 from typing import Any
 
-from .._owner.channel import Channel
-from .._proxy.endpoint import Endpoint
+from .._proxy.calls import CallingChannel as Channel
+from .._proxy.link import Link
 from .._transport.auth import client_handshake
 from .._transport.shm import is_shm, upgrade_client
 from .._transport.sockets import Address, connect
@@ -61,7 +61,7 @@ def get_client(address: Address, authkey: bytes | None = None, *, implicit: bool
     return client
 
 
-class Client(Transfers, ForkHandling, Endpoint):
+class Client(Transfers, ForkHandling, Link):
     """``address``: where this client connects. ``public_address``: where *other processes* reach
     the same manager (differs for an in-process owner, whose own interpreters use pipes)."""
 

@@ -28,7 +28,7 @@ class ForkHandling:
     closed: bool
     cache: Any
     table: Any
-    holder: Any
+    account: Any
     _generation: int
     _fork_pin: tuple[bytes, list[int]] | None
     _fork_lock: threading.Lock
@@ -80,7 +80,7 @@ class ForkHandling:
                 return
             self.forget_parent()
             self._token = os.urandom(16)
-            self.table.release_all(self.holder)  # the parent's byref objects are not ours to serve
+            self.table.release_all(self.account)  # the parent's byref objects are not ours to serve
             token = self._fork_pin[0] if self._fork_pin is not None else None
             inherited = list(self.cache.live())
             self._anchor = self._open()

@@ -9,7 +9,6 @@ parent: Manager.start() --spawn--> serve(...)
 
 from __future__ import annotations
 
-import functools
 import os
 import pickle
 import signal
@@ -20,11 +19,12 @@ from typing import Any
 import psutil
 
 from .._owner.server import Server
+from .._proxy.calls import CallingChannel
 from .._transport.inproc import InprocListener
 from .._transport.sockets import Listener
 from .._wire.framing import MAX_FRAME
 from . import registry
-from .callbacks import CallbackEndpoint
+from .callbacks import CallbackLink
 from .stats import collect
 
 # How often the manager checks that its owner process is alive. Polling costs a syscall per
@@ -59,7 +59,10 @@ def serve(
     registry.local_tables[registry.key(listener.address)] = server.table
     # SIGTERM (the owner's shutdown when SHUTDOWN got no answer): stop serving and clean up as for
     # SHUTDOWN, so the socket directory goes too. Runs in this, the main, thread, between accepts.
-    signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, server, os.getpid()))
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    # Processes the manager forks (a multiprocessing.Pool's workers) must die on SIGTERM at once, as
+    # without us, not when their main thread next runs Python code.
+    os.register_at_fork(after_in_child=_default_sigterm)
     threading.Thread(target=_watch, args=(server, owner_pid), name="reflectmgr-watchdog", daemon=True).start()
     report.send(("ok", listener.address))
     report.close()
@@ -72,18 +75,19 @@ def serve(
         os._exit(0)  # connection threads may sit in recv(); nothing of theirs needs finishing
 
 
-def _on_sigterm(server: Server, manager_pid: int, signum: int, frame: Any) -> None:
-    if os.getpid() != manager_pid:
-        # A process the manager forked (a multiprocessing.Pool's worker) inherited this handler:
-        # SIGTERM must end it as it would have without us.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    server.stop()
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_server(listeners: list[Any], authkey: bytes, max_frame: int = MAX_FRAME) -> Server:
-    return Server(listeners, authkey, make_importer=CallbackEndpoint, stats=collect, max_frame=max_frame)
+    return Server(
+        listeners,
+        authkey,
+        make_importer=CallbackLink,
+        stats=collect,
+        max_frame=max_frame,
+        channel_class=CallingChannel,  # callbacks: a byref proxy calls back through the serving channel
+    )
 
 
 def serve_in_process(

@@ -1,13 +1,15 @@
-"""A channel: one transport, spoken by the same loop on both sides.
+"""A channel: one transport, and the serving half of the loop both sides speak.
 
-    caller thread                       transport                        serving thread
+    caller thread (_proxy/calls.py)     transport                        serving thread
     call(op) --encode--> REQUEST ---------------------------------> serve_forever()
         wait() <------------------ REQUEST (callback) <---------- handler calls a byref proxy
         _serve() ---------------> OK/ERR ----------------------->     (nested wait)
         wait() <------------------ OK/ERR <---------------------- reply(result)
 
-A caller waiting for its reply also serves requests that arrive on the same connection: that is
-how the manager calls back into a client (``reflectmgr.byref``) while the client waits.
+This module is the owner's half: decode a request, dispatch it, apply the value-or-reference
+rule to the result, reply. The calling half (encode a request, wait for its reply while serving
+the peer's requests in between) is the proxy layer's (``CallingChannel``); a server that must
+call back into its clients is given that class (see Server's ``channel_class``).
 One thread uses a channel at a time (the client checks channels out of a pool; the manager
 runs one thread per channel), so send and receive need no lock here.
 """
@@ -29,14 +31,12 @@ from .._wire.codec import (
     codec_context,
     decode,
     encode,
-    encode_request,
     split_releases,
     swap_encoding,
-    with_releases,
 )
 from .._wire.opcodes import FLAG_OOB, FLAG_RELEASES, Msg
-from ..errors import ProtocolError, ReflectmgrError, RemoteError, RemoteTraceback
-from .dispatch import HANDLERS, Context
+from ..errors import ProtocolError, ReflectmgrError, RemoteError
+from .dispatch import HANDLERS, HandlerContext
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
 
 _getrefcount = sys.getrefcount
@@ -57,13 +57,13 @@ def serving() -> Channel | None:
 _GARBAGE_ERRORS = (pickle.UnpicklingError, EOFError)
 
 
-class Peer(Context, Protocol):
+class ChannelSide(HandlerContext, Protocol):
     """What a channel needs from its side: the object table, references, releases."""
 
     @property
     def describer(self) -> Describer: ...
 
-    # What proxies to the peer's objects have as ``_rm_peer``: such a proxy in a message to that
+    # What proxies to the peer's objects have as ``_rm_link``: such a proxy in a message to that
     # peer travels as "your own object" (see Proxy.__reduce_ex__).
     @property
     def home(self) -> Any: ...
@@ -79,94 +79,16 @@ class Peer(Context, Protocol):
     def return_releases(self, releases: tuple[tuple[int, int], ...]) -> None: ...
 
 
-def _atoms(x: Any) -> bool:
-    """True for atoms and short tuples of atoms, except buffers large enough to go out of band."""
-    t = type(x)
-    if t in SCALARS:
-        return True
-    if t is bytes:
-        return len(x) < OOB_MIN
-    if t is tuple and len(x) <= 4:
-        for item in x:
-            if type(item) not in SCALARS and (type(item) is not bytes or len(item) >= OOB_MIN):
-                return False
-        return True
-    return False
-
-
 class Channel:
-    def __init__(self, transport: Transport, peer: Peer) -> None:
+    """Serves the peer's requests on one transport (and decodes whatever arrives on it)."""
+
+    def __init__(self, transport: Transport, peer: ChannelSide) -> None:
         self.transport = transport
         self.peer = peer
         self.sent_types: set[int] = set()
         # True from sending a request until its whole reply is read: a channel left busy by an
         # interruption is out of step with its peer and must not be reused.
         self.busy = False
-
-    # -- caller side -------------------------------------------------------------------------
-    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
-        peer = self.peer
-        releases = peer.take_releases()
-        if not releases and _atoms(a) and _atoms(b) and type(c) in SCALARS:
-            # Nothing here can reference an object (the common small call): no encoding context.
-            self.busy = True
-            self.transport.send(0, pickle.dumps((_REQUEST, (), int(op), oid, a, b, c), PROTOCOL))
-            return self.wait()
-        prev = swap_encoding(peer.home)
-        buffers: list[Any] = []
-        exported: list[int] = []
-        codec_context.exported = exported  # byref() objects counted for the peer while pickling
-        try:
-            # int(op): an IntEnum member would push the message off pickle's fast path
-            flags, payload = encode_request((_REQUEST, (), int(op), oid, a, b, c), a, b, c, buffers)
-        except BaseException:
-            if releases:
-                peer.return_releases(releases)
-            if exported:
-                peer.table.release(peer.holder, [(x, 1) for x in exported])
-            raise
-        finally:
-            swap_encoding(prev)
-            codec_context.exported = None
-        if buffers or len(payload) > OOB_MIN:
-            try:
-                self._check_size(payload, buffers)
-            except ReflectmgrError:
-                if releases:
-                    peer.return_releases(releases)
-                if exported:
-                    peer.table.release(peer.holder, [(x, 1) for x in exported])
-                raise
-        if releases:
-            # Outside the pickle: applied by the peer even if the rest fails to unpickle there.
-            flags, payload = with_releases(flags, payload, releases)
-        self.busy = True
-        self.transport.send(flags, payload, buffers)
-        return self.wait()
-
-    def wait(self) -> Any:
-        """Receive until our reply arrives, serving the peer's requests in between."""
-        while True:
-            try:
-                msg = self._receive()
-            except _UndecodableError as exc:
-                self.busy = False  # the frame was read whole: the channel is still in step
-                raise ReflectmgrError(f"could not unpickle the reply: {exc.error!r}") from exc.error
-            kind = msg[0]
-            if msg[1]:
-                self.peer.apply_releases(msg[1])
-            if kind == _OK:
-                self.busy = False
-                return msg[2]
-            if kind == _REF:
-                self.busy = False
-                return self.peer.load_ref(msg[2])
-            if kind == _ERR:
-                self.busy = False
-                error: BaseException = msg[2]
-                error.__cause__ = RemoteTraceback(msg[3])
-                raise error
-            self._serve(msg)
 
     def _receive(self) -> Any:
         flags, payload = self.transport.recv()
@@ -182,7 +104,7 @@ class Channel:
         return msg
 
     def _decode(self, flags: int, payload: bytes | bytearray) -> Any:
-        """Unpickle a frame just read, with its out-of-band buffers. Raises _UndecodableError
+        """Unpickle a frame just read, with its out-of-band buffers. Raises UndecodableError
         when the content names something this side cannot load (the frame was whole: the channel
         is still in step) and ProtocolError when it is garbage."""
         buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
@@ -197,10 +119,10 @@ class Channel:
         except _GARBAGE_ERRORS as exc:
             raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc
         except Exception as exc:
-            raise _UndecodableError(exc) from exc
+            raise UndecodableError(exc) from exc
         except BaseException as exc:  # SystemExit, KeyboardInterrupt raised by the content
             error = ReflectmgrError(f"unpickling the message raised {exc!r}; it was not run")
-            raise _UndecodableError(error) from exc
+            raise UndecodableError(error) from exc
         finally:
             if releases:  # whatever happened to the rest of the message
                 self.peer.apply_releases(releases)
@@ -230,7 +152,7 @@ class Channel:
         cannot load (the peer then gets the error as its reply)."""
         try:
             msg = self._decode(flags, payload)
-        except _UndecodableError as exc:
+        except UndecodableError as exc:
             self._send_error(exc.error)
             return None
         if type(msg) is not tuple or len(msg) != 7 or msg[0] != _REQUEST:
@@ -295,7 +217,7 @@ class Channel:
 
     def _unexport(self, exported: list[int]) -> None:
         if exported:
-            self.peer.table.release(self.peer.holder, [(oid, 1) for oid in exported])
+            self.peer.table.release(self.peer.account, [(oid, 1) for oid in exported])
             exported.clear()
 
     def _encode_result(
@@ -310,7 +232,7 @@ class Channel:
             target = refs[id(result)]
             desc = peer.describer.describe(type(target))
             tid = desc[0]
-            oid = peer.table.export(peer.holder, target)
+            oid = peer.table.export(peer.account, target)
             exported.append(oid)
             payload = pickle.dumps((_REF, peer.take_releases(), (oid, tid if tid in self.sent_types else desc)), 5)
             return 0, payload, {tid}
@@ -332,7 +254,7 @@ class Channel:
         new_types: set[int] = set()
         sent_types = self.sent_types
         peer = self.peer
-        describe, export, holder = peer.describer.describe, peer.table.export, peer.holder
+        describe, export, account = peer.describer.describe, peer.table.export, peer.account
 
         def persistent_id(obj: Any) -> Any:
             target = refs.get(id(obj))
@@ -340,7 +262,7 @@ class Channel:
                 return None
             desc = describe(type(target))
             tid = desc[0]
-            oid = export(holder, target)
+            oid = export(account, target)
             exported.append(oid)
             if tid in sent_types or tid in new_types:
                 return (oid, tid)
@@ -371,7 +293,9 @@ class Channel:
         self.transport.send(flags, payload)
 
 
-class _UndecodableError(Exception):
+class UndecodableError(Exception):
+    """A frame read whole whose content failed to unpickle (the channel is still in step)."""
+
     def __init__(self, error: BaseException) -> None:
         super().__init__(error)
         self.error = error

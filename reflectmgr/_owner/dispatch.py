@@ -1,7 +1,7 @@
 """Dispatch: one handler per opcode, run by whichever side owns the object.
 
 Handlers take ``(ctx, oid, a, b, c)`` and return the result; the channel applies the
-value-or-reference rule to it. ``ctx`` is the side's :class:`Context`: its object table, the holder
+value-or-reference rule to it. ``ctx`` is the side's :class:`HandlerContext`: its object table, the account
 (the peer's references) and, on a manager, the services (``server``); a client serving callbacks
 has no services and refuses those opcodes.
 """
@@ -16,7 +16,7 @@ from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
 from ..errors import ProtocolError
 from .export import Ref, Value
-from .table import Holder, ObjectTable
+from .table import Account, ObjectTable
 
 
 class Services(Protocol):
@@ -31,18 +31,18 @@ class Services(Protocol):
     def pid(self) -> int: ...
 
 
-class Context(Protocol):
+class HandlerContext(Protocol):
     @property
     def table(self) -> ObjectTable: ...
 
     @property
-    def holder(self) -> Holder: ...
+    def account(self) -> Account: ...
 
     @property
     def server(self) -> Services | None: ...
 
 
-Handler = Callable[[Context, int, Any, Any, Any], Any]
+Handler = Callable[[HandlerContext, int, Any, Any, Any], Any]
 HANDLERS: dict[int, Handler] = {}
 
 
@@ -54,34 +54,34 @@ def handler(op: Op) -> Callable[[Handler], Handler]:
     return register
 
 
-def _services(ctx: Context) -> Services:
+def _services(ctx: HandlerContext) -> Services:
     if ctx.server is None:
         raise ProtocolError("this peer serves objects only, not manager services")
     return ctx.server
 
 
 @handler(Op.GETATTR)
-def _getattr(ctx: Context, oid: int, name: Any, b: Any, c: Any) -> Any:
+def _getattr(ctx: HandlerContext, oid: int, name: Any, b: Any, c: Any) -> Any:
     return getattr(ctx.table.resolve(oid), name)
 
 
 @handler(Op.SETATTR)
-def _setattr(ctx: Context, oid: int, name: Any, value: Any, c: Any) -> Any:
+def _setattr(ctx: HandlerContext, oid: int, name: Any, value: Any, c: Any) -> Any:
     setattr(ctx.table.resolve(oid), name, value)
 
 
 @handler(Op.DELATTR)
-def _delattr(ctx: Context, oid: int, name: Any, b: Any, c: Any) -> Any:
+def _delattr(ctx: HandlerContext, oid: int, name: Any, b: Any, c: Any) -> Any:
     delattr(ctx.table.resolve(oid), name)
 
 
 @handler(Op.CALL)
-def _call(ctx: Context, oid: int, args: Any, kwargs: Any, c: Any) -> Any:
+def _call(ctx: HandlerContext, oid: int, args: Any, kwargs: Any, c: Any) -> Any:
     return ctx.table.resolve(oid)(*args, **kwargs)
 
 
 @handler(Op.CALLMETHOD)
-def _callmethod(ctx: Context, oid: int, name: Any, args: Any, kwargs: Any) -> Any:
+def _callmethod(ctx: HandlerContext, oid: int, name: Any, args: Any, kwargs: Any) -> Any:
     return getattr(ctx.table.resolve(oid), name)(*args, **kwargs)
 
 
@@ -89,12 +89,12 @@ _REMOTE = [d.remote for d in DUNDERS]
 
 
 @handler(Op.DUNDER)
-def _dunder(ctx: Context, oid: int, index: Any, args: Any, c: Any) -> Any:
+def _dunder(ctx: HandlerContext, oid: int, index: Any, args: Any, c: Any) -> Any:
     return _REMOTE[index](ctx.table.resolve(oid), *args)
 
 
 @handler(Op.ITER)
-def _iter(ctx: Context, oid: int, size: Any, reverse: Any, c: Any) -> Any:
+def _iter(ctx: HandlerContext, oid: int, size: Any, reverse: Any, c: Any) -> Any:
     """First batch of a private iterator: ``(iterator ref or None when exhausted, items)``.
 
     An object that is its own iterator (a generator, a file) is shared state: prefetching would
@@ -109,29 +109,29 @@ def _iter(ctx: Context, oid: int, size: Any, reverse: Any, c: Any) -> Any:
 
 
 @handler(Op.NEXT_BATCH)
-def _next_batch(ctx: Context, oid: int, size: Any, b: Any, c: Any) -> Any:
+def _next_batch(ctx: HandlerContext, oid: int, size: Any, b: Any, c: Any) -> Any:
     items = list(islice(ctx.table.resolve(oid), size))
     return (len(items) < size, items)
 
 
 @handler(Op.VALUE)
-def _value(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _value(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
     return Value(ctx.table.resolve(oid))
 
 
 @handler(Op.DIR)
-def _dir(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _dir(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
     return sorted(dir(ctx.table.resolve(oid)))
 
 
 @handler(Op.NEW)
-def _new(ctx: Context, oid: int, factory: Any, args: Any, kwargs: Any) -> Any:
+def _new(ctx: HandlerContext, oid: int, factory: Any, args: Any, kwargs: Any) -> Any:
     _services(ctx)
     return Ref(factory(*args, **kwargs))
 
 
 @handler(Op.CREATE)
-def _create(ctx: Context, oid: int, typeid: Any, args: Any, kwargs: Any) -> Any:
+def _create(ctx: HandlerContext, oid: int, typeid: Any, args: Any, kwargs: Any) -> Any:
     """A registered typeid, built by the callable the *server* registered (remote managers)."""
     try:
         factory, exposed, _ = _services(ctx).registry[typeid]
@@ -149,46 +149,46 @@ def public_methods(obj: Any) -> tuple[str, ...]:
 
 
 @handler(Op.CALLMETHOD_REF)
-def _callmethod_ref(ctx: Context, oid: int, name: Any, args: Any, kwargs: Any) -> Any:
+def _callmethod_ref(ctx: HandlerContext, oid: int, name: Any, args: Any, kwargs: Any) -> Any:
     return Ref(getattr(ctx.table.resolve(oid), name)(*args, **kwargs))
 
 
 @handler(Op.ROOT)
-def _root(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _root(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
     return Ref(_services(ctx).root)
 
 
 @handler(Op.STATS)
-def _stats(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _stats(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
     return _services(ctx).stats()
 
 
 @handler(Op.RELEASE)
-def _release(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _release(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
     return None  # the releases rode in the message header and are already applied
 
 
 @handler(Op.PING)
-def _ping(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _ping(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
     return None
 
 
 @handler(Op.PIN)
-def _pin(ctx: Context, oid: int, oids: Any, b: Any, c: Any) -> Any:
+def _pin(ctx: HandlerContext, oid: int, oids: Any, b: Any, c: Any) -> Any:
     return ctx.table.pin(oids)
 
 
 @handler(Op.CLAIM)
-def _claim(ctx: Context, oid: int, token: Any, b: Any, c: Any) -> Any:
+def _claim(ctx: HandlerContext, oid: int, token: Any, b: Any, c: Any) -> Any:
     return Ref(ctx.table.claim(token, oid))
 
 
 @handler(Op.ADOPT)
-def _adopt(ctx: Context, oid: int, token: Any, oids: Any, c: Any) -> Any:
+def _adopt(ctx: HandlerContext, oid: int, token: Any, oids: Any, c: Any) -> Any:
     """A forked child takes over the references it inherited (pinned by its parent at fork)."""
-    return ctx.table.adopt(ctx.holder, token, oids)
+    return ctx.table.adopt(ctx.account, token, oids)
 
 
 @handler(Op.SHUTDOWN)
-def _shutdown(ctx: Context, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _shutdown(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
     _services(ctx).stop()

@@ -2,7 +2,7 @@
 
     listeners --accept--> [auth thread] --HMAC ok--> HELLO(session token) --> Session
                                                             |
-                               one thread per connection:   Channel.serve_forever()
+                               one thread per connection:   channel.serve_forever()
                                                             |
                   last connection of a session closes ----> release every reference it held
 
@@ -29,7 +29,7 @@ from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError
 from .channel import Channel
 from .export import Describer
-from .table import Holder, ObjectTable
+from .table import Account, ObjectTable
 
 log = logging.getLogger("reflectmgr.server")
 
@@ -40,7 +40,7 @@ HANDSHAKE_TIMEOUT = 10.0
 MAX_PENDING_HANDSHAKES = 64
 
 
-class Session(Holder):
+class Session(Account):
     """One client process as the owner sees it: its references and its connections."""
 
     __slots__ = ("connections", "describer", "importer", "pid", "server", "table", "token")
@@ -56,7 +56,7 @@ class Session(Holder):
         self.importer: Any = server.make_importer(self) if server.make_importer else None
 
     @property
-    def holder(self) -> Holder:
+    def account(self) -> Account:
         return self
 
     @property
@@ -102,7 +102,11 @@ class Server:
         make_importer: Callable[[Session], Any] | None = None,
         stats: Callable[[Server], Any] | None = None,
         max_frame: int = MAX_FRAME,
+        channel_class: type[Channel] = Channel,
     ) -> None:
+        """``make_importer`` and ``channel_class`` come from the layers above: what a session
+        imports (the proxies to a client's byref objects) and a channel that can also call (back
+        into clients). Without them the server serves objects only."""
         self.listeners = listeners
         self.address = listeners[0].address
         self.authkey = authkey
@@ -117,6 +121,7 @@ class Server:
         self._stopping = threading.Event()
         self._transports: set[FramedStream] = set()
         self.max_frame = max_frame
+        self.channel_class = channel_class
         self._handshakes = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
 
     # -- services used by dispatch ----------------------------------------------------------
@@ -193,7 +198,7 @@ class Server:
             transport.authenticated(self.max_frame)
             self._handshakes.release()
             pending = False
-            Channel(transport, session).serve_forever(self._stopping.is_set)
+            self.channel_class(transport, session).serve_forever(self._stopping.is_set)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
         except ReflectmgrError as exc:  # a wrong authkey, garbage: the peer's problem, not ours

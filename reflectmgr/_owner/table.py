@@ -1,8 +1,8 @@
 """The object table: which objects the peers hold, and how many times each peer received each.
 
-    table.objects   oid -> [obj, total]        total = pin counts + sum over holders of their counts
+    table.objects   oid -> [obj, total]        total = pin counts + sum over accounts of their counts
     table._oids     id(obj) -> oid             for the objects in the table (so they are alive)
-    holder.held     oid -> count               times this holder *received* the reference
+    account.held     oid -> count               times this account *received* the reference
     table.pins      token -> (oids, expiry)    references kept for a pickled proxy or a fork in flight
 
 Object ids are numbers from a counter, never reused in the table's life: a stale reference (a
@@ -10,9 +10,9 @@ forked child's, a pickle loaded twice, a pin claimed after it lapsed) can only f
 :class:`ReleasedError`, never reach another object. An object keeps its id while it is in the
 table; once nobody holds it, it leaves, and if it is sent again later it gets a new id.
 
-A release carries the count the peer had received when its proxy died; the holder's count drops
+A release carries the count the peer had received when its proxy died; the account's count drops
 by that much, so a reference sent again in the meantime (a reply crossing the release) survives.
-A pin belongs to no holder: it outlives its sender, until the receiver claims it or PIN_LEASE
+A pin belongs to no account: it outlives its sender, until the receiver claims it or PIN_LEASE
 runs out. The lock guards dictionary updates only: objects that leave the table are dropped after
 it is released, so a ``__del__`` that calls back into the manager cannot deadlock it.
 """
@@ -34,7 +34,7 @@ from ..errors import ReleasedError
 PIN_LEASE = 300.0
 
 
-class Holder:
+class Account:
     """One peer's references (a client session, or the manager seen from a client)."""
 
     __slots__ = ("held", "name")
@@ -62,8 +62,8 @@ class ObjectTable:
             raise ReleasedError(f"object #{oid} is not (or no longer) held by any client")
         return entry[0]
 
-    def export(self, holder: Holder, obj: Any) -> int:
-        """Count one more reception of ``obj`` by ``holder``; returns its id (a new one if the
+    def export(self, account: Account, obj: Any) -> int:
+        """Count one more reception of ``obj`` by ``account``; returns its id (a new one if the
         object is not in the table). Called while encoding, before the message is sent, so the
         peer can never release what was not yet counted; undo with ``release`` if the send fails."""
         with self.lock:
@@ -74,13 +74,13 @@ class ObjectTable:
                 self.objects[oid] = [obj, 1]
             else:
                 self.objects[oid][1] += 1
-            holder.held[oid] = holder.held.get(oid, 0) + 1
+            account.held[oid] = account.held.get(oid, 0) + 1
         return oid
 
-    def release(self, holder: Holder, releases: Iterable[tuple[int, int]]) -> None:
-        """Apply ``(oid, count)`` releases from ``holder``; unknown ids are ignored (idempotent).
+    def release(self, account: Account, releases: Iterable[tuple[int, int]]) -> None:
+        """Apply ``(oid, count)`` releases from ``account``; unknown ids are ignored (idempotent).
 
-        A negative count *acquires*: the holder takes over a borrowed reference (an executor task
+        A negative count *acquires*: the account takes over a borrowed reference (an executor task
         got the proxy without a round trip while its submitter kept the object alive).
         """
         garbage: list[Any] = []
@@ -90,30 +90,30 @@ class ObjectTable:
                     entry = self.objects.get(oid)
                     if entry is not None:
                         entry[1] -= count
-                        holder.held[oid] = holder.held.get(oid, 0) - count
+                        account.held[oid] = account.held.get(oid, 0) - count
                     continue
-                have = holder.held.get(oid)
+                have = account.held.get(oid)
                 if have is None:
                     continue
                 count = min(count, have)
                 if have == count:
-                    del holder.held[oid]
+                    del account.held[oid]
                 else:
-                    holder.held[oid] = have - count
+                    account.held[oid] = have - count
                 self._drop(oid, count, garbage)
         garbage.clear()  # the last references go here, outside the lock: __del__ may call back
 
-    def release_all(self, holder: Holder) -> None:
-        """The holder went away: drop every reference it had (its pins stay until claimed or lapsed)."""
+    def release_all(self, account: Account) -> None:
+        """The account went away: drop every reference it had (its pins stay until claimed or lapsed)."""
         garbage: list[Any] = []
         with self.lock:
-            for oid, count in holder.held.items():
+            for oid, count in account.held.items():
                 self._drop(oid, count, garbage)
-            holder.held.clear()
+            account.held.clear()
         garbage.clear()
 
     def _drop(self, oid: int, count: int, garbage: list[Any]) -> None:
-        # Every id a holder or a pin counts has an entry (it leaves only when its total reaches 0).
+        # Every id a account or a pin counts has an entry (it leaves only when its total reaches 0).
         entry = self.objects[oid]
         entry[1] -= count
         if entry[1] <= 0:
@@ -161,9 +161,9 @@ class ObjectTable:
             )
         return obj
 
-    def adopt(self, holder: Holder, token: bytes | None, oids: Iterable[int]) -> list[int]:
+    def adopt(self, account: Account, token: bytes | None, oids: Iterable[int]) -> list[int]:
         """A forked child takes over the references it inherited: count the live ones among
-        ``oids`` for ``holder`` and give up the fork's pin. Returns the ids still alive."""
+        ``oids`` for ``account`` and give up the fork's pin. Returns the ids still alive."""
         alive = []
         garbage: list[Any] = []
         with self.lock:
@@ -171,7 +171,7 @@ class ObjectTable:
                 entry = self.objects.get(oid)
                 if entry is not None:
                     entry[1] += 1
-                    holder.held[oid] = holder.held.get(oid, 0) + 1
+                    account.held[oid] = account.held.get(oid, 0) + 1
                     alive.append(oid)
             if token is not None:
                 self._unpin(token, garbage)

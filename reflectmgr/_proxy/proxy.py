@@ -36,7 +36,7 @@ MAX_BATCH = 8192
 TypeDesc = tuple[int, str, str, str, frozenset[int], frozenset[str]]
 
 
-class Caller(Protocol):
+class Remote(Protocol):
     def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any: ...
 
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]: ...
@@ -47,10 +47,10 @@ class Caller(Protocol):
 class Proxy:
     """Base of every proxy class; ``isinstance(x, Proxy)`` is how to tell a proxy (see is_proxy)."""
 
-    __slots__ = ("__weakref__", "_rm_oid", "_rm_peer")
+    __slots__ = ("__weakref__", "_rm_link", "_rm_oid")
     _rm_plain = True  # proxies reduce themselves with plain pickle (see codec.plain)
     _rm_oid: int
-    _rm_peer: Caller
+    _rm_link: Remote
     _rm_desc: TypeDesc
     _rm_local_class: type | None = None
 
@@ -58,26 +58,26 @@ class Proxy:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_rm_"):
             raise AttributeError(name)
-        return self._rm_peer.call(_GETATTR, self._rm_oid, name)
+        return self._rm_link.call(_GETATTR, self._rm_oid, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._rm_peer.call(_SETATTR, self._rm_oid, name, value)
+        self._rm_link.call(_SETATTR, self._rm_oid, name, value)
 
     def __delattr__(self, name: str) -> None:
-        self._rm_peer.call(_DELATTR, self._rm_oid, name)
+        self._rm_link.call(_DELATTR, self._rm_oid, name)
 
     def __dir__(self) -> list[str]:
-        return list(self._rm_peer.call(_DIR, self._rm_oid))
+        return list(self._rm_link.call(_DIR, self._rm_oid))
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         peer = encoding_peer()
-        home = self._rm_peer
+        home = self._rm_link
         if peer is home or (peer is not None and home.same_owner(peer)):
             return (resolve_local, (self._rm_oid,))  # going home: arrives as the real object
-        return self._rm_peer.transfer(self)
+        return self._rm_link.transfer(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return self._rm_peer.call(_VALUE, self._rm_oid)
+        return self._rm_link.call(_VALUE, self._rm_oid)
 
     # -- multiprocessing.managers.BaseProxy's API, for code written against it ----------------
     def _callmethod(self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:
@@ -88,11 +88,11 @@ class Proxy:
         """
         if methodname.startswith("_") and not (methodname.startswith("__") and methodname.endswith("__")):
             raise RemoteError("AttributeError", f"method {methodname!r} of {type(self).__qualname__!r} is not exposed")
-        return self._rm_peer.call(_CALLMETHOD, self._rm_oid, methodname, tuple(args), dict(kwds or {}))
+        return self._rm_link.call(_CALLMETHOD, self._rm_oid, methodname, tuple(args), dict(kwds or {}))
 
     def _getvalue(self) -> Any:
         """A local copy of the referent (multiprocessing's name for reflectmgr.value)."""
-        return self._rm_peer.call(_VALUE, self._rm_oid)
+        return self._rm_link.call(_VALUE, self._rm_oid)
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:
@@ -123,7 +123,7 @@ class BoundRemoteMethod:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         p = self.__self__
-        return p._rm_peer.call(_CALLMETHOD, p._rm_oid, self.__name__, args, kwargs)
+        return p._rm_link.call(_CALLMETHOD, p._rm_oid, self.__name__, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<remote method {self.__name__} of {type(self.__self__).__name__} proxy>"
@@ -156,7 +156,7 @@ class BatchIterator:
         if it is None:
             raise StopIteration
         self._size = size = min(self._size * 2, MAX_BATCH)
-        done, self._items = it._rm_peer.call(_NEXT_BATCH, it._rm_oid, size)
+        done, self._items = it._rm_link.call(_NEXT_BATCH, it._rm_oid, size)
         if done:
             self._it = None  # drop the remote iterator now, not when this one dies
         if not self._items:
@@ -169,7 +169,7 @@ class BatchIterator:
 
 
 def _iterate(self: Proxy, reverse: bool) -> Iterator[Any]:
-    r = self._rm_peer.call(_ITER, self._rm_oid, FIRST_BATCH, reverse)
+    r = self._rm_link.call(_ITER, self._rm_oid, FIRST_BATCH, reverse)
     if r is None:
         return self  # the remote object is its own iterator
     return BatchIterator(r[0], r[1])
@@ -184,12 +184,12 @@ def _reversed(self: Proxy) -> Iterator[Any]:
 
 
 def _call(self: Proxy, *args: Any, **kwargs: Any) -> Any:
-    return self._rm_peer.call(_CALL, self._rm_oid, args, kwargs)
+    return self._rm_link.call(_CALL, self._rm_oid, args, kwargs)
 
 
 def _make_dunder(index: int) -> Any:
     def dunder(self: Proxy, *args: Any) -> Any:
-        return self._rm_peer.call(_DUNDER, self._rm_oid, index, args)
+        return self._rm_link.call(_DUNDER, self._rm_oid, index, args)
 
     dunder.__name__ = dunder.__qualname__ = DUNDERS[index].name
     return dunder
@@ -199,9 +199,9 @@ def _make_exit(index: int) -> Any:
     def __exit__(self: Proxy, exc_type: Any, exc: Any, tb: Any) -> Any:  # noqa: N807
         # Tracebacks do not pickle; an exception that does not pickle travels as its type only.
         try:
-            return self._rm_peer.call(_DUNDER, self._rm_oid, index, (exc_type, exc, None))
+            return self._rm_link.call(_DUNDER, self._rm_oid, index, (exc_type, exc, None))
         except ReflectmgrPicklingError:
-            return self._rm_peer.call(_DUNDER, self._rm_oid, index, (exc_type, None, None))
+            return self._rm_link.call(_DUNDER, self._rm_oid, index, (exc_type, None, None))
 
     return __exit__
 
@@ -271,10 +271,10 @@ def _local_class(module: str, qualname: str) -> type | None:
 _set = object.__setattr__
 
 
-def new_proxy(cls: type[Proxy], oid: int, peer: Caller) -> Proxy:
+def new_proxy(cls: type[Proxy], oid: int, peer: Remote) -> Proxy:
     p = object.__new__(cls)
     _set(p, "_rm_oid", oid)
-    _set(p, "_rm_peer", peer)
+    _set(p, "_rm_link", peer)
     return p
 
 

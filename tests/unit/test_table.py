@@ -1,4 +1,4 @@
-"""The owner's object table: ids never reused, per-holder counts, pins, no user code under the lock."""
+"""The owner's object table: ids never reused, per-account counts, pins, no user code under the lock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from reflectmgr._owner.table import Holder, ObjectTable
+from reflectmgr._owner.table import Account, ObjectTable
 from reflectmgr.errors import ReleasedError
 
 
@@ -16,7 +16,7 @@ class Obj:
 
 
 def test_release_crossing_a_resend_keeps_the_object() -> None:
-    table, client = ObjectTable(), Holder("c")
+    table, client = ObjectTable(), Account("c")
     obj = Obj()
     oid = table.export(client, obj)  # sent once; the client's proxy dies and releases 1 ...
     assert table.export(client, obj) == oid  # ... while a reply to another thread sends it again
@@ -28,7 +28,7 @@ def test_release_crossing_a_resend_keeps_the_object() -> None:
 
 
 def test_ids_are_never_reused_even_when_addresses_are() -> None:
-    table, client = ObjectTable(), Holder("c")
+    table, client = ObjectTable(), Account("c")
     seen: set[int] = set()
     for _ in range(200):
         obj = Obj()  # CPython hands the freed address straight back to the next object
@@ -44,7 +44,7 @@ def test_ids_are_never_reused_even_when_addresses_are() -> None:
 
 
 def test_the_same_object_sent_again_after_leaving_gets_a_new_id() -> None:
-    table, client = ObjectTable(), Holder("c")
+    table, client = ObjectTable(), Account("c")
     obj = Obj()
     first = table.export(client, obj)
     table.release(client, [(first, 1)])
@@ -55,7 +55,7 @@ def test_the_same_object_sent_again_after_leaving_gets_a_new_id() -> None:
 
 
 def test_holders_are_independent_and_release_all() -> None:
-    table, a, b = ObjectTable(), Holder("a"), Holder("b")
+    table, a, b = ObjectTable(), Account("a"), Account("b")
     obj = Obj()
     oid = table.export(a, obj)
     assert table.export(b, obj) == oid
@@ -66,7 +66,7 @@ def test_holders_are_independent_and_release_all() -> None:
 
 
 def test_borrowed_reference_is_acquired_with_a_negative_count() -> None:
-    table, submitter, worker = ObjectTable(), Holder("s"), Holder("w")
+    table, submitter, worker = ObjectTable(), Account("s"), Account("w")
     oid = table.export(submitter, Obj())
     table.release(worker, [(oid, -1)])  # the worker takes over a reference it was lent
     table.release(submitter, [(oid, 1)])
@@ -78,7 +78,7 @@ def test_borrowed_reference_is_acquired_with_a_negative_count() -> None:
 
 
 def test_pin_outlives_its_sender_until_claimed() -> None:
-    table, sender = ObjectTable(), Holder("s")
+    table, sender = ObjectTable(), Account("s")
     obj = Obj()
     oid = table.export(sender, obj)
     token = table.pin([oid])
@@ -90,7 +90,7 @@ def test_pin_outlives_its_sender_until_claimed() -> None:
 
 
 def test_pickle_loaded_twice_while_the_object_lives() -> None:
-    table, sender = ObjectTable(), Holder("s")
+    table, sender = ObjectTable(), Account("s")
     obj = Obj()
     oid = table.export(sender, obj)
     token = table.pin([oid])
@@ -99,7 +99,7 @@ def test_pickle_loaded_twice_while_the_object_lives() -> None:
 
 
 def test_pin_lapses_after_its_lease() -> None:
-    table, sender = ObjectTable(pin_lease=0.0), Holder("s")
+    table, sender = ObjectTable(pin_lease=0.0), Account("s")
     oid = table.export(sender, Obj())
     table.pin([oid])
     table.release_all(sender)
@@ -109,14 +109,14 @@ def test_pin_lapses_after_its_lease() -> None:
 
 
 def test_pin_skips_ids_that_are_gone() -> None:
-    table, sender = ObjectTable(), Holder("s")
+    table, sender = ObjectTable(), Account("s")
     oid = table.export(sender, Obj())
     token = table.pin([oid, 12345])
     assert table.pins[token][0] == (oid,)
 
 
 def test_adopt_counts_the_live_inherited_ids_and_unpins() -> None:
-    table, parent, child = ObjectTable(), Holder("p"), Holder("c")
+    table, parent, child = ObjectTable(), Account("p"), Account("c")
     live, gone = Obj(), Obj()
     oid = table.export(parent, live)
     gone_oid = table.export(parent, gone)
@@ -128,7 +128,7 @@ def test_adopt_counts_the_live_inherited_ids_and_unpins() -> None:
 
 def test_last_reference_is_dropped_outside_the_lock() -> None:
     """A __del__ that uses the table (user code calling back into the manager) must not deadlock."""
-    table, client = ObjectTable(), Holder("c")
+    table, client = ObjectTable(), Account("c")
     seen: list[Any] = []
 
     class CallsBack:
@@ -150,7 +150,7 @@ def test_last_reference_is_dropped_outside_the_lock() -> None:
 
 
 def test_release_of_an_id_the_holder_never_received_changes_nothing() -> None:
-    table, a, b = ObjectTable(), Holder("a"), Holder("b")
+    table, a, b = ObjectTable(), Account("a"), Account("b")
     oid = table.export(a, Obj())
     table.release(b, [(oid, 1), (999, 1)])  # b never received oid; 999 was never issued
     assert a.held == {oid: 1} and len(table) == 1
@@ -158,7 +158,7 @@ def test_release_of_an_id_the_holder_never_received_changes_nothing() -> None:
 
 def test_adopt_without_a_fork_pin() -> None:
     """A child whose parent could not pin (its manager was unreachable at fork) adopts what lives."""
-    table, parent, child = ObjectTable(), Holder("p"), Holder("c")
+    table, parent, child = ObjectTable(), Account("p"), Account("c")
     oid = table.export(parent, Obj())
     assert table.adopt(child, None, [oid]) == [oid]
     assert child.held == {oid: 1} and parent.held == {oid: 1}

@@ -1,7 +1,7 @@
 """One side's view of one peer: proxies to the peer's objects, and our objects the peer holds.
 
     imports: ProxyCache  oid -> proxy            (the peer's objects we hold)
-    exports: ObjectTable oid -> obj, per holder  (our objects the peer holds: byref callbacks)
+    exports: ObjectTable oid -> obj, per account  (our objects the peer holds: byref callbacks)
 
 A client has one endpoint per manager (its connection pool); a manager has one per client
 session, for the callbacks that client passed with ``byref``. Subclasses say how a call travels
@@ -13,21 +13,21 @@ from __future__ import annotations
 from typing import Any
 
 from .._owner.export import Describer
-from .._owner.table import Holder, ObjectTable
+from .._owner.table import Account, ObjectTable
 from .._wire.codec import note_export
 from ..errors import ReleasedError
 from .cache import ProxyCache, Releases
 from .proxy import Proxy, TypeDesc, new_proxy, proxy_class
 
 
-class Endpoint:
+class Link:
     server: Any = None  # an endpoint serves objects (callbacks) but no manager services
 
     def __init__(self, name: str) -> None:
         self.cache = ProxyCache()
         self.classes: dict[int, type[Proxy]] = {}
         self.table = ObjectTable()
-        self.holder = Holder(name)
+        self.account = Account(name)
         self.describer = Describer()
 
     # -- what proxies need ---------------------------------------------------------------------
@@ -43,7 +43,7 @@ class Endpoint:
 
     # -- what a channel needs ------------------------------------------------------------------
     @property
-    def home(self) -> Endpoint:
+    def home(self) -> Link:
         return self
 
     def resolve(self, oid: int) -> Any:
@@ -73,15 +73,15 @@ class Endpoint:
         self.cache.return_releases(releases)
 
     def apply_releases(self, releases: Releases) -> None:
-        self.table.release(self.holder, releases)
+        self.table.release(self.account, releases)
 
     # -- byref ---------------------------------------------------------------------------------
     def export(self, obj: Any) -> tuple[int, TypeDesc]:
         """Hold ``obj`` for the peer (one more reception) and describe it for its proxy."""
-        oid = self.table.export(self.holder, obj)
+        oid = self.table.export(self.account, obj)
         note_export(oid)
         return oid, self.describer.describe(type(obj))
 
     def disconnect(self) -> None:
         """The peer is gone: forget its references to our objects."""
-        self.table.release_all(self.holder)
+        self.table.release_all(self.account)
