@@ -19,7 +19,7 @@ class CallbackLink(Link):
         self.session = session
         self.gone = False
 
-    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
+    def call(self, op: int, oid: int, *args: Any) -> Any:
         if self.gone:
             raise ReflectmgrError(f"the client that passed this byref object ({self.session.name}) has disconnected")
         channel = serving()
@@ -28,7 +28,7 @@ class CallbackLink(Link):
                 f"a byref object of {self.session.name} can be called only while that client waits "
                 "for a call to the manager (from within that call)"
             )
-        return channel.call(op, oid, a, b, c)
+        return channel.call(op, oid, *args)
 
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]:
         raise pickle.PicklingError("a byref proxy cannot leave the manager process")

@@ -41,6 +41,8 @@ from .transfer import Transfers
 # How long to wait for a manager to accept a connection and finish the handshake.
 CONNECT_TIMEOUT = 10.0
 default_authkey = registry.default_authkey
+# Operations that carry a user's (args, kwargs): where the pair sits in the op's record.
+_CALL_ARGUMENTS = {int(Op.CALL): 0, int(Op.NEW): 1, int(Op.CALLMETHOD): 1, int(Op.CALLMETHOD_REF): 1, int(Op.CREATE): 1}
 
 
 def get_client(address: Address, authkey: bytes | None = None, *, implicit: bool = True) -> Client:
@@ -125,7 +127,7 @@ class Client(Transfers, ForkHandling, Link):
             if is_shm(self.address):
                 transport = upgrade_client(transport)  # type: ignore[arg-type]
                 transport.set_timeout(bound)
-            transport.send(0, codec.encode((Msg.REQUEST, (), Op.HELLO, 0, self._token, os.getpid(), None))[1])
+            transport.send(0, codec.encode((Msg.REQUEST, (), Op.HELLO, 0, (self._token, os.getpid())))[1])
             _, payload = transport.recv(MAX_PREAUTH)
             reply = codec.decode(0, payload)
             self.manager_pid = reply[2]
@@ -150,7 +152,10 @@ class Client(Transfers, ForkHandling, Link):
         self._transports.append(transport)
         return channel
 
-    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
+    def call(self, op: int, oid: int, *args: Any) -> Any:
+        """Operation ``op`` on the manager's object ``oid`` with ``args`` (the op's record, see
+        _wire/opcodes.py), through this thread's connection. Raises what the object raised,
+        BrokenManagerError, ManagerClosedError, ManagerTimeoutError or ReflectmgrPicklingError."""
         if self._generation != registry.generation[0]:
             self.adopt_inherited()
         if self.closed:
@@ -160,9 +165,9 @@ class Client(Transfers, ForkHandling, Link):
             channel, spare = mine.channel, False  # the common case, inline
         else:
             channel, spare = self._checkout()
-        return self._call_on(channel, spare, op, oid, a, b, c)
+        return self._call_on(channel, spare, op, oid, args)
 
-    def call_within(self, timeout: float | None, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
+    def call_within(self, timeout: float | None, op: int, oid: int, *args: Any) -> Any:
         """:meth:`call` that waits at most ``timeout`` seconds for each answer of the manager;
         raises :class:`ManagerTimeoutError` after that (and drops the connection it waited on)."""
         if self._generation != registry.generation[0]:
@@ -172,14 +177,14 @@ class Client(Transfers, ForkHandling, Link):
         channel, spare = self._checkout()
         channel.transport.set_timeout(timeout)
         try:
-            return self._call_on(channel, spare, op, oid, a, b, c)
+            return self._call_on(channel, spare, op, oid, args)
         finally:
             if not channel.transport.closed:
                 channel.transport.set_timeout(self.timeout)
 
-    def _call_on(self, channel: Channel, spare: bool, op: int, oid: int, a: Any, b: Any, c: Any) -> Any:
+    def _call_on(self, channel: Channel, spare: bool, op: int, oid: int, args: tuple[Any, ...]) -> Any:
         try:
-            result = channel.call(op, oid, a, b, c)
+            result = channel.call(op, oid, *args)
         except TimeoutError as exc:
             channel.transport.close()  # out of step: a late answer must not reach the next call
             raise ManagerTimeoutError(
@@ -196,10 +201,9 @@ class Client(Transfers, ForkHandling, Link):
             ) from exc
         except ReflectmgrPicklingError as exc:
             self._checkin(channel, spare)
-            if op in (Op.CALL, Op.NEW):
-                raise codec.diagnose_call(b, c, exc.__cause__ or exc) from None
-            if op == Op.CALLMETHOD:
-                raise codec.diagnose_call(b, c or {}, exc.__cause__ or exc) from None
+            where = _CALL_ARGUMENTS.get(op)
+            if where is not None:  # name the argument of the user's call that did not pickle
+                raise codec.diagnose_call(args[where], args[where + 1], exc.__cause__ or exc) from None
             raise
         except ProtocolError:
             channel.transport.close()
@@ -239,7 +243,7 @@ class Client(Transfers, ForkHandling, Link):
     # -- releases ----------------------------------------------------------------------------
     def _start_flusher(self) -> None:
         anchor = self._anchor
-        self._flusher = ReleaseFlusher(lambda: self.cache.has_releases, lambda: anchor.call(Op.RELEASE, 0))
+        self._flusher = ReleaseFlusher(lambda: self.cache.has_releases, lambda: anchor.call(int(Op.RELEASE), 0))
 
     def _stop_flusher(self) -> None:
         if self._flusher is not None:

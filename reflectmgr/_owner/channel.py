@@ -142,10 +142,10 @@ class Channel:
             msg = self._request(*recv())
             if msg is None:
                 continue
-            _, releases, op, oid, a, b, c = msg
+            _, releases, op, oid, args = msg
             if releases:
                 peer.apply_releases(releases)
-            self._dispatch(op, oid, a, b, c)
+            self._dispatch(op, oid, args)
 
     def _request(self, flags: int, payload: bytes | bytearray) -> tuple[Any, ...] | None:
         """The request in a frame just read; None if its content names something this side
@@ -155,28 +155,28 @@ class Channel:
         except UndecodableError as exc:
             self._send_error(exc.error)
             return None
-        if type(msg) is not tuple or len(msg) != 7 or msg[0] != _REQUEST:
-            raise ProtocolError("malformed request")
-        return msg
+        return _check_request(msg)
 
     def _serve(self, msg: tuple[Any, ...]) -> None:
-        _, releases, op, oid, a, b, c = msg
+        """Serve one request that arrived while this thread waits for its own reply."""
+        _check_request(msg)
+        _, releases, op, oid, args = msg
         if releases:
             self.peer.apply_releases(releases)
         prev = getattr(_tls, "channel", None)
         _tls.channel = self
         try:
-            self._dispatch(op, oid, a, b, c)
+            self._dispatch(op, oid, args)
         finally:
             _tls.channel = prev
 
-    def _dispatch(self, op: Any, oid: Any, a: Any, b: Any, c: Any) -> None:
+    def _dispatch(self, op: Any, oid: Any, args: tuple[Any, ...]) -> None:
         handle = HANDLERS.get(op) if type(op) is int else None
         if handle is None:
             self._send_error(ProtocolError(f"unknown operation {op!r}"))
             return
         try:
-            result = handle(self.peer, oid, a, b, c)
+            result = handle(self.peer, oid, *args)
             shared = _getrefcount(result) > LOCAL_BASE  # before anything else takes a reference
         except BaseException as exc:
             self._send_error(exc)
@@ -291,6 +291,13 @@ class Channel:
         finally:
             swap_encoding(prev)
         self.transport.send(flags, payload)
+
+
+def _check_request(msg: Any) -> tuple[Any, ...]:
+    """A request is (REQUEST, releases, op, oid, args) with args a tuple (see _wire/opcodes.py)."""
+    if type(msg) is not tuple or len(msg) != 5 or msg[0] != _REQUEST or type(msg[4]) is not tuple:
+        raise ProtocolError("malformed request")
+    return msg
 
 
 class UndecodableError(Exception):

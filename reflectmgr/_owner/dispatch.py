@@ -1,6 +1,7 @@
 """Dispatch: one handler per opcode, run by whichever side owns the object.
 
-Handlers take ``(ctx, oid, a, b, c)`` and return the result; the channel applies the
+A handler takes ``(ctx, oid, *args)``, its own parameters naming the operation's record (see
+``_wire/opcodes.py``), and returns the result; the channel applies the
 value-or-reference rule to it. ``ctx`` is the side's :class:`HandlerContext`: its object table, the account
 (the peer's references) and, on a manager, the services (``server``); a client serving callbacks
 has no services and refuses those opcodes.
@@ -42,7 +43,7 @@ class HandlerContext(Protocol):
     def server(self) -> Services | None: ...
 
 
-Handler = Callable[[HandlerContext, int, Any, Any, Any], Any]
+Handler = Callable[..., Any]  # (ctx: HandlerContext, oid: int, *args) -> result
 HANDLERS: dict[int, Handler] = {}
 
 
@@ -61,27 +62,27 @@ def _services(ctx: HandlerContext) -> Services:
 
 
 @handler(Op.GETATTR)
-def _getattr(ctx: HandlerContext, oid: int, name: Any, b: Any, c: Any) -> Any:
+def _getattr(ctx: HandlerContext, oid: int, name: str) -> Any:
     return getattr(ctx.table.resolve(oid), name)
 
 
 @handler(Op.SETATTR)
-def _setattr(ctx: HandlerContext, oid: int, name: Any, value: Any, c: Any) -> Any:
+def _setattr(ctx: HandlerContext, oid: int, name: str, value: Any) -> Any:
     setattr(ctx.table.resolve(oid), name, value)
 
 
 @handler(Op.DELATTR)
-def _delattr(ctx: HandlerContext, oid: int, name: Any, b: Any, c: Any) -> Any:
+def _delattr(ctx: HandlerContext, oid: int, name: str) -> Any:
     delattr(ctx.table.resolve(oid), name)
 
 
 @handler(Op.CALL)
-def _call(ctx: HandlerContext, oid: int, args: Any, kwargs: Any, c: Any) -> Any:
+def _call(ctx: HandlerContext, oid: int, args: Any, kwargs: Any) -> Any:
     return ctx.table.resolve(oid)(*args, **kwargs)
 
 
 @handler(Op.CALLMETHOD)
-def _callmethod(ctx: HandlerContext, oid: int, name: Any, args: Any, kwargs: Any) -> Any:
+def _callmethod(ctx: HandlerContext, oid: int, name: str, args: Any, kwargs: Any) -> Any:
     return getattr(ctx.table.resolve(oid), name)(*args, **kwargs)
 
 
@@ -89,12 +90,12 @@ _REMOTE = [d.remote for d in DUNDERS]
 
 
 @handler(Op.DUNDER)
-def _dunder(ctx: HandlerContext, oid: int, index: Any, args: Any, c: Any) -> Any:
+def _dunder(ctx: HandlerContext, oid: int, index: int, args: Any) -> Any:
     return _REMOTE[index](ctx.table.resolve(oid), *args)
 
 
 @handler(Op.ITER)
-def _iter(ctx: HandlerContext, oid: int, size: Any, reverse: Any, c: Any) -> Any:
+def _iter(ctx: HandlerContext, oid: int, size: int, reverse: bool) -> Any:
     """First batch of a private iterator: ``(iterator ref or None when exhausted, items)``.
 
     An object that is its own iterator (a generator, a file) is shared state: prefetching would
@@ -109,18 +110,18 @@ def _iter(ctx: HandlerContext, oid: int, size: Any, reverse: Any, c: Any) -> Any
 
 
 @handler(Op.NEXT_BATCH)
-def _next_batch(ctx: HandlerContext, oid: int, size: Any, b: Any, c: Any) -> Any:
+def _next_batch(ctx: HandlerContext, oid: int, size: int) -> Any:
     items = list(islice(ctx.table.resolve(oid), size))
     return (len(items) < size, items)
 
 
 @handler(Op.VALUE)
-def _value(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _value(ctx: HandlerContext, oid: int) -> Any:
     return Value(ctx.table.resolve(oid))
 
 
 @handler(Op.DIR)
-def _dir(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _dir(ctx: HandlerContext, oid: int) -> Any:
     return sorted(dir(ctx.table.resolve(oid)))
 
 
@@ -131,7 +132,7 @@ def _new(ctx: HandlerContext, oid: int, factory: Any, args: Any, kwargs: Any) ->
 
 
 @handler(Op.CREATE)
-def _create(ctx: HandlerContext, oid: int, typeid: Any, args: Any, kwargs: Any) -> Any:
+def _create(ctx: HandlerContext, oid: int, typeid: str, args: Any, kwargs: Any) -> Any:
     """A registered typeid, built by the callable the *server* registered (remote managers)."""
     try:
         factory, exposed, _ = _services(ctx).registry[typeid]
@@ -149,46 +150,46 @@ def public_methods(obj: Any) -> tuple[str, ...]:
 
 
 @handler(Op.CALLMETHOD_REF)
-def _callmethod_ref(ctx: HandlerContext, oid: int, name: Any, args: Any, kwargs: Any) -> Any:
+def _callmethod_ref(ctx: HandlerContext, oid: int, name: str, args: Any, kwargs: Any) -> Any:
     return Ref(getattr(ctx.table.resolve(oid), name)(*args, **kwargs))
 
 
 @handler(Op.ROOT)
-def _root(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _root(ctx: HandlerContext, oid: int) -> Any:
     return Ref(_services(ctx).root)
 
 
 @handler(Op.STATS)
-def _stats(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _stats(ctx: HandlerContext, oid: int) -> Any:
     return _services(ctx).stats()
 
 
 @handler(Op.RELEASE)
-def _release(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _release(ctx: HandlerContext, oid: int) -> Any:
     return None  # the releases rode in the message header and are already applied
 
 
 @handler(Op.PING)
-def _ping(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _ping(ctx: HandlerContext, oid: int) -> Any:
     return None
 
 
 @handler(Op.PIN)
-def _pin(ctx: HandlerContext, oid: int, oids: Any, b: Any, c: Any) -> Any:
+def _pin(ctx: HandlerContext, oid: int, oids: Any) -> Any:
     return ctx.table.pin(oids)
 
 
 @handler(Op.CLAIM)
-def _claim(ctx: HandlerContext, oid: int, token: Any, b: Any, c: Any) -> Any:
+def _claim(ctx: HandlerContext, oid: int, token: bytes) -> Any:
     return Ref(ctx.table.claim(token, oid))
 
 
 @handler(Op.ADOPT)
-def _adopt(ctx: HandlerContext, oid: int, token: Any, oids: Any, c: Any) -> Any:
+def _adopt(ctx: HandlerContext, oid: int, token: bytes | None, oids: Any) -> Any:
     """A forked child takes over the references it inherited (pinned by its parent at fork)."""
     return ctx.table.adopt(ctx.account, token, oids)
 
 
 @handler(Op.SHUTDOWN)
-def _shutdown(ctx: HandlerContext, oid: int, a: Any, b: Any, c: Any) -> Any:
+def _shutdown(ctx: HandlerContext, oid: int) -> Any:
     _services(ctx).stop()

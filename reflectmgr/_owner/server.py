@@ -236,9 +236,16 @@ class Server:
 
     def _hello(self, transport: FramedStream, payload: bytes | bytearray) -> Session:
         msg = pickle.loads(payload)  # authenticated: the peer is trusted from here on
-        if type(msg) is not tuple or len(msg) != 7 or msg[0] != Msg.REQUEST or msg[2] != Op.HELLO:
+        if (
+            type(msg) is not tuple
+            or len(msg) != 5
+            or msg[0] != Msg.REQUEST
+            or msg[2] != Op.HELLO
+            or type(msg[4]) is not tuple
+            or len(msg[4]) != 2
+        ):
             raise ReflectmgrError("expected HELLO after the handshake")
-        token, pid = msg[4], msg[5]
+        token, pid = msg[4]
         with self._lock:
             session = self.sessions.get(token)
             if session is None:

@@ -1,6 +1,6 @@
 """The calling half of a channel: what a proxy's operation becomes on the wire.
 
-    proxy op --> CallingChannel.call(op, oid, a, b, c)
+    proxy op --> CallingChannel.call(op, oid, *args)
                    atoms only, no releases: pickle.dumps, send        (the common small call)
                    else: encode with the peer as encoding context (proxies going home, byref
                          objects counted for the peer), size checked, releases pickled in front
@@ -52,19 +52,24 @@ def _atoms(x: Any) -> bool:
 class CallingChannel(Channel):
     """A channel that also sends requests of its own (a client's; a manager's, for callbacks)."""
 
-    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
-        """Send the request and return its result; raises what the peer raised, or a transport error."""
+    def call(self, op: int, oid: int, *args: Any) -> Any:
+        """Send operation ``op`` on object ``oid`` with ``args`` (the op's record, see
+        _wire/opcodes.py) and return its result; raises what the peer raised, or a transport error."""
         peer = self.peer
         releases = peer.take_releases()
-        if not releases and _atoms(a) and _atoms(b) and type(c) in SCALARS:
-            # Nothing here can reference an object (the common small call): no encoding context.
-            self.busy = True
-            self.transport.send(0, pickle.dumps((_REQUEST, (), int(op), oid, a, b, c), PROTOCOL))
-            return self.wait()
+        if not releases:
+            for x in args:
+                if not _atoms(x):
+                    break
+            else:
+                # Nothing here can reference an object (the common small call): no encoding context.
+                self.busy = True
+                self.transport.send(0, pickle.dumps((_REQUEST, (), int(op), oid, args), PROTOCOL))
+                return self.wait()
         buffers: list[Any] = []
         exported: list[int] = []  # byref() objects counted for the peer while pickling
         try:
-            flags, payload = self._encode_request(int(op), oid, a, b, c, buffers, exported)
+            flags, payload = self._encode_request(int(op), oid, args, buffers, exported)
         except BaseException:
             if releases:
                 peer.return_releases(releases)
@@ -79,13 +84,13 @@ class CallingChannel(Channel):
         return self.wait()
 
     def _encode_request(
-        self, op: int, oid: int, a: Any, b: Any, c: Any, buffers: list[Any], exported: list[int]
+        self, op: int, oid: int, args: tuple[Any, ...], buffers: list[Any], exported: list[int]
     ) -> tuple[int, bytes]:
         prev = swap_encoding(self.peer.home)
         codec_context.exported = exported
         try:
             # op as a plain int: an IntEnum member would push the message off pickle's fast path
-            flags, payload = encode_request((_REQUEST, (), op, oid, a, b, c), a, b, c, buffers)
+            flags, payload = encode_request((_REQUEST, (), op, oid, args), args, buffers)
         finally:
             swap_encoding(prev)
             codec_context.exported = None

@@ -31,7 +31,7 @@ class Link:
         self.describer = Describer()
 
     # -- what proxies need ---------------------------------------------------------------------
-    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any:
+    def call(self, op: int, oid: int, *args: Any) -> Any:
         raise NotImplementedError
 
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]:

@@ -6,7 +6,7 @@
                                                           __hash__ = None if the type is unhashable
 
 So ``callable(p)``, ``len(p)``, ``hash(p)`` and ``iter(p)`` succeed or fail exactly where they
-would on the real object. Every operation becomes ``peer.call(op, oid, ...)``; the peer (a client
+would on the real object. Every operation becomes ``link.call(op, oid, *args)``; the link (a client
 connection pool, or the manager calling back into a client) is anything with that method.
 Attributes of a proxy itself all start with ``_rm_``; every other name is the remote object's.
 """
@@ -37,7 +37,9 @@ TypeDesc = tuple[int, str, str, str, frozenset[int], frozenset[str]]
 
 
 class Remote(Protocol):
-    def call(self, op: int, oid: int, a: Any = None, b: Any = None, c: Any = None) -> Any: ...
+    """The part of a Link that a proxy calls through (``proxy._rm_link``)."""
+
+    def call(self, op: int, oid: int, *args: Any) -> Any: ...
 
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]: ...
 

@@ -269,14 +269,13 @@ def _collector(oob: list[Any]) -> Callable[[pickle.PickleBuffer], bool]:
 
 
 # -- encoding --------------------------------------------------------------------------------------
-def encode_request(msg: tuple[Any, ...], a: Any, b: Any, c: Any, oob: list[Any] | None = None) -> tuple[int, bytes]:
-    """:func:`encode` for a request whose header items are plain: only the arguments are checked."""
-    if (type(a) in _PLAIN or plain(a)) and (type(b) in _PLAIN or plain(b)) and (type(c) in _PLAIN or plain(c)):
-        if oob is None or not (has_buffers(a) or has_buffers(b) or has_buffers(c)):
-            try:
-                return 0, pickle.dumps(msg, PROTOCOL)
-            except Exception:
-                pass
+def encode_request(msg: tuple[Any, ...], args: tuple[Any, ...], oob: list[Any] | None = None) -> tuple[int, bytes]:
+    """:func:`encode` for a request whose header items are plain: only its ``args`` are checked."""
+    if plain(args, -1) and (oob is None or not has_buffers(args, -1)):
+        try:
+            return 0, pickle.dumps(msg, PROTOCOL)
+        except Exception:
+            pass
     return encode(msg, oob=oob)
 
 

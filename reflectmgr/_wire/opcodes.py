@@ -4,10 +4,15 @@ A message is a tuple whose first item is a :class:`Msg` kind and whose second it
 piggybacked releases ``((oid, count), ...)`` (a negative count acquires a borrowed reference);
 the rest depends on the kind:
 
-    (Msg.REQUEST, releases, op, oid, a, b, c)      a request for operation ``op`` on object ``oid``
+    (Msg.REQUEST, releases, op, oid, args)         operation ``op`` on object ``oid``; ``args`` is a
+                                                   tuple, the record named in the table below
     (Msg.OK,      releases, value)                 the result (values and references, see codec)
     (Msg.REF,     releases, (oid, desc or tid))    the result is one object of the owner's, by reference
     (Msg.ERR,     releases, exception, traceback)  the exception, and the remote traceback as text
+
+Each operation's arguments are a named record: the comment after it here, and the parameters of
+its handler in ``_owner/dispatch.py`` (``@handler(Op.SETATTR) def _setattr(ctx, oid, name, value)``),
+which is called with ``*args``. Adding an operation is a line here and a handler there.
 """
 
 from __future__ import annotations
@@ -23,30 +28,30 @@ class Msg(IntEnum):
 
 
 class Op(IntEnum):
-    # object protocol
-    GETATTR = 1  # a=name
-    SETATTR = 2  # a=name, b=value
-    DELATTR = 3  # a=name
-    CALL = 4  # a=args, b=kwargs
-    CALLMETHOD = 5  # a=name, b=args, c=kwargs
-    DUNDER = 6  # a=index into DUNDERS, b=args
-    ITER = 7  # a=first batch size -> (iterator ref or None, items, iterates_itself)
-    NEXT_BATCH = 8  # a=batch size -> (items, exhausted)
-    VALUE = 9  # -> a deep copy, by value
-    DIR = 10  # -> sorted names
+    # object protocol                 args (the handler's parameters after ctx, oid) -> result
+    GETATTR = 1  # (name)
+    SETATTR = 2  # (name, value)
+    DELATTR = 3  # (name)
+    CALL = 4  # (args, kwargs)
+    CALLMETHOD = 5  # (name, args, kwargs)
+    DUNDER = 6  # (index into DUNDERS, args)
+    ITER = 7  # (size of the first batch, reverse) -> (iterator ref or None, items)
+    NEXT_BATCH = 8  # (size) -> (exhausted, items)
+    VALUE = 9  # () -> a deep copy, by value
+    DIR = 10  # () -> sorted names
     # owner services
-    NEW = 20  # a=callable, b=args, c=kwargs -> always a reference
-    ROOT = 21  # -> the root dict
-    STATS = 22  # -> Stats
-    RELEASE = 23  # nothing but the piggybacked releases
-    PIN = 24  # a=oids -> pin token (references held for a pickle or a fork in flight)
-    CLAIM = 25  # a=token -> the reference
-    ADOPT = 26  # a=fork pin token, b=oids inherited through fork -> oids still alive
-    HELLO = 27  # a=session token, b=pid -> manager pid
-    SHUTDOWN = 28  # stop serving
-    PING = 29  # -> None
-    CREATE = 30  # a=typeid, b=args, c=kwargs -> (reference, exposed names) from the server's registry
-    CALLMETHOD_REF = 31  # CALLMETHOD whose result always goes by reference (method_to_typeid)
+    NEW = 20  # (factory, args, kwargs) -> always a reference
+    ROOT = 21  # () -> the root dict
+    STATS = 22  # () -> Stats
+    RELEASE = 23  # () -> None: nothing but the piggybacked releases
+    PIN = 24  # (oids) -> pin token (references held for a pickle or a fork in flight)
+    CLAIM = 25  # (token) -> the reference
+    ADOPT = 26  # (fork pin token or None, oids inherited through fork) -> oids still alive
+    HELLO = 27  # (session token, pid) -> manager pid; the first message of a connection
+    SHUTDOWN = 28  # () -> stop serving
+    PING = 29  # () -> None
+    CREATE = 30  # (typeid, args, kwargs) -> (reference, exposed names) from the server's registry
+    CALLMETHOD_REF = 31  # (name, args, kwargs): CALLMETHOD whose result always goes by reference
 
 
 # Frame flags.

@@ -158,7 +158,7 @@ def test_garbage_after_auth_drops_only_that_connection(manager: reflectmgr.Manag
     d = manager.dict(a=1)
     t = raw_connect(manager.address, DEATH)  # type: ignore[arg-type]
     client_handshake(t, manager.authkey)
-    t.send(0, pickle.dumps((0, (), 27, 0, b"tok", os.getpid(), None)))  # HELLO
+    t.send(0, pickle.dumps((0, (), 27, 0, (b"tok", os.getpid()))))  # HELLO
     t.recv()
     t.send(0, payload)
     with pytest.raises((EOFError, OSError)):
@@ -218,3 +218,26 @@ def test_shared_memory_asked_over_tcp_is_refused_and_the_manager_goes_on() -> No
         assert t.sock.recv(16) == b""  # and the manager drops that connection
         t.close()
         assert d["a"] == 1 and m.dict(b=2)["b"] == 2
+
+
+def test_an_unpicklable_argument_of_a_remote_callable_is_named(manager: reflectmgr.Manager) -> None:
+    sort = manager.dict(f=sorted)["f"]  # a proxy to a function that lives in the manager: calling it is a CALL
+    assert reflectmgr.is_proxy(sort)
+    with pytest.raises(reflectmgr.ReflectmgrPicklingError, match=r"argument 0 .*_thread\.lock"):
+        sort(threading.Lock())
+    with pytest.raises(reflectmgr.ReflectmgrPicklingError, match="keyword argument 'key'"):
+        sort([2, 1], key=threading.Lock())
+    assert sort([2, 1]) == [1, 2]  # the next call is served
+
+
+def test_a_request_that_does_not_match_its_operation_gets_an_error_and_the_connection_goes_on(
+    m: reflectmgr.Manager,
+) -> None:
+    from reflectmgr._wire.opcodes import Op
+
+    d = m.dict(a=1)
+    with pytest.raises(TypeError, match="_getattr"):  # GETATTR's record is (name,): one missing
+        m.client.call(Op.GETATTR, d._rm_oid)
+    with pytest.raises(reflectmgr.ProtocolError, match="unknown operation 99"):
+        m.client.call(99, d._rm_oid)
+    assert d["a"] == 1 and m.stats().clients == 1

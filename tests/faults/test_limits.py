@@ -83,7 +83,7 @@ def _authenticated_raw(m: reflectmgr.Manager) -> StreamTransport:
     t = raw_connect(m.address, DEATH)
     assert isinstance(t, StreamTransport)
     client_handshake(t, m.authkey)
-    t.send(0, pickle.dumps((0, (), 27, 0, os.urandom(16), os.getpid(), None)))  # HELLO
+    t.send(0, pickle.dumps((0, (), 27, 0, (os.urandom(16), os.getpid()))))  # HELLO
     t.recv(MAX_PREAUTH)
     return t
 

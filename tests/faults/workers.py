@@ -40,7 +40,7 @@ def die_mid_message(address: Any, authkey: bytes, report: Any) -> None:
     stream = connect(address, 10.0)
     client_handshake(stream, authkey)
     t = upgrade_client(stream)  # type: ignore[arg-type]
-    t.send(0, pickle.dumps((0, (), 27, 0, os.urandom(16), os.getpid(), None)))  # HELLO
+    t.send(0, pickle.dumps((0, (), 27, 0, (os.urandom(16), os.getpid()))))  # HELLO
     t.recv()
     t._sendall(pack_header(8 << 20, 0) + b"\x80" * (3 << 20))  # 3 of the 8 MiB it announces
     report.put("half sent")
