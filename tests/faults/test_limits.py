@@ -27,18 +27,28 @@ from ..helpers import DEATH, PROMPT, second_session, wait_until
 HAS_SHM = hasattr(socket, "send_fds")
 
 
-def _segments() -> int:
-    """Shared-memory rings mapped by this process."""
-    return sum("memfd:reflectmgr" in m.path for m in psutil.Process().memory_maps(grouped=False))
+def _mapped(inode: int) -> bool:
+    """True if this process maps the file with ``inode`` (a shared-memory segment)."""
+    with open("/proc/self/maps") as maps:
+        return any(line.split()[4] == str(inode) for line in maps if len(line.split()) > 5)
 
 
-@pytest.mark.skipif(not HAS_SHM, reason="no shared-memory transport here")
-def test_failed_hello_after_the_shm_upgrade_unmaps_the_rings(tmp_path: Path) -> None:
+@pytest.mark.skipif(not HAS_SHM or not os.path.exists("/proc/self/maps"), reason="needs shm and /proc")
+def test_failed_hello_after_the_shm_upgrade_unmaps_the_rings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = str(tmp_path / "fake.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen()
     key = os.urandom(32)
+    inodes: list[int] = []
+    new_segment = shm.new_segment
+
+    def recorded_segment() -> int:
+        fd = new_segment()
+        inodes.append(os.fstat(fd).st_ino)
+        return fd
+
+    monkeypatch.setattr(shm, "new_segment", recorded_segment)
 
     def fake_manager() -> None:
         conn, _ = listener.accept()
@@ -47,15 +57,15 @@ def test_failed_hello_after_the_shm_upgrade_unmaps_the_rings(tmp_path: Path) -> 
         t.recv(MAX_PREAUTH)  # the request for shared memory
         shm.upgrade_server(t).dispose()  # hand the rings over, then hang up instead of answering HELLO
 
-    before = _segments()
     server = threading.Thread(target=fake_manager)
     server.start()
     with pytest.raises(reflectmgr.BrokenManagerError) as info:
         Client(shm.PREFIX + path, key)
     server.join(PROMPT)
     listener.close()
+    assert len(inodes) == 1
     assert info.value.__traceback__ is not None  # the error is still alive (a caller may keep it) ...
-    assert _segments() == before  # ... and pins no 2 MiB mapping
+    assert not _mapped(inodes[0])  # ... and pins no 2 MiB mapping
 
 
 def test_byref_export_is_undone_when_the_rest_of_the_call_fails_to_pickle(m: reflectmgr.Manager) -> None:

@@ -171,12 +171,18 @@ def stoppable() -> Any:
     m.shutdown()
 
 
+def _stop(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once it is stopped (the signal is delivered asynchronously)."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, PROMPT, "the manager to stop")
+
+
 def test_a_stopped_manager_times_calls_out_and_shutdown_is_bounded(stoppable: reflectmgr.Manager) -> None:
     m = stoppable
     d = m.dict(a=1)
     assert m.pid is not None
     pid = m.pid
-    os.kill(pid, signal.SIGSTOP)
+    _stop(pid)
     started = time.monotonic()
     with pytest.raises(reflectmgr.ManagerTimeoutError, match="did not answer") as info:
         d["a"]
@@ -205,7 +211,7 @@ def test_shutdown_without_a_call_timeout_is_bounded_too() -> None:
     assert m.pid is not None
     pid = m.pid
     m.dict(a=1)
-    os.kill(pid, signal.SIGSTOP)
+    _stop(pid)
     started = time.monotonic()
     m.shutdown()
     assert time.monotonic() - started < DEATH
@@ -217,7 +223,7 @@ def test_handshake_with_a_stopped_manager_says_it_did_not_answer(
 ) -> None:
     assert stoppable.pid is not None and stoppable.address is not None
     monkeypatch.setattr(client_module, "CONNECT_TIMEOUT", 1.0)
-    os.kill(stoppable.pid, signal.SIGSTOP)
+    _stop(stoppable.pid)
     with pytest.raises(reflectmgr.ManagerTimeoutError, match=r"did not answer the handshake within 1.0 s"):
         reflectmgr.connect(stoppable.address, stoppable.authkey, transport="pipe")  # a new session
 
