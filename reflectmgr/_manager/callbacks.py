@@ -28,7 +28,7 @@ class CallbackLink(Link):
                 f"a byref object of {self.session.name} can be called only while that client waits "
                 "for a call to the manager (from within that call)"
             )
-        return channel.call(op, oid, *args)
+        return channel.call(op, oid, args)
 
     def transfer(self, proxy: Proxy) -> tuple[Any, ...]:
         raise pickle.PicklingError("a byref proxy cannot leave the manager process")

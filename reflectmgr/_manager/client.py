@@ -184,7 +184,7 @@ class Client(Transfers, ForkHandling, Link):
 
     def _call_on(self, channel: Channel, spare: bool, op: int, oid: int, args: tuple[Any, ...]) -> Any:
         try:
-            result = channel.call(op, oid, *args)
+            result = channel.call(op, oid, args)
         except TimeoutError as exc:
             channel.transport.close()  # out of step: a late answer must not reach the next call
             raise ManagerTimeoutError(
@@ -243,7 +243,7 @@ class Client(Transfers, ForkHandling, Link):
     # -- releases ----------------------------------------------------------------------------
     def _start_flusher(self) -> None:
         anchor = self._anchor
-        self._flusher = ReleaseFlusher(lambda: self.cache.has_releases, lambda: anchor.call(int(Op.RELEASE), 0))
+        self._flusher = ReleaseFlusher(lambda: self.cache.has_releases, lambda: anchor.call(int(Op.RELEASE), 0, ()))
 
     def _stop_flusher(self) -> None:
         if self._flusher is not None:

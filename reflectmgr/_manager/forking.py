@@ -86,7 +86,7 @@ class ForkHandling:
             self._anchor = self._open()
             self._generation = registry.generation[0]
             self._start_flusher()
-            alive = self._anchor.call(Op.ADOPT, 0, token, inherited) if inherited or token else []
+            alive = self._anchor.call(Op.ADOPT, 0, (token, inherited)) if inherited or token else []
             self._fork_pin = None
             self.cache.reset(dict.fromkeys(alive, 1))
 

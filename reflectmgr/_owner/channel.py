@@ -155,7 +155,9 @@ class Channel:
         except UndecodableError as exc:
             self._send_error(exc.error)
             return None
-        return _check_request(msg)
+        if type(msg) is not tuple or len(msg) != 5 or msg[0] != _REQUEST or type(msg[4]) is not tuple:
+            raise ProtocolError("malformed request")  # (REQUEST, releases, op, oid, args): _wire/opcodes.py
+        return msg
 
     def _serve(self, msg: tuple[Any, ...]) -> None:
         """Serve one request that arrived while this thread waits for its own reply."""

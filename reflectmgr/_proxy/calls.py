@@ -1,6 +1,6 @@
 """The calling half of a channel: what a proxy's operation becomes on the wire.
 
-    proxy op --> CallingChannel.call(op, oid, *args)
+    proxy op --> Client.call(op, oid, *args) --> CallingChannel.call(op, oid, args)
                    atoms only, no releases: pickle.dumps, send        (the common small call)
                    else: encode with the peer as encoding context (proxies going home, byref
                          objects counted for the peer), size checked, releases pickled in front
@@ -23,7 +23,6 @@ from .._wire.codec import (
     OOB_MIN,
     PROTOCOL,
     SCALARS,
-    codec_context,
     encode_request,
     swap_encoding,
     with_releases,
@@ -52,9 +51,10 @@ def _atoms(x: Any) -> bool:
 class CallingChannel(Channel):
     """A channel that also sends requests of its own (a client's; a manager's, for callbacks)."""
 
-    def call(self, op: int, oid: int, *args: Any) -> Any:
+    def call(self, op: int, oid: int, args: tuple[Any, ...]) -> Any:
         """Send operation ``op`` on object ``oid`` with ``args`` (the op's record, see
-        _wire/opcodes.py) and return its result; raises what the peer raised, or a transport error."""
+        _wire/opcodes.py) and return its result; raises what the peer raised, or a transport error.
+        ``args`` is one tuple, passed through from the caller's ``*args`` without repacking."""
         peer = self.peer
         releases = peer.take_releases()
         if not releases:
@@ -87,13 +87,11 @@ class CallingChannel(Channel):
         self, op: int, oid: int, args: tuple[Any, ...], buffers: list[Any], exported: list[int]
     ) -> tuple[int, bytes]:
         prev = swap_encoding(self.peer.home)
-        codec_context.exported = exported
         try:
             # op as a plain int: an IntEnum member would push the message off pickle's fast path
-            flags, payload = encode_request((_REQUEST, (), op, oid, args), args, buffers)
+            flags, payload = encode_request((_REQUEST, (), op, oid, args), args, buffers, exported)
         finally:
             swap_encoding(prev)
-            codec_context.exported = None
         if buffers or len(payload) > OOB_MIN:
             self._check_size(payload, buffers)
         return flags, payload

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .._wire.codec import encoding_peer, resolve_local
+from .._wire.codec import PlainReduce, encoding_peer, resolve_local
 from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
 from ..errors import ReflectmgrPicklingError, RemoteError
@@ -46,11 +46,10 @@ class Remote(Protocol):
     def same_owner(self, other: object) -> bool: ...
 
 
-class Proxy:
+class Proxy(PlainReduce):  # proxies reduce themselves with plain pickle (see codec.plain)
     """Base of every proxy class; ``isinstance(x, Proxy)`` is how to tell a proxy (see is_proxy)."""
 
     __slots__ = ("__weakref__", "_rm_link", "_rm_oid")
-    _rm_plain = True  # proxies reduce themselves with plain pickle (see codec.plain)
     _rm_oid: int
     _rm_link: Remote
     _rm_desc: TypeDesc

@@ -51,9 +51,17 @@ ATOMS: frozenset[type] = frozenset(
     }
 )
 # Atoms, and classes that know how to reduce themselves with plain pickle. Proxy classes are not
-# listed (one is generated per remote type and connection: the set would only grow); they say so
-# with a class attribute, _rm_plain.
+# listed (one is generated per remote type and connection: the set would only grow); they derive
+# from PlainReduce instead.
 _PLAIN: set[type] = set(ATOMS)
+
+
+class PlainReduce:
+    """Base of classes whose instances plain pickle reproduces on the other side (proxies)."""
+
+    __slots__ = ()
+
+
 # Beyond this many items a container is sent through cloudpickle without scanning it first.
 _SCAN_LIMIT = 32
 
@@ -147,10 +155,10 @@ def resolve_local(oid: int) -> Any:
 def plain(obj: Any, depth: int = 0) -> bool:
     """True if plain pickle reproduces ``obj`` on the other side (no function or class by value)."""
     t = type(obj)
-    if t in _PLAIN or getattr(t, "_rm_plain", False):
+    if t in _PLAIN:
         return True
     if depth > 2:
-        return False
+        return issubclass(t, PlainReduce)
     if t is tuple or t is list:
         if len(obj) > _SCAN_LIMIT:
             return False
@@ -167,7 +175,7 @@ def plain(obj: Any, depth: int = 0) -> bool:
             if type(v) not in _PLAIN and not plain(v, depth + 1):
                 return False
         return True
-    return False
+    return issubclass(t, PlainReduce)
 
 
 class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -269,14 +277,34 @@ def _collector(oob: list[Any]) -> Callable[[pickle.PickleBuffer], bool]:
 
 
 # -- encoding --------------------------------------------------------------------------------------
-def encode_request(msg: tuple[Any, ...], args: tuple[Any, ...], oob: list[Any] | None = None) -> tuple[int, bytes]:
-    """:func:`encode` for a request whose header items are plain: only its ``args`` are checked."""
-    if plain(args, -1) and (oob is None or not has_buffers(args, -1)):
-        try:
-            return 0, pickle.dumps(msg, PROTOCOL)
-        except Exception:
-            pass
-    return encode(msg, oob=oob)
+def encode_request(
+    msg: tuple[Any, ...], args: tuple[Any, ...], oob: list[Any] | None = None, exported: list[int] | None = None
+) -> tuple[int, bytes]:
+    """:func:`encode` for a request whose header items are plain: only its ``args`` are checked
+    (one by one: this is every method call's path). ``exported`` collects the ids of ``byref``
+    objects counted for the peer while pickling (see :func:`note_export`)."""
+    for x in args:
+        if type(x) not in _PLAIN and not plain(x):
+            return _encode_noting_exports(msg, oob, exported)
+    if oob is not None:
+        for x in args:
+            if has_buffers(x):
+                return _encode_noting_exports(msg, oob, exported)
+    try:
+        return 0, pickle.dumps(msg, PROTOCOL)
+    except Exception:
+        return _encode_noting_exports(msg, oob, exported)
+
+
+def _encode_noting_exports(
+    msg: tuple[Any, ...], oob: list[Any] | None, exported: list[int] | None
+) -> tuple[int, bytes]:
+    # byref() objects are not plain: only this path can meet them.
+    _tls.exported = exported
+    try:
+        return encode(msg, oob=oob)
+    finally:
+        _tls.exported = None
 
 
 def encode(
