@@ -39,3 +39,10 @@ def test_executor_and_interpreter_benchmarks_run() -> None:
     assert "task overhead" in _run(str(BENCH / "executor.py"), "--quick")
     text = _run(str(BENCH / "interpreters.py"), "--quick")
     assert ("ratio" in text) if sys.version_info >= (3, 13) else ("skipped" in text)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_version_comparison_runs_quiet_and_loaded() -> None:
+    text = _run(str(BENCH / "versions.py"), "--quick", "--load", "1")
+    assert "1 busy processes" in text and "Event set+wait" in text
