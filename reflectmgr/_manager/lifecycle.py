@@ -40,7 +40,7 @@ START_TIMEOUT = 60.0
 # How long shutdown() waits for the manager to answer SHUTDOWN, then to exit by itself, before
 # terminating it.
 SHUTDOWN_TIMEOUT = 5.0
-# After SIGTERM (the manager stops serving and cleans up), how long before SIGKILL.
+# After SIGTERM, how long before SIGKILL.
 TERMINATE_GRACE = 2.0
 
 
@@ -329,7 +329,8 @@ class Manager(Factories):
 
 def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> None:
     """Stop the manager, bounded whatever it does: ask (``timeout`` for an answer), wait for its
-    exit (``timeout`` more, if it answered), SIGTERM (it stops and cleans up), SIGKILL."""
+    exit (``timeout`` more, if it answered), SIGTERM, SIGKILL; then its children, and the socket
+    directory a killed manager could not remove."""
     if os.getpid() != owner_pid:
         return  # a forked child inherited the Manager object; the manager is not its to stop
     import psutil

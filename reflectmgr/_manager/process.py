@@ -57,12 +57,6 @@ def serve(
     server = make_server([listener], authkey, max_frame)
     server.registry.update(typeids)
     registry.local_tables[registry.key(listener.address)] = server.table
-    # SIGTERM (the owner's shutdown when SHUTDOWN got no answer): stop serving and clean up as for
-    # SHUTDOWN, so the socket directory goes too. Runs in this, the main, thread, between accepts.
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    # Processes the manager forks (a multiprocessing.Pool's workers) must die on SIGTERM at once, as
-    # without us, not when their main thread next runs Python code.
-    os.register_at_fork(after_in_child=_default_sigterm)
     threading.Thread(target=_watch, args=(server, owner_pid), name="reflectmgr-watchdog", daemon=True).start()
     report.send(("ok", listener.address))
     report.close()
@@ -73,10 +67,6 @@ def serve(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # connection threads may sit in recv(); nothing of theirs needs finishing
-
-
-def _default_sigterm() -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_server(listeners: list[Any], authkey: bytes, max_frame: int = MAX_FRAME) -> Server:

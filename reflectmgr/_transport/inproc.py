@@ -54,8 +54,10 @@ class InprocListener:
             os.close(segment)  # mapped: the client's copy of the number is ours to close
 
     def wake(self) -> None:
-        """Make a blocked ``accept`` return (the server is stopping)."""
-        os.write(self._w, _RECORD.pack(-1, -1, 0))
+        """Make a blocked ``accept`` return (the server is stopping); a no-op in a forked child,
+        whose copy of the pipe would stop its parent's listener."""
+        if self.address.startswith(f"{PREFIX}{os.getpid()}:"):
+            os.write(self._w, _RECORD.pack(-1, -1, 0))
 
     def close(self) -> None:
         for fd in (self._r, self._w):

@@ -33,6 +33,7 @@ SOCKET_DIR_PREFIX = "reflectmgr-"
 class Listener:
     def __init__(self, transport: str, address: Address | None) -> None:
         self._tmpdir: str | None = None
+        self._owner_pid = os.getpid()  # a forked child must not wake, shut or unlink our listener
         if transport == "shm" and isinstance(address, tuple):
             raise ValueError("the shm transport is for one host: give it a unix path, or use tcp")
         if transport == "tcp" or isinstance(address, tuple):
@@ -62,6 +63,8 @@ class Listener:
 
     def wake(self) -> None:
         """Make a blocked ``accept`` return (the server is stopping)."""
+        if os.getpid() != self._owner_pid:
+            return
         try:
             # A blocked accept() does not notice a closed socket on Linux; shutdown wakes it.
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -72,7 +75,7 @@ class Listener:
         try:
             self.sock.close()
         finally:
-            if self._tmpdir is not None:
+            if self._tmpdir is not None and os.getpid() == self._owner_pid:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 

@@ -296,15 +296,21 @@ class SocketEnd(FramedStream):
     def __init__(self, sock: socket.socket, spin: bool = True) -> None:
         super().__init__(spin)
         self.sock = sock
+        self._owner_pid = os.getpid()
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def _shut(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        # shutdown() acts on the socket every process shares, close() only on this descriptor: a
+        # transport inherited through fork (a Pool worker of the manager, a forked client) must
+        # never end its creator's connection, whatever path closes it (stop(), __del__ when the
+        # child clears the threads it did not inherit).
+        if os.getpid() == self._owner_pid:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.sock.close()
 
     def detach_after_fork(self) -> None:

@@ -311,3 +311,53 @@ def test_interpreter_pool_never_shut_down_does_not_hang_exit(tmp_path: Path) -> 
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=CHILD)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_closing_inherited_sockets_leaves_the_parents_connection_and_listener(
+    tmp_path: Path,
+) -> None:
+    from reflectmgr._transport.sockets import Listener
+    from reflectmgr._transport.stream import StreamTransport
+
+    a, b = socket.socketpair()
+    mine, peer = StreamTransport(a), StreamTransport(b)
+    listener = Listener("pipe", None)
+    assert isinstance(listener.address, str)
+    pid = os.fork()
+    if pid == 0:  # what a Pool worker of the manager, or __del__ in any forked child, may do
+        code = 1
+        try:
+            mine.close()
+            listener.wake()
+            listener.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    try:
+        peer.send(0, b"still there")
+        assert mine.recv(64) == (0, b"still there")  # the parent's connection was not shut down
+        assert os.path.exists(listener.address)  # nor its listener unlinked
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(listener.address)  # and it still accepts
+        listener.accept().close()
+        client.close()
+    finally:
+        mine.close()
+        peer.close()
+        listener.close()
+
+
+def test_a_pool_in_the_manager_terminated_leaves_the_manager_serving(m: reflectmgr.Manager) -> None:
+    d = m.dict(a=1)
+    for _ in range(3):
+        pool = m.Pool(2)
+        assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
+        pool.terminate()  # SIGTERM to workers forked from the manager, holding copies of its sockets
+        pool.join()
+        assert d["a"] == 1  # this connection goes on
+        other = second_session(m)  # and the listener accepts new ones
+        assert other.dict(b=2)["b"] == 2
+        other.close()
