@@ -18,16 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from workloads import Counter  # run as a script: benchmarks/ is on sys.path
+
 import reflectmgr
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def incr(self, k: int = 1) -> int:
-        self.n += k
-        return self.n
 
 
 def per_call(fn: Callable[[], Any], number: int, batches: int) -> float:

@@ -205,21 +205,27 @@ class FramedStream:
         out = bytearray(max(len(have), min(n, GROW_FROM)))
         out[: len(have)] = have
         got = len(have)
-        self._body(got, n)
+        while True:
+            with memoryview(out) as view:
+                self._fill(view, got, "a frame", n)
+            got = len(out)
+            if got == n:
+                return out
+            out.extend(bytes(min(got, n - got)))
+
+    def _fill(self, view: memoryview, got: int, what: str, announced: int) -> None:
+        """Receive into ``view[got:]`` until it is full, each wait bounded by BODY_TIMEOUT."""
+        self._body(got, announced)
         try:
-            while got < n:
-                if got == len(out):
-                    out.extend(bytes(min(len(out), n - len(out))))
-                with memoryview(out) as view:
-                    k = self._recv_into(view[got:])
+            while got < len(view):
+                k = self._recv_into(view[got:])
                 if not k:
-                    raise EOFError("peer closed the connection in the middle of a frame")
+                    raise EOFError(f"peer closed the connection in the middle of {what}")
                 got += k
         except TimeoutError as exc:
-            raise self._stalled(got, n, "a frame") from exc
+            raise self._stalled(got, announced, what) from exc
         finally:
             self._body_done()
-        return out
 
     # -- out-of-band buffers (after a frame with FLAG_OOB) ----------------------------------
     def _send_buffers(self, buffers: Sequence[PickleBuffer]) -> None:
@@ -256,17 +262,9 @@ class FramedStream:
         got = min(end - start, size)
         view[:got] = self._view[start : start + got]
         self._start = start + got
-        self._body(got, size)
         try:
-            while got < size:
-                k = self._recv_into(view[got:])
-                if not k:
-                    raise EOFError("peer closed the connection in the middle of a buffer")
-                got += k
-        except TimeoutError as exc:
-            raise self._stalled(got, size, "a buffer") from exc
+            self._fill(view, got, "a buffer", size)
         finally:
-            self._body_done()
             view.release()
         return obj
 
