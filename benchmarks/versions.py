@@ -14,25 +14,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
-from workloads import Counter  # run as a script: benchmarks/ is on sys.path
+from workloads import Counter, time_op  # run as a script: benchmarks/ is on sys.path
 
 import reflectmgr
-
-
-def per_call(fn: Callable[[], Any], number: int, batches: int) -> float:
-    """Median seconds per call over ``batches`` batches of ``number`` calls."""
-    fn()
-    samples = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - start) / number)
-    return statistics.median(samples)
 
 
 def _spin(stop: Any) -> None:
@@ -64,7 +51,7 @@ def main() -> None:
                 "method(k=1)": lambda: obj.incr(k=1),
                 "Event set+wait": set_wait,
             }
-            results = {name: per_call(fn, number, batches) for name, fn in ops.items()}
+            results = {name: statistics.median(time_op(fn, batches, number)) for name, fn in ops.items()}
     finally:
         stop.set()
         for hog in hogs:

@@ -30,9 +30,6 @@ from .._wire import codec
 from .._wire.opcodes import Op
 from . import registry
 
-if TYPE_CHECKING:
-    from .client import Client
-
 _borrowing = threading.local()
 
 
@@ -129,21 +126,16 @@ def _route(routes: tuple[Address, ...], authkey: bytes | None) -> Any:
     return get_client(usable[0], authkey)
 
 
-def _is_client(route: Any) -> bool:
-    return isinstance(route, Transfers)
-
-
 def _borrowed(routes: tuple[Address, ...], oid: int, desc: Any) -> Any:
     route = _route(routes, None)
-    if _is_client(route):
-        client: Client = route
-        return client.borrow(oid, desc)
+    if isinstance(route, Transfers):
+        return route.borrow(oid, desc)
     return route.resolve(oid)
 
 
 def _rebuild(routes: tuple[Address, ...], authkey: bytes | None, oid: int, token: bytes) -> Any:
     """Unpickling a proxy in another process: connect (once per process) and claim the pin."""
     route = _route(routes, authkey)
-    if _is_client(route):
+    if isinstance(route, Transfers):
         return route.call(Op.CLAIM, oid, token)
     return route.claim(token, oid)

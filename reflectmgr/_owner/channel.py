@@ -207,9 +207,7 @@ class Channel:
 
     def _check_size(self, payload: bytes, buffers: list[Any]) -> None:
         """Refuse, before sending a byte, what the peer would refuse by dropping the connection."""
-        limit = getattr(self.transport, "max_frame", None)
-        if limit is None:
-            return
+        limit = self.transport.max_frame
         sizes = [len(payload)] + [buf.raw().nbytes for buf in buffers]
         if max(sizes) > limit:
             raise ReflectmgrError(

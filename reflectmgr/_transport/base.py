@@ -16,6 +16,10 @@ from typing import Any, Protocol
 
 
 class Transport(Protocol):
+    # The largest payload or out-of-band buffer either side accepts (MAX_PREAUTH until
+    # authenticated()); a sender refuses larger ones before sending a byte.
+    max_frame: int
+
     def send(
         self, flags: int, payload: bytes | bytearray | memoryview, buffers: Sequence[PickleBuffer] = ...
     ) -> None: ...

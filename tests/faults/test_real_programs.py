@@ -255,17 +255,15 @@ def test_fork_while_another_thread_is_inside_a_shared_memory_fence() -> None:
             finally:
                 os._exit(code)
         t.join(PROMPT)
-        deadline = time.monotonic() + CHILD
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked child hung on its first shared-memory send")
-            time.sleep(0.01)  # polling the child's exit, not synchronising with it
-        assert os.waitstatus_to_exitcode(status) == 0
+        statuses: list[int] = []
+        waiter = threading.Thread(target=lambda: statuses.append(os.waitpid(pid, 0)[1]))
+        waiter.start()
+        waiter.join(CHILD)
+        if waiter.is_alive():
+            os.kill(pid, signal.SIGKILL)  # reaped by the waiter
+            waiter.join(PROMPT)
+            pytest.fail("the forked child hung on its first shared-memory send")
+        assert os.waitstatus_to_exitcode(statuses[0]) == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
