@@ -3,12 +3,15 @@
     python benchmarks/run.py [--quick] [--smoke] [--json FILE] [--png FILE] [--only NAME ...]
 
 Every system runs in its own fresh process; repetitions are interleaved across systems so that
-machine noise hits them alike. Prints, per operation, the median time per call with its
-interquartile range for every system, and the ratio to the stdlib manager ("Nx": above 1 means
-faster than the stdlib). Several clients at once (1, 2 and 4 processes reading ``d[k]``) are
-reported as aggregate time per call (and calls per second in the notes). The notes also relate
-each system to the physical limits measured in the same run, and give idle CPU and, for
-reflectmgr, the manager's memory after many proxies were made and dropped.
+machine noise hits them alike. Prints two tables:
+
+- quiet: per operation, the median time per call with its interquartile range for every system,
+  and the ratio to the stdlib manager ("Nx": above 1 means faster than the stdlib);
+- field (field.py): the same systems under load: CPU-bound workers on every core, 1-8 clients at
+  once (calls/s, p50/p99), every core busy with other processes (p50/p99), CPU time per call.
+
+The notes relate each system to the physical limits measured in the same run, and give idle CPU
+and, for reflectmgr, the manager's memory after many proxies were made and dropped.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import field  # noqa: E402
 import physical  # noqa: E402
 from adapters import ADAPTERS  # noqa: E402
-from workloads import BIG, CLIENT_COUNTS, LARGE, SLOW, aggregate, summarize, time_op  # noqa: E402
+from workloads import BIG, LARGE, SLOW, summarize, time_op  # noqa: E402
 
 IDLE_SECONDS = 5.0  # idle CPU is measured over this long with no calls at all
 PROXIES = 100_000  # proxies created and dropped for the memory check
@@ -55,7 +59,8 @@ def serve(adapter: str) -> None:
         ops = mod.operations(state)
         for fn in ops.values():
             fn()  # warm: connections opened, caches filled
-        _reply({"name": mod.NAME, "ops": list(ops)})
+        client_ops = list(getattr(mod, "CLIENT_OPS", field.FIELD_OPS))
+        _reply({"name": mod.NAME, "ops": list(ops), "client_ops": client_ops})
         for line in sys.stdin:
             cmd = json.loads(line)
             if cmd.get("quit"):
@@ -64,9 +69,10 @@ def serve(adapter: str) -> None:
                 _reply(_idle(mod, state, cmd["idle"]))
             elif cmd.get("proxies"):
                 _reply(_proxy_memory(state, cmd["proxies"]))
-            elif cmd.get("clients"):
-                rate = aggregate(adapter, mod.client_info(state), cmd["clients"], cmd["seconds"])
-                _reply({"seconds": 1 / rate})
+            elif cmd.get("field"):
+                f = cmd["field"]
+                info, pid = mod.client_info(state), mod.server_pid(state)
+                _reply(field.run_clients(adapter, info, pid, f["clients"], f["plan"]))
             else:
                 _reply({"seconds": time_op(ops[cmd["op"]], repeat=1, number=cmd["number"])[0]})
     finally:
@@ -117,7 +123,7 @@ class Child:
             env=env,
         )
         hello = self._read()
-        self.name, self.ops = hello["name"], hello["ops"]
+        self.name, self.ops, self.client_ops = hello["name"], hello["ops"], hello["client_ops"]
 
     def _read(self) -> Any:
         assert self.proc.stdout is not None
@@ -172,15 +178,7 @@ def run_all(adapters: list[str], quick: bool, smoke: bool = False) -> list[dict[
                 for c in order:
                     if op in c.ops:
                         samples.setdefault((c.adapter, op), []).append(c.time(op, number))
-        # Several client processes at once, each system in turn: the aggregate, as time per call.
-        for n in CLIENT_COUNTS:
-            op = clients_op(n)
-            for _ in range(1 if quick or smoke else 3):
-                for c in children:
-                    seconds = 0.2 if smoke else (0.5 if quick else 2.0)
-                    samples.setdefault((c.adapter, op), []).append(float(c.ask(clients=n, seconds=seconds)["seconds"]))
-            for c in children:
-                c.ops.append(op)
+        loaded = field.run(children, quick, smoke)
         idle_seconds = 0.5 if smoke else (1.0 if quick else IDLE_SECONDS)
         idle = [c.ask(idle=idle_seconds) for c in children]
         proxies = PROXIES // 100 if smoke else (PROXIES // 10 if quick else PROXIES)
@@ -192,16 +190,13 @@ def run_all(adapters: list[str], quick: bool, smoke: bool = False) -> list[dict[
                 "results": {op: summarize(samples[(c.adapter, op)]) for op in c.ops if (c.adapter, op) in samples},
                 "idle": idle[i],
                 "memory": memory.get(c.adapter),
+                "field": loaded.get(c.adapter),
             }
             for i, c in enumerate(children)
         ]
     finally:
         for c in children:
             c.close()
-
-
-def clients_op(n: int) -> str:
-    return f"d[k], {n} client{'s' if n > 1 else ''} at once"
 
 
 def fmt(seconds: float) -> str:
@@ -259,9 +254,6 @@ def table(runs: list[dict[str, Any]], limits: dict[str, float]) -> str:
                     gib = size / big["median"] / (1 << 30)
                     frac = f" ({copy / big['median']:.0%} of an in-process copy)" if copy else ""
                     notes.append(f"64 MiB {way} {gib:.2f} GiB/s{frac}")
-        rates = [f"{1 / res[clients_op(n)]['median']:,.0f}" for n in CLIENT_COUNTS if clients_op(n) in res]
-        if len(rates) == len(CLIENT_COUNTS):
-            notes.append(f"aggregate calls/s with {'/'.join(map(str, CLIENT_COUNTS))} clients: {' / '.join(rates)}")
         idle = r.get("idle")
         if idle:
             notes.append(f"idle CPU: client {idle['client %']:.2f}%, server {idle['server %']:.2f}%")
@@ -319,6 +311,8 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores{' (quick)' if args.quick else ''}"
     )
     print(table(runs, limits))
+    print("\nfield: the same systems under load (benchmarks/field.py)")
+    print(field.report(runs, fmt))
     print(f"\n(took {time.time() - started:.0f} s)")
     if args.json:
         report = {"python": platform.python_version(), "limits": limits, "runs": runs}

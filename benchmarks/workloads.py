@@ -27,6 +27,19 @@ class Counter:
         return self.n
 
 
+def client_ops(d: Any, q: Any = None) -> dict[str, Callable[[], Any]]:
+    """What a client process runs in the field scenarios (field.py), on the shared dict and queue."""
+
+    def queue_cycle() -> None:
+        q.put(1)
+        q.get()
+
+    ops: dict[str, Callable[[], Any]] = {"d[k]": lambda: d["k"], "d[k] = v": lambda: d.__setitem__("k", 1)}
+    if q is not None:
+        ops["Queue put+get"] = queue_cycle
+    return ops
+
+
 def sync_ops(lock: Any, q: Any, event: Any) -> dict[str, Callable[[], Any]]:
     """Synchronisation round trips through the stdlib factories (Lock, Queue, Event)."""
 
@@ -120,46 +133,3 @@ def time_op(fn: Callable[[], Any], repeat: int, number: int) -> list[float]:
 def summarize(samples: list[float]) -> dict[str, float]:
     q = statistics.quantiles(samples, n=4) if len(samples) >= 4 else [min(samples), 0.0, max(samples)]
     return {"median": statistics.median(samples), "q1": q[0], "q3": q[-1], "n": len(samples)}
-
-
-# -- several clients at once -------------------------------------------------------------------
-CLIENT_COUNTS = (1, 2, 4)
-
-
-def hammer(adapter: str, info: Any, seconds: float, ready: Any, start: Any, results: Any) -> None:
-    """A client process: connect through the adapter, then read ``d["k"]`` for ``seconds``."""
-    import importlib
-
-    mod = importlib.import_module(f"adapters.{adapter}")
-    op, close = mod.client(info)
-    op()  # connected before the clock starts
-    ready.release()
-    start.wait()
-    n, end = 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        op()
-        n += 1
-    results.put(n / seconds)
-    close()
-
-
-def aggregate(adapter: str, info: Any, clients: int, seconds: float) -> float:
-    """Calls per second of ``clients`` processes together, all started on one signal."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    ready, start, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=hammer, args=(adapter, info, seconds, ready, start, results)) for _ in range(clients)]
-    for p in procs:
-        p.start()
-    try:
-        for _ in procs:
-            if not ready.acquire(timeout=60):
-                raise RuntimeError("a client did not connect within 60 s")
-        start.set()
-        return float(sum(results.get(timeout=60 + seconds) for _ in procs))
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workloads import BIG, Counter, standard_ops
+from workloads import BIG, Counter, client_ops, standard_ops
 
 import reflectmgr
 
@@ -14,7 +14,8 @@ def setup(transport: str) -> Any:
     m = reflectmgr.Manager(address, transport=transport)
     m.start()
     d = m.dict(k=0)
-    m.root["d"] = d  # where client processes find it
+    q = m.Queue()
+    m.root["d"], m.root["q"] = d, q  # where client processes find them
     return {
         "m": m,
         "d": d,
@@ -23,7 +24,7 @@ def setup(transport: str) -> Any:
         "obj": m.new(Counter),
         "nested": m.dict(a={}),
         "big": m.list(range(BIG)),
-        "sync": (m.Lock(), m.Queue(), m.Event()),
+        "sync": (m.Lock(), q, m.Event()),
     }
 
 
@@ -44,5 +45,4 @@ def client_info(s: Any) -> Any:
 
 def client(info: Any) -> Any:
     conn = reflectmgr.connect(*info)
-    d = conn.root["d"]
-    return (lambda: d["k"]), conn.close
+    return client_ops(conn.root["d"], conn.root["q"]), conn.close

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from multiprocess.managers import SyncManager  # type: ignore[import-untyped]
-from workloads import Counter, standard_ops, sync_manager_state
+from workloads import Counter, client_ops, standard_ops, sync_manager_state
 
 from adapters.stdlib import client_info as stdlib_client_info
 from adapters.stdlib import server_pid, teardown
@@ -29,11 +29,12 @@ client_info = stdlib_client_info
 
 
 def client(info: Any) -> Any:
-    from multiprocess.managers import DictProxy
+    from multiprocess.managers import AutoProxy, DictProxy
 
-    token, authkey = info
-    d = DictProxy(token, "pickle", authkey=authkey)
-    return (lambda: d["k"]), (lambda: None)
+    d_token, q_token, authkey = info
+    d = DictProxy(d_token, "pickle", authkey=authkey)
+    q = AutoProxy(q_token, "pickle", authkey=authkey)
+    return client_ops(d, q), (lambda: None)
 
 
 __all__ = ["NAME", "client", "client_info", "operations", "server_pid", "setup", "teardown"]

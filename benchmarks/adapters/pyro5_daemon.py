@@ -9,6 +9,7 @@ from typing import Any
 import Pyro5.api  # type: ignore[import-untyped]
 
 NAME = "Pyro5"
+CLIENT_OPS = ("d[k]", "d[k] = v")  # no queue: one exposed object
 
 SERVER = """
 import Pyro5.api
@@ -86,4 +87,5 @@ def client_info(s: Any) -> Any:
 
 def client(uri: Any) -> Any:
     store = Pyro5.api.Proxy(uri)
-    return (lambda: store.getitem("k")), store._pyroRelease
+    ops = {"d[k]": lambda: store.getitem("k"), "d[k] = v": lambda: store.setitem("k", 1)}
+    return ops, store._pyroRelease

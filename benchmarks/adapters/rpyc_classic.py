@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import rpyc  # type: ignore[import-untyped]
-from workloads import BIG, standard_ops
+from workloads import BIG, client_ops, standard_ops
 
 NAME = "RPyC"
 
@@ -33,7 +33,9 @@ def setup(quick: bool) -> Any:
     conn = rpyc.classic.connect("127.0.0.1", port)
     b = conn.modules.builtins
     d = b.dict(k=0)
-    conn.modules.workloads.SHARED = d  # where client processes find it (a module of the server)
+    q = conn.modules.queue.Queue()
+    conn.modules.workloads.SHARED = d  # where client processes find them (a module of the server)
+    conn.modules.workloads.SHARED_QUEUE = q
     return {
         "proc": proc,
         "port": port,
@@ -44,7 +46,7 @@ def setup(quick: bool) -> Any:
         "obj": conn.modules.workloads.Counter(),
         "nested": conn.eval("{'a': {}}"),
         "big": conn.eval(f"list(range({BIG}))"),
-        "sync": (conn.modules.threading.Lock(), conn.modules.queue.Queue(), conn.modules.threading.Event()),
+        "sync": (conn.modules.threading.Lock(), q, conn.modules.threading.Event()),
     }
 
 
@@ -67,5 +69,5 @@ def client_info(s: Any) -> Any:
 
 def client(port: Any) -> Any:
     conn = rpyc.classic.connect("127.0.0.1", port)
-    d = conn.modules.workloads.SHARED
-    return (lambda: d["k"]), conn.close
+    shared = conn.modules.workloads
+    return client_ops(shared.SHARED, shared.SHARED_QUEUE), conn.close

@@ -5,7 +5,7 @@ from __future__ import annotations
 from multiprocessing.managers import SyncManager
 from typing import Any
 
-from workloads import Counter, standard_ops, sync_manager_state
+from workloads import Counter, client_ops, standard_ops, sync_manager_state
 
 NAME = "stdlib Manager"
 
@@ -33,14 +33,15 @@ def teardown(s: Any) -> None:
 
 
 def client_info(s: Any) -> Any:
-    d = s["d"]
-    return d._token, bytes(d._authkey)
+    d, q = s["d"], s["sync"][1]
+    return d._token, q._token, bytes(d._authkey)
 
 
 def client(info: Any) -> Any:
-    """In a fresh process: the same shared dict, and how to let it go."""
-    from multiprocessing.managers import DictProxy
+    """In a fresh process: the same shared dict and queue, and how to let them go."""
+    from multiprocessing.managers import AutoProxy, DictProxy
 
-    token, authkey = info
-    d = DictProxy(token, "pickle", authkey=authkey)
-    return (lambda: d["k"]), (lambda: None)
+    d_token, q_token, authkey = info
+    d = DictProxy(d_token, "pickle", authkey=authkey)
+    q = AutoProxy(q_token, "pickle", authkey=authkey)
+    return client_ops(d, q), (lambda: None)

@@ -1,11 +1,11 @@
 """In-process channels: shared-memory rings between interpreters of one process.
 
     owner (main interpreter)                      client (any interpreter of this process)
-    InprocListener: accept  <--- 12 bytes: a socket's fd, a memfd, spin --- connect_inproc()
+    InprocListener: accept  <--- 16 bytes: a socket's fd, a memfd, spin, futex --- connect_inproc()
     ShmTransport(socket, rings)  <=============== frames ===============> ShmTransport
 
 The client makes a socketpair and a ring segment and hands the owner its end and the segment by
-descriptor number (one process, one descriptor table). A record of 12 bytes is below PIPE_BUF, so
+descriptor number (one process, one descriptor table). A record of 16 bytes is below PIPE_BUF, so
 concurrent connects never interleave. The address is a string ``"inproc:<pid>:<fd>"``; it means
 nothing outside this process.
 """
@@ -16,11 +16,13 @@ import os
 import socket
 import struct
 
+from . import waiting
 from .shm import ShmTransport, new_segment
 
 PREFIX = "inproc:"
-# (the owner's end of a socketpair, the ring segment, spin flag): descriptors of this process
-_RECORD = struct.Struct("iii")
+# (the owner's end of a socketpair, the ring segment, spin flag, futex flag): the first two are
+# descriptors of this process; the client's interpreter decides how the two ends wake each other
+_RECORD = struct.Struct("iiii")
 
 
 def in_main_interpreter() -> bool:
@@ -45,11 +47,12 @@ class InprocListener:
         record = os.read(self._r, _RECORD.size)
         if len(record) != _RECORD.size:
             raise OSError("the in-process listener was closed")
-        sock_fd, segment, spin = _RECORD.unpack(record)
+        sock_fd, segment, spin, futex = _RECORD.unpack(record)
         if sock_fd < 0:
             raise OSError("the in-process listener was woken to stop")
         try:
-            return ShmTransport(socket.socket(fileno=sock_fd), segment, writer_ring=0, spin=bool(spin))
+            sock = socket.socket(fileno=sock_fd)
+            return ShmTransport(sock, segment, writer_ring=0, spin=bool(spin), futex=bool(futex) and waiting.FUTEX)
         finally:
             os.close(segment)  # mapped: the client's copy of the number is ours to close
 
@@ -57,7 +60,7 @@ class InprocListener:
         """Make a blocked ``accept`` return (the server is stopping); a no-op in a forked child,
         whose copy of the pipe would stop its parent's listener."""
         if self.address.startswith(f"{PREFIX}{os.getpid()}:"):
-            os.write(self._w, _RECORD.pack(-1, -1, 0))
+            os.write(self._w, _RECORD.pack(-1, -1, 0, 0))
 
     def close(self) -> None:
         for fd in (self._r, self._w):
@@ -79,7 +82,7 @@ def connect_inproc(address: str) -> ShmTransport:
     segment = new_segment()
     try:
         transport = ShmTransport(mine, segment, writer_ring=1, spin=spin)
-        os.write(int(fd), _RECORD.pack(theirs.fileno(), segment, spin))
+        os.write(int(fd), _RECORD.pack(theirs.fileno(), segment, spin, transport.futex))
     except BaseException:
         for s in (mine, theirs):
             s.close()

@@ -6,12 +6,15 @@
       \\___________________ unix socket: one byte = "wake up", EOF = "peer gone" ____________/
 
 Each ring is a single-producer single-consumer byte stream (the framing on top is
-:class:`FramedStream`'s). Positions only grow; ``pos % RING_SIZE`` is the offset. A reader spins on
-the peer's head for a while (the adaptive window of FramedStream), then announces that it sleeps
-and blocks on the socket; a writer that publishes data and finds its reader asleep sends one byte.
-The writer of a full ring waits for space the same way. The sleep flag and the position are a
-Dekker pair (store mine, fence, load theirs on both sides), so a wake-up is never lost; a blocked
-wait still looks again every SAFETY_MS.
+:class:`FramedStream`'s). Positions only grow; ``pos % RING_SIZE`` is the offset. A reader may spin
+on the peer's head for a short while (see ``waiting.py``: only while the peer runs, a core is
+free and spinning has paid lately), then announces that it sleeps and blocks: on a futex on the
+head's low word (Linux), else on the socket. A writer that publishes data and finds its reader
+asleep wakes it (FUTEX_WAKE, or one byte on the socket); otherwise it makes no system call. The
+writer of a full ring waits for space the same way, on the tail. The sleep flag and the position
+are a Dekker pair (store mine, fence, load theirs on both sides), so a wake-up is never lost; a
+blocked wait still looks again every SAFETY_MS (which is also how a futex sleeper notices a peer
+that died without closing: the socket shows EOF).
 
 The segment is an anonymous memfd passed over the authenticated socket (SCM_RIGHTS): it has no
 name, so nothing can open it but the two peers, and nothing outlives them. When either peer dies
@@ -20,6 +23,7 @@ the kernel closes its socket; the other one sees EOF at its next wait.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import platform
@@ -33,8 +37,8 @@ from pickle import PickleBuffer
 
 from .._wire.framing import HEADER, HEADER_SIZE
 from ..errors import ProtocolError, ReflectmgrError
-from . import stream as _stream
-from .stream import SPIN_NS, SocketEnd, StreamTransport
+from . import waiting
+from .stream import SocketEnd, StreamTransport
 
 PREFIX = "shm:"
 # Sent as a raw frame right after authentication: "switch this connection to shared memory".
@@ -46,10 +50,10 @@ RING_SIZE = 1 << 20
 _CTL = 256
 _HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP = 0, 8, 16, 24
 SEGMENT_SIZE = 2 * (_CTL + RING_SIZE)
-# A blocked side looks at its ring at least this often, whatever the doorbell says.
-SAFETY_MS = 500
-# How long a writer spins for space in a full ring before it sleeps.
-SPACE_SPIN_NS = 200_000
+# A blocked side looks at its ring, and at the socket for EOF, at least this often.
+SAFETY_MS = 200
+# How the two ends wake each other: decided by the manager, told in its answer to REQUEST.
+WAKE_FUTEX, WAKE_SOCKET = b"F", b"S"
 
 # The fences. Python has no atomics, but a lock's acquire has acquire semantics and its release has
 # release semantics on every platform CPython supports (pthread mutexes or futexes: a locked
@@ -87,7 +91,7 @@ def _new_fence_after_fork() -> None:
 os.register_at_fork(
     before=_hold_fence_for_fork, after_in_parent=_release_fence_after_fork, after_in_child=_new_fence_after_fork
 )
-_yield = getattr(os, "sched_yield", lambda: None)
+_now = time.perf_counter_ns
 _unpack_header = HEADER.unpack_from
 _pack_header_into = HEADER.pack_into
 
@@ -124,8 +128,9 @@ def upgrade_server(stream: StreamTransport) -> ShmTransport:
         raise ProtocolError("shared memory was asked for on a connection that cannot pass it")
     fd = new_segment()
     try:
-        transport = ShmTransport(stream.detach(), fd, writer_ring=0)
-        socket.send_fds(sock, [b"S"], [fd])
+        wake = WAKE_FUTEX if waiting.FUTEX else WAKE_SOCKET
+        transport = ShmTransport(stream.detach(), fd, writer_ring=0, futex=wake == WAKE_FUTEX)
+        socket.send_fds(sock, [wake], [fd])
     finally:
         os.close(fd)
     return transport
@@ -138,14 +143,17 @@ def upgrade_client(stream: StreamTransport) -> ShmTransport:
     # Nothing else comes from the manager until this answer, so the read-ahead buffer is empty
     # and the descriptor is not lost in it.
     msg, fds, _, _ = socket.recv_fds(sock, 16, 1)
-    if msg != b"S" or len(fds) != 1:
+    if msg == WAKE_FUTEX and not waiting.FUTEX and len(fds) == 1:
+        os.close(fds[0])
+        raise ReflectmgrError("the manager wakes shared-memory peers with a futex, which this process cannot use")
+    if msg not in (WAKE_FUTEX, WAKE_SOCKET) or len(fds) != 1:
         for fd in fds:
             os.close(fd)
         if not msg:
             raise EOFError("the manager closed the connection instead of sharing memory")
         raise ReflectmgrError("the manager refused shared memory on this connection")
     try:
-        return ShmTransport(stream.detach(), fds[0], writer_ring=1)
+        return ShmTransport(stream.detach(), fds[0], writer_ring=1, futex=msg == WAKE_FUTEX)
     finally:
         os.close(fds[0])
 
@@ -153,8 +161,13 @@ def upgrade_client(stream: StreamTransport) -> ShmTransport:
 class ShmTransport(SocketEnd):
     """Frames over two shared rings; ``sock`` only carries wake-ups and tells liveness."""
 
-    def __init__(self, sock: socket.socket, fd: int, writer_ring: int, spin: bool = True) -> None:
+    def __init__(
+        self, sock: socket.socket, fd: int, writer_ring: int, spin: bool = True, futex: bool = waiting.FUTEX
+    ) -> None:
         super().__init__(sock, spin)
+        # The socket only carries wake-ups (MSG_DONTWAIT both ways) and EOF: in blocking mode, or a
+        # timeout left from the handshake would turn a non-blocking look into a wait.
+        sock.settimeout(None)
         self._mm = mmap.mmap(fd, SEGMENT_SIZE)
         mem = memoryview(self._mm)
         out_base = writer_ring * (_CTL + RING_SIZE)
@@ -170,6 +183,14 @@ class ShmTransport(SocketEnd):
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
         self._bell = threading.Lock()  # one sleeper on the socket at a time
+        self.futex = futex
+        if futex:  # the words a sleeper waits on: the low halves of our in-ring head, our out-ring tail
+            self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self._mm)
+            base, low = ctypes.addressof(self._anchor), waiting.low_word_offset()
+            self._head_word = base + in_base + 8 * _HEAD + low
+            self._tail_word = base + out_base + 8 * _TAIL + low
+            # The words a peer or a local closer wakes: the peer's in-ring head and out-ring tail too.
+            self._words = (self._head_word, self._tail_word, base + out_base + 8 * _HEAD + low, base + in_base + 8 * _TAIL + low)
 
     # -- receiving ------------------------------------------------------------------------------
     def recv(self, max_size: int = 0) -> tuple[int, bytes | bytearray]:
@@ -208,35 +229,32 @@ class ShmTransport(SocketEnd):
         """Return once the writer has published past ``seen`` (by default: the ring holds data),
         or the peer is gone (``_eof``)."""
         ctl = self._in_ctl
-        tail = self._tail if seen is None else seen
-        began = time.perf_counter_ns()
-        # Spin first (see FramedStream: one spinner per interpreter, an adaptive window).
-        if self._spin_ns and _stream._spinner.acquire(False):
+        pos = self._tail if seen is None else seen
+        if ctl[_HEAD] != pos:
+            return
+        spin = self._spin
+        if spin.begin():
+            caught = False
             try:
-                deadline = began + self._spin_ns
-                spins = 0
-                while ctl[_HEAD] == tail:
-                    spins += 1
-                    if not spins & 15:
-                        if time.perf_counter_ns() >= deadline:
-                            break
-                        _yield()  # give the core to the peer if it waits for one (and the GIL)
-                else:
-                    return
+                deadline = _now() + spin.window
+                while _now() < deadline:
+                    if ctl[_HEAD] != pos:
+                        caught = True
+                        return
             finally:
-                _stream._spinner.release()
+                spin.end(caught)
+        began = _now()
         limit = None if self._bound is None else time.monotonic() + self._bound
-        while ctl[_HEAD] == tail and not self._eof:
+        while ctl[_HEAD] == pos and not self._eof:
             ctl[_READER_ASLEEP] = 1
-            _acquire()
+            _acquire()  # FULL (Dekker): the flag is visible before we look at the head again
             _release()
             try:
-                if ctl[_HEAD] == tail:
-                    self._doze(limit)
+                if ctl[_HEAD] == pos:
+                    self._sleep(0, pos, limit)
             finally:
                 ctl[_READER_ASLEEP] = 0
-        waited = time.perf_counter_ns() - began
-        self._spin_ns = self._spin_max if waited < SPIN_NS else self._spin_ns >> 1
+        spin.slept(_now() - began)
 
     def _try_recv_into(self, view: memoryview) -> int | None:
         avail = self._in_ctl[_HEAD] - self._tail
@@ -265,7 +283,7 @@ class ShmTransport(SocketEnd):
         _acquire()  # FULL (Dekker): the tail is visible before we look at the writer's sleep flag
         _release()
         if ctl[_WRITER_ASLEEP]:  # it waits for the space we just freed
-            self._ring()
+            self._wake(3)
 
     # -- sending --------------------------------------------------------------------------------
     def send(self, flags: int, payload: bytes | bytearray | memoryview, buffers: Sequence[PickleBuffer] = ()) -> None:
@@ -314,55 +332,61 @@ class ShmTransport(SocketEnd):
         ctl[_HEAD] = head
         _acquire()  # FULL (Dekker): the head is visible before we look at the reader's sleep flag
         _release()
-        if ctl[_READER_ASLEEP]:  # it sleeps on the doorbell
-            self._ring()
+        if ctl[_READER_ASLEEP]:  # it sleeps: wake it (and only then make a system call)
+            self._wake(2)
 
     def _wait_space(self) -> None:
+        """Block until the reader frees space in our full out ring (it wakes us when it does)."""
         if self._closed:
             raise BrokenPipeError("the connection was closed")
         ctl = self._out_ctl
         full = self._head - RING_SIZE
-        deadline = time.perf_counter_ns() + SPACE_SPIN_NS
-        while ctl[_TAIL] == full:
-            if time.perf_counter_ns() > deadline:
-                break
-            _yield()
-        else:
-            return
         limit = None if self._bound is None else time.monotonic() + self._bound
         ctl[_WRITER_ASLEEP] = 1
         try:
             while True:
-                _acquire()
+                _acquire()  # FULL (Dekker): the flag is visible before we look at the tail again
                 _release()
                 if ctl[_TAIL] != full:
                     return
                 if self._eof:
                     raise BrokenPipeError("the peer closed the connection")
-                self._doze(limit)
+                self._sleep(1, full, limit)
         finally:
             ctl[_WRITER_ASLEEP] = 0
 
-    # -- the doorbell ---------------------------------------------------------------------------
-    def _ring(self) -> None:
-        try:
-            self.sock.send(b"!", socket.MSG_DONTWAIT)
-        except OSError:
-            pass  # a full socket already holds a wake-up; a dead peer shows as EOF on our side
-
-    def _doze(self, deadline: float | None) -> None:
-        """Block until a wake-up, EOF, or SAFETY_MS; sets ``_eof`` when the peer is gone."""
+    # -- sleeping and waking ------------------------------------------------------------------
+    def _sleep(self, word: int, seen: int, deadline: float | None) -> None:
+        """Block until woken, EOF, or SAFETY_MS; ``word`` 0 is our in-ring head, 1 our out-ring
+        tail, ``seen`` the value we wait to change. Sets ``_eof`` when the peer is gone."""
         if self._closed:
             raise EOFError("the channel was closed")
-        timeout = SAFETY_MS
+        timeout = SAFETY_MS / 1000
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("timed out waiting for the peer")
-            timeout = min(timeout, int(left * 1000) + 1)
-        with self._bell:
-            if self._poll.poll(timeout):
-                self._drain()
+            timeout = min(timeout, left)
+        if not self.futex:
+            with self._bell:
+                if self._poll.poll(int(timeout * 1000) + 1):
+                    self._drain()
+            return
+        waiting.futex_wait(self._words[word], seen, timeout)
+        if self._closed:
+            raise EOFError("the channel was closed")
+        if (self._in_ctl[_HEAD] if word == 0 else self._out_ctl[_TAIL]) == seen:
+            self._drain()  # woken for nothing, or timed out: is the peer still there?
+
+    def _wake(self, word: int) -> None:
+        """Wake the peer sleeping on ``word`` (2: its in-ring head, 3: its out-ring tail)."""
+        if self.futex:
+            waiting.futex_wake(self._words[word])
+            return
+        try:
+            self.sock.send(b"!", socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # a full socket already holds a wake-up; a dead peer shows as EOF on our side
 
     def _drain(self) -> None:
         """Read the wake-up bytes the socket holds; an empty read means the peer is gone."""
@@ -373,6 +397,14 @@ class ShmTransport(SocketEnd):
             pass
         except OSError:
             self._eof = True
+
+    def _shut(self) -> None:
+        # The peer sees EOF on the socket; then wake every sleeper on the rings, theirs (to look at
+        # the socket now, not at their next SAFETY_MS) and ours (a thread of ours blocked here).
+        super()._shut()
+        if self.futex and self._anchor is not None:
+            for address in self._words:
+                waiting.futex_wake(address)
 
     # -- out-of-band buffers ------------------------------------------------------------------
     def _read_buffer(self, size: int, readonly: bool) -> bytes | bytearray:
@@ -421,6 +453,8 @@ class ShmTransport(SocketEnd):
         self.close()
         for view in (self._out_ctl, self._out, self._in_ctl, self._in):
             view.release()
+        if self.futex:
+            self._anchor = None  # its export of the mapping, so that close() can unmap it
         try:
             self._mm.close()
         except BufferError:

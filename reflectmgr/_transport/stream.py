@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Sequence
 from pickle import PickleBuffer
@@ -29,6 +28,7 @@ from .._wire.framing import (
 )
 from ..errors import ProtocolError
 from .buffers import fresh_buffer
+from .waiting import SpinPolicy
 
 # Read-ahead size: one recv usually brings a whole small frame (and often the next header too).
 # Before authentication the buffer is only big enough for the handshake: an unauthenticated
@@ -37,22 +37,6 @@ CHUNK = 256 * 1024
 PREAUTH_CHUNK = 2 * MAX_PREAUTH
 # A large payload's buffer starts at this size and doubles as its bytes arrive.
 GROW_FROM = 4 << 20
-# How long a reader spins before it blocks: a few calls' worth of work on the other side (a small
-# call takes ~10-20 us of CPU per side here, a kernel wake-up ~20 us). Longer wastes CPU when the
-# peer is idle or slow (the adaptive window then decays to nothing); shorter pays wake-ups on
-# busy channels.
-SPIN_NS = 100_000
-_yield = getattr(os, "sched_yield", lambda: None)
-_spinner = threading.Lock()
-
-
-def _new_spinner_after_fork() -> None:
-    # A thread of the parent may have held it at fork: the child's only thread must not find it taken.
-    global _spinner
-    _spinner = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_spinner_after_fork)
 # Below this size header and payload are joined (one copy, one syscall); above, sent separately.
 JOIN_LIMIT = 64 * 1024
 
@@ -61,10 +45,9 @@ class FramedStream:
     """The framing over any byte stream; subclasses supply ``_sendall``, ``_try_recv_into`` (None
     when nothing is there), ``_block_recv_into`` and ``_shut``.
 
-    A reader first *spins* (non-blocking reads) for up to ``_spin_ns``, then blocks: a reply that
-    comes back within the window costs no kernel wake-up, which on these machines is most of a
-    round trip. The window adapts: a wait longer than SPIN_NS halves it (an idle peer makes
-    spinning pure waste; it decays to nothing), a short one restores it.
+    A reader may first *spin* (non-blocking reads) for a short learned window, then blocks: a reply
+    that comes back within the window costs no kernel wake-up, which on a quiet machine is most of
+    a round trip. When it spins, and when not, is :class:`waiting.SpinPolicy`'s call.
     """
 
     def __init__(self, spin: bool = True) -> None:
@@ -74,8 +57,7 @@ class FramedStream:
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self._closed = False
-        self._spin_max = SPIN_NS if spin else 0
-        self._spin_ns = self._spin_max
+        self._spin = SpinPolicy(spin)
         # The largest payload or buffer accepted; MAX_PREAUTH until authenticated().
         self.max_frame = MAX_PREAUTH
         self._timeout: float | None = None
@@ -92,27 +74,25 @@ class FramedStream:
             self._start, self._end = 0, len(pending)
 
     def _recv_into(self, view: memoryview) -> int:
-        start = time.perf_counter_ns()
-        # One spinner per interpreter: threads that spin at once fight over the GIL (in a manager
-        # serving many clients, the spinners would starve the thread that has work to do).
-        if self._spin_ns and _spinner.acquire(False):
+        try_recv = self._try_recv_into
+        n = try_recv(view)
+        if n is not None:
+            return n
+        spin = self._spin
+        if spin.begin():
+            caught = False
             try:
-                deadline = start + self._spin_ns
-                try_recv = self._try_recv_into
-                while True:
-                    n = try_recv(view)
+                deadline = time.perf_counter_ns() + spin.window
+                while time.perf_counter_ns() < deadline:
+                    n = try_recv(view)  # a non-blocking read: a system call that lets the GIL go
                     if n is not None:
+                        caught = True
                         return n
-                    if time.perf_counter_ns() >= deadline:
-                        break
-                    # Let another runnable thread or process have this core: with more spinners
-                    # than cores the peer we wait for may be queued behind us.
-                    _yield()
             finally:
-                _spinner.release()
+                spin.end(caught)
+        start = time.perf_counter_ns()
         n = self._block_recv_into(view)
-        waited = time.perf_counter_ns() - start
-        self._spin_ns = self._spin_max if waited < SPIN_NS else self._spin_ns >> 1
+        spin.slept(time.perf_counter_ns() - start)
         return n
 
     def _try_recv_into(self, view: memoryview) -> int | None:

@@ -1,0 +1,246 @@
+"""The field scenarios: how each system does where managers are used, not only on a quiet machine.
+
+(a) workers     P CPU-bound processes on P cores, each computing ~200 us of pure Python between
+                two calls; reported as the wall time each call adds against a compute-only run.
+(b) clients     1, 2, 4 and 8 processes calling at once: aggregate calls/s, p50 and p99 latency.
+(c) busy cores  one client while every core runs an unrelated busy loop: p50 and p99 latency.
+(d) CPU         CPU time per call, client plus server (from the one-client run of (b), and
+                from (c)): what a call costs a machine that has other work to do.
+
+Client processes are spawned by the adapter's own process (the one that owns the server), all
+start on one signal, and report their counts, wall and CPU times and per-call latencies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import os
+import time
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CLIENT_COUNTS = (1, 2, 4, 8)
+FIELD_OPS = ("d[k]", "d[k] = v", "Queue put+get")
+SLICE = 200e-6  # the compute between two calls in (a)
+
+
+def burn(n: int) -> int:
+    """Pure-Python work: holds the GIL and a core, like a CPU-bound task."""
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x
+
+
+def calibrate(seconds: float = SLICE) -> int:
+    """Iterations of :func:`burn` that take ``seconds`` on this machine (median of a few tries)."""
+    n = 10_000
+    tries = []
+    for _ in range(7):
+        start = time.perf_counter()
+        burn(n)
+        tries.append(time.perf_counter() - start)
+    tries.sort()
+    return max(1, int(n * seconds / tries[len(tries) // 2]))
+
+
+def _client(adapter: str, info: Any, plan: dict[str, Any], ready: Any, start: Any, results: Any) -> None:
+    """A client process: connect, wait for the signal, then run the plan and report."""
+    mod = importlib.import_module(f"adapters.{adapter}")
+    ops, close = mod.client(info)
+    op = ops[plan["op"]] if plan["op"] else None
+    if op is not None:
+        op()  # connected before the clock starts
+    ready.release()
+    start.wait()
+    lat = array("q")
+    cpu = time.process_time()
+    began = time.perf_counter()
+    if plan["work"]:
+        work, n = plan["work"], plan["rounds"]
+        for _ in range(n):
+            burn(work)
+            if op is not None:
+                op()
+    else:
+        now = time.perf_counter_ns
+        n, end = 0, now() + int(plan["seconds"] * 1e9)
+        t0 = now()
+        while t0 < end:
+            op()  # type: ignore[misc]
+            t1 = now()
+            lat.append(t1 - t0)
+            t0 = t1
+            n += 1
+    wall = time.perf_counter() - began
+    results.put({"n": n, "wall": wall, "cpu": time.process_time() - cpu, "lat": lat.tobytes()})
+    close()
+
+
+def run_clients(adapter: str, info: Any, server_pid: int, clients: int, plan: dict[str, Any]) -> dict[str, Any]:
+    """Run ``clients`` processes on ``plan`` together; in the process that owns the server."""
+    import psutil
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, start, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(adapter, info, plan, ready, start, results)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    server = psutil.Process(server_pid)
+    try:
+        for _ in procs:
+            if not ready.acquire(timeout=60):
+                raise RuntimeError("a client did not connect within 60 s")
+        s0 = sum(server.cpu_times()[:2])
+        start.set()
+        reports = [results.get(timeout=120 + plan.get("seconds", 0)) for _ in procs]
+        server_cpu = sum(server.cpu_times()[:2]) - s0
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    calls = sum(r["n"] for r in reports)
+    lat = array("q")
+    for r in reports:
+        lat.frombytes(r["lat"])
+    out: dict[str, Any] = {
+        "calls": calls,
+        "wall": sum(r["wall"] for r in reports) / len(reports),
+        "rate": sum(r["n"] / r["wall"] for r in reports),
+        "cpu": (sum(r["cpu"] for r in reports) + server_cpu) / max(1, calls),
+    }
+    if lat:
+        ordered = sorted(lat)
+        out["p50"] = ordered[len(ordered) // 2] / 1e9
+        out["p99"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e9
+    return out
+
+
+def _spin(stop: Any) -> None:
+    while not stop.is_set():
+        pass
+
+
+@contextlib.contextmanager
+def busy_cores(n: int = CORES) -> Iterator[None]:
+    """``n`` unrelated processes in a busy loop, for as long as the block runs."""
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    hogs = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(n)]
+    for hog in hogs:
+        hog.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for hog in hogs:
+            hog.join(10)
+            if hog.is_alive():
+                hog.kill()
+
+
+def run(children: list[Any], quick: bool, smoke: bool) -> dict[str, dict[str, Any]]:
+    """All four scenarios, each system in turn (rotating who goes first). ``children`` are the
+    runner's adapter processes; returns, per adapter, the figures the report shows."""
+    seconds = 0.2 if smoke else (1.0 if quick else 3.0)
+    reps = 1 if smoke or quick else 3
+    rounds = 100 if smoke else (1000 if quick else 3000)
+    work = calibrate()
+    out: dict[str, dict[str, Any]] = {c.adapter: {} for c in children}
+
+    def turns(rep: int) -> list[Any]:
+        return children[rep % len(children) :] + children[: rep % len(children)]
+
+    def put(c: Any, key: str, value: Any) -> None:
+        out[c.adapter].setdefault(key, []).append(value)
+
+    # (a) CPU-bound workers on every core
+    for rep in range(reps):
+        for c in turns(rep):
+            base = c.ask(field={"clients": CORES, "plan": {"op": None, "work": work, "rounds": rounds}})
+            for op in FIELD_OPS:
+                if op not in c.client_ops:
+                    continue
+                res = c.ask(field={"clients": CORES, "plan": {"op": op, "work": work, "rounds": rounds}})
+                put(c, f"workers {op}", (res["wall"] - base["wall"]) / rounds)
+    # (b) several clients at once, and (d) the CPU per call of one
+    for n in CLIENT_COUNTS:
+        for rep in range(reps):
+            for c in turns(rep):
+                res = c.ask(field={"clients": n, "plan": {"op": "d[k]", "work": 0, "seconds": seconds}})
+                put(c, f"clients {n}", res)
+    # (c) every core busy with unrelated processes, and (d) the CPU per call there
+    with busy_cores():
+        for rep in range(reps):
+            for c in turns(rep):
+                for op in FIELD_OPS:
+                    if op in c.client_ops:
+                        res = c.ask(field={"clients": 1, "plan": {"op": op, "work": 0, "seconds": seconds}})
+                        put(c, f"busy {op}", res)
+    return {adapter: {k: _median(v) for k, v in figures.items()} for adapter, figures in out.items()}
+
+
+def _median(values: list[Any]) -> Any:
+    """The median run (by rate or by value): one run's figures stay together."""
+    if isinstance(values[0], dict):
+        return sorted(values, key=lambda r: r["rate"])[len(values) // 2]
+    return sorted(values)[len(values) // 2]
+
+
+ANCHOR = "stdlib"
+
+
+def report(runs: list[dict[str, Any]], fmt: Any) -> str:
+    """The field table: rows are scenarios, a column per system, ratios against the stdlib."""
+    anchor = next((r for r in runs if r["adapter"] == ANCHOR and r.get("field")), None)
+    rows: list[tuple[str, str, str, bool]] = []  # (label, key, what, higher is better)
+    for op in FIELD_OPS:
+        rows.append((f"(a) {CORES} workers: {op}", f"workers {op}", "value", False))
+    for n in CLIENT_COUNTS:
+        rows.append((f"(b) {n} client{'s' if n > 1 else ''}: calls/s", f"clients {n}", "rate", True))
+        rows.append((f"(b) {n} client{'s' if n > 1 else ''}: p50/p99", f"clients {n}", "p50/p99", False))
+    for op in FIELD_OPS:
+        rows.append((f"(c) cores busy: {op} p50/p99", f"busy {op}", "p50/p99", False))
+    rows.append(("(d) CPU/call quiet (d[k])", "clients 1", "cpu", False))
+    rows.append(("(d) CPU/call cores busy", "busy d[k]", "cpu", False))
+    width = 26
+    lines = [f"{'scenario':<34}" + "".join(f"{r['name']:>{width}}" for r in runs)]
+    lines.append("-" * len(lines[0]))
+    for label, key, what, higher in rows:
+        row = f"{label:<34}"
+        for r in runs:
+            fig = (r.get("field") or {}).get(key)
+            base = (anchor or {}).get("field", {}).get(key) if anchor is not None and r is not anchor else None
+            row += f"{_cell(fig, base, what, fmt):>{width}}"
+        lines.append(row)
+    lines.append("")
+    lines.append(
+        "(a) wall time a call adds to a CPU-bound worker, one worker per core; (b) aggregate over the "
+        "clients; (c) one client, every core running an unrelated busy loop; (d) client + server CPU "
+        "per call. Nx = how many times better than the stdlib (>1: better)."
+    )
+    return "\n".join(lines)
+
+
+def _cell(fig: Any, base: Any, what: str, fmt: Any) -> str:
+    if fig is None:
+        return "n/a"
+    if what == "value":
+        text, ratio = fmt(fig), (base / fig if base and fig > 0 else None)
+    elif what == "rate":
+        text, ratio = f"{fig['rate']:,.0f}", (fig["rate"] / base["rate"] if base else None)
+    elif what == "cpu":
+        text, ratio = fmt(fig["cpu"]), (base["cpu"] / fig["cpu"] if base else None)
+    else:
+        text = f"{fmt(fig['p50'])}/{fmt(fig['p99'])}"
+        ratio = None
+        if base:
+            return f"{text} {base['p50'] / fig['p50']:.1f}x/{base['p99'] / fig['p99']:.1f}x"
+    if ratio is None:
+        return text
+    return f"{text} {ratio:.1f}x"

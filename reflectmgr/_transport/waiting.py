@@ -1,0 +1,203 @@
+"""How a side waits for its peer: spin while it pays, then sleep in the kernel until woken.
+
+    wait:  data there? --no--> may spin? (learned window, the peer is running, a core is free)
+                                  |yes: spin (no syscalls, no sched_yield) --data--> done
+                                  v no / window over
+                               sleep: futex on the shared word (Linux), or poll the socket doorbell
+    wake:  publish, fence, "is the reader asleep?" --no--> nothing (no syscall)
+                                                   --yes--> FUTEX_WAKE / one byte on the socket
+
+Spinning saves the sleeper's kernel wake-up (most of a round trip on a quiet machine) but holds a
+core. It pays only when the peer is on a core now and will answer within microseconds, and only
+when no other runnable task waits for the core we would hold: on a machine with more runnable
+tasks than cores, a spinner delays the very peer it waits for. So :class:`SpinPolicy` spins only
+when all three hold: its learned window is open (it closes after repeated spins that caught
+nothing and stays closed for a growing number of waits), the caller says the peer runs, and the
+kernel's count of runnable tasks (``/proc/loadavg``) is at most the cores we may use.
+
+The futex is the Linux system call on a 32-bit word of the shared mapping (the low half of a
+ring position): the sleeper passes the value it saw, so a publish between its last look and the
+call returns at once; the waker calls FUTEX_WAKE only when the sleeper's flag says it sleeps.
+Other platforms, or ``REFLECTMGR_WAKE=socket``, use the socket as doorbell (one byte per wake-up).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import threading
+import time
+from typing import Any
+
+# -- the futex ---------------------------------------------------------------------------------
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not PRIVATE): the word lives in a mapping two processes share
+_SYSCALL_NUMBERS = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98, "ppc64le": 221}
+
+
+try:
+    import ctypes
+except ImportError:  # a build without ctypes (or an interpreter that cannot load it): the doorbell
+    ctypes = None  # type: ignore[assignment]
+
+
+def _load_futex() -> Any:
+    if sys.platform != "linux" or ctypes is None or os.environ.get("REFLECTMGR_WAKE", "futex") != "futex":
+        return None
+    number = _SYSCALL_NUMBERS.get(platform.machine().lower())
+    if number is None:
+        return None
+    try:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall  # ctypes releases the GIL around the call
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
+    probe = ctypes.c_uint32(0)
+    if syscall(number, ctypes.addressof(probe), _FUTEX_WAKE, 1, None) < 0:  # seccomp or an old kernel
+        return None
+    global _NUMBER, _timespec, _addressof
+
+    class Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    _NUMBER, _timespec, _addressof = number, Timespec, ctypes.addressof
+    return syscall
+
+
+_NUMBER = 0
+_timespec: Any = None
+_addressof: Any = None
+_syscall = _load_futex()
+FUTEX = _syscall is not None
+
+
+def futex_wait(address: int, expected: int, seconds: float) -> None:
+    """Sleep while the u32 at ``address`` holds ``expected``, at most ``seconds``; returns early
+    when woken, when the word differs, or on a signal. The caller looks again either way."""
+    ts = _timespec(int(seconds), int((seconds % 1) * 1e9))
+    _syscall(_NUMBER, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, _addressof(ts))
+
+
+def futex_wake(address: int) -> None:
+    _syscall(_NUMBER, address, _FUTEX_WAKE, 0x7FFFFFFF, None)
+
+
+def low_word_offset() -> int:
+    """Byte offset of the low 32 bits inside a native u64 (where a futex on a position points)."""
+    return 0 if sys.byteorder == "little" else 4
+
+
+# -- is a core free? ---------------------------------------------------------------------------
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+CORES = _usable_cores()
+# The kernel's count of runnable tasks is read at most this often (a read costs ~2 us).
+SAMPLE_NS = 200_000
+
+
+class _Load:
+    """The number of runnable tasks on the machine, from /proc/loadavg ("0.5 0.4 0.3 3/345 99")."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/loadavg", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self._fd = None
+        self._at = 0
+        self._free = True
+        os.register_at_fork(after_in_child=self._reopen)
+
+    def _reopen(self) -> None:
+        # The descriptor is inherited and still valid (pread has no shared offset): keep it.
+        self._at = 0
+
+    def cores_free(self) -> bool:
+        """True if every runnable task on the machine can have a core (counting the caller)."""
+        if self._fd is None or CORES < 2:
+            return CORES >= 2
+        now = time.perf_counter_ns()
+        if now - self._at > SAMPLE_NS:
+            self._at = now
+            try:
+                running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
+            except (OSError, ValueError, IndexError):
+                running = 0
+            self._free = running <= CORES
+        return self._free
+
+
+load = _Load()
+
+# -- when to spin ------------------------------------------------------------------------------
+# The longest spin: a few calls' worth of work on the other side (a small call takes ~5-10 us of
+# CPU per side here, a kernel wake-up ~20 us). Longer wastes a core when the peer is slow.
+SPIN_NS = 100_000
+MIN_SPIN_NS = 10_000
+# After this many spins in a row that caught nothing, stop spinning for a while; the pause doubles
+# with every further failure, up to MAX_PAUSE waits (then one probe spin, and so on).
+MISSES = 3
+MAX_PAUSE = 1024
+
+# One spinner per interpreter: threads spinning at once fight over the GIL, and in a manager
+# serving many clients a spinner would starve the thread that has work to do.
+_spinner = threading.Lock()
+
+
+def _new_spinner_after_fork() -> None:
+    # A thread of the parent may have held it at fork: the child's only thread must not find it taken.
+    global _spinner
+    _spinner = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_spinner_after_fork)
+
+
+class SpinPolicy:
+    """The learned spin window of one connection's reader (hysteresis: it closes after MISSES
+    failed spins and reopens only after a pause that grows with every further failure)."""
+
+    __slots__ = ("max_ns", "misses", "pause", "paused", "window")
+
+    def __init__(self, enabled: bool) -> None:
+        self.max_ns = SPIN_NS if enabled and CORES > 1 else 0
+        self.window = self.max_ns
+        self.misses = 0
+        self.pause = 0  # the pause after the next failure
+        self.paused = 0  # waits left before the next probe
+
+    def begin(self) -> bool:
+        """May this wait spin? If True the caller holds the interpreter's spinner and must call
+        :meth:`end` (whatever happens)."""
+        if not self.max_ns:
+            return False
+        if self.paused:
+            self.paused -= 1
+            return False
+        if not load.cores_free():
+            return False
+        return _spinner.acquire(False)
+
+    def end(self, caught: bool) -> None:
+        _spinner.release()
+        if caught:
+            self.misses = 0
+            self.pause = 0
+            self.window = min(self.max_ns, self.window * 2)
+            return
+        self.misses += 1
+        self.window = max(MIN_SPIN_NS, self.window >> 1)
+        if self.misses >= MISSES:
+            self.misses = 0
+            self.pause = min(MAX_PAUSE, self.pause * 2 or 8)
+            self.paused = self.pause
+
+    def slept(self, waited_ns: int) -> None:
+        """A wait that slept: if the data came soon after, a longer spin would have caught it."""
+        if waited_ns < self.max_ns and not self.paused:
+            self.window = min(self.max_ns, max(self.window, waited_ns) * 2)
