@@ -198,20 +198,20 @@ ANCHOR = "stdlib"
 def report(runs: list[dict[str, Any]], fmt: Any) -> str:
     """The field table: rows are scenarios, a column per system, ratios against the stdlib."""
     anchor = next((r for r in runs if r["adapter"] == ANCHOR and r.get("field")), None)
-    rows: list[tuple[str, str, str, bool]] = []  # (label, key, what, higher is better)
+    rows: list[tuple[str, str, str]] = []  # (label, key, what)
     for op in FIELD_OPS:
-        rows.append((f"(a) {CORES} workers: {op}", f"workers {op}", "value", False))
+        rows.append((f"(a) {CORES} workers: {op}", f"workers {op}", "value"))
     for n in CLIENT_COUNTS:
-        rows.append((f"(b) {n} client{'s' if n > 1 else ''}: calls/s", f"clients {n}", "rate", True))
-        rows.append((f"(b) {n} client{'s' if n > 1 else ''}: p50/p99", f"clients {n}", "p50/p99", False))
+        rows.append((f"(b) {n} client{'s' if n > 1 else ''}: calls/s", f"clients {n}", "rate"))
+        rows.append((f"(b) {n} client{'s' if n > 1 else ''}: p50/p99", f"clients {n}", "p50/p99"))
     for op in FIELD_OPS:
-        rows.append((f"(c) cores busy: {op} p50/p99", f"busy {op}", "p50/p99", False))
-    rows.append(("(d) CPU/call quiet (d[k])", "clients 1", "cpu", False))
-    rows.append(("(d) CPU/call cores busy", "busy d[k]", "cpu", False))
+        rows.append((f"(c) cores busy: {op} p50/p99", f"busy {op}", "p50/p99"))
+    rows.append(("(d) CPU/call quiet (d[k])", "clients 1", "cpu"))
+    rows.append(("(d) CPU/call cores busy", "busy d[k]", "cpu"))
     width = 26
     lines = [f"{'scenario':<34}" + "".join(f"{r['name']:>{width}}" for r in runs)]
     lines.append("-" * len(lines[0]))
-    for label, key, what, higher in rows:
+    for label, key, what in rows:
         row = f"{label:<34}"
         for r in runs:
             fig = (r.get("field") or {}).get(key)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._owner.inline import add_plain_target
+
 
 class Namespace:
     """A plain attribute bag; ``repr`` lists public attributes only, like multiprocessing's."""
@@ -19,3 +21,6 @@ class Namespace:
 def identity(obj: Any) -> Any:
     """``share`` is ``new(identity, obj)``: the object arrives by value and stays in the manager."""
     return obj
+
+
+add_plain_target(Namespace)  # the dispatcher may serve its attributes itself (_owner/inline.py)

@@ -36,8 +36,9 @@ from .._wire.codec import (
 )
 from .._wire.opcodes import FLAG_OOB, FLAG_RELEASES, Msg
 from ..errors import ProtocolError, ReflectmgrError, RemoteError
-from .dispatch import HANDLERS, HandlerContext
+from .dispatch import HANDLERS, Handler, HandlerContext
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
+from .inline import WouldBlock
 
 _getrefcount = sys.getrefcount
 _loads = pickle.loads
@@ -103,10 +104,11 @@ class Channel:
             raise ProtocolError("malformed message from the peer")
         return msg
 
-    def _decode(self, flags: int, payload: bytes | bytearray) -> Any:
+    def _decode(self, flags: int, payload: bytes | bytearray, held: list[tuple[int, int]] | None = None) -> Any:
         """Unpickle a frame just read, with its out-of-band buffers. Raises UndecodableError
         when the content names something this side cannot load (the frame was whole: the channel
-        is still in step) and ProtocolError when it is garbage."""
+        is still in step) and ProtocolError when it is garbage. Releases pickled apart are
+        applied whatever happens to the rest, or added to ``held`` for the caller to apply."""
         buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
         releases: tuple[tuple[int, int], ...] = ()
         try:
@@ -125,7 +127,10 @@ class Channel:
             raise UndecodableError(error) from exc
         finally:
             if releases:  # whatever happened to the rest of the message
-                self.peer.apply_releases(releases)
+                if held is None:
+                    self.peer.apply_releases(releases)
+                else:
+                    held.extend(releases)
 
     # -- serving side ------------------------------------------------------------------------
     def serve_forever(self, stopping: Callable[[], bool]) -> None:
@@ -147,11 +152,13 @@ class Channel:
                 peer.apply_releases(releases)
             self._dispatch(op, oid, args)
 
-    def _request(self, flags: int, payload: bytes | bytearray) -> tuple[Any, ...] | None:
+    def _request(
+        self, flags: int, payload: bytes | bytearray, held: list[tuple[int, int]] | None = None
+    ) -> tuple[Any, ...] | None:
         """The request in a frame just read; None if its content names something this side
         cannot load (the peer then gets the error as its reply)."""
         try:
-            msg = self._decode(flags, payload)
+            msg = self._decode(flags, payload, held)
         except UndecodableError as exc:
             self._send_error(exc.error)
             return None
@@ -172,18 +179,63 @@ class Channel:
         finally:
             _tls.channel = prev
 
-    def _dispatch(self, op: Any, oid: Any, args: tuple[Any, ...]) -> None:
-        handle = HANDLERS.get(op) if type(op) is int else None
+    def _dispatch(self, op: Any, oid: Any, args: tuple[Any, ...], handle: Handler | None = None) -> bool:
+        """Run the request and send the reply. With ``handle`` (a trial of the dispatcher's, see
+        inline.py) returns False, having done nothing, if the call would block."""
         if handle is None:
-            self._send_error(ProtocolError(f"unknown operation {op!r}"))
-            return
+            handle = HANDLERS.get(op) if type(op) is int else None
+            if handle is None:
+                self._send_error(ProtocolError(f"unknown operation {op!r}"))
+                return True
         try:
             result = handle(self.peer, oid, *args)
             shared = _getrefcount(result) > LOCAL_BASE  # before anything else takes a reference
+        except WouldBlock:
+            return False
         except BaseException as exc:
             self._send_error(exc)
-            return
+            return True
         self.reply(result, shared)
+        return True
+
+    # -- serving one request at a time (the dispatcher and the connection's thread take turns) --
+    def take_request(self, flags: int, payload: bytes | bytearray) -> tuple[tuple[tuple[int, int], ...], Any]:
+        """The releases and the call ``(op, oid, args)`` in a frame just read, nothing applied
+        yet (:meth:`run` does that); the call is None if the content could not be loaded (the
+        peer has the error as its reply; the releases still count)."""
+        prev = getattr(codec_context, "table", None)
+        codec_context.table = self.peer
+        held: list[tuple[int, int]] = []
+        try:
+            msg = self._request(flags, payload, held)
+        finally:
+            codec_context.table = prev
+        if msg is None:
+            return tuple(held), None
+        return (tuple(held) + msg[1] if held else msg[1]), msg[2:]
+
+    def run(
+        self,
+        releases: tuple[tuple[int, int], ...],
+        op: Any,
+        oid: Any,
+        args: tuple[Any, ...],
+        handle: Handler | None = None,
+    ) -> bool:
+        """Apply a request's releases (which may run ``__del__``, calling back through this
+        channel), then serve it (see :meth:`_dispatch`); from any thread, one at a time."""
+        prev, prev_table = getattr(_tls, "channel", None), getattr(codec_context, "table", None)
+        _tls.channel = self
+        codec_context.table = self.peer
+        try:
+            if releases:
+                self.peer.apply_releases(releases)
+            if op is None:  # the releases were all there was (the call failed to load)
+                return True
+            return self._dispatch(op, oid, args, handle)
+        finally:
+            _tls.channel = prev
+            codec_context.table = prev_table
 
     def reply(self, result: Any, shared: bool) -> None:
         if type(result) in SCALARS or (type(result) is bytes and len(result) < OOB_MIN):  # the common case

@@ -21,13 +21,14 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .._transport import shm
+from .._transport import shm, waiting
 from .._transport.auth import serve_handshake
 from .._transport.stream import FramedStream, StreamTransport
 from .._wire.framing import MAX_FRAME, MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError
 from .channel import Channel
+from .dispatcher import Dispatcher
 from .export import Describer
 from .table import Account, ObjectTable
 
@@ -123,6 +124,9 @@ class Server:
         self.max_frame = max_frame
         self.channel_class = channel_class
         self._handshakes = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        # One thread serves every shared-memory client (dispatcher.py); made with the first one.
+        self._dispatcher: Dispatcher | None = None
+        self._use_dispatcher = waiting.FUTEX and os.environ.get("REFLECTMGR_DISPATCHER", "1") != "0"
 
     # -- services used by dispatch ----------------------------------------------------------
     def stats(self) -> Any:
@@ -135,6 +139,8 @@ class Server:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
         for listener in self.listeners:
             listener.wake()
         with self._lock:
@@ -198,7 +204,11 @@ class Server:
             transport.authenticated(self.max_frame)
             self._handshakes.release()
             pending = False
-            self.channel_class(transport, session).serve_forever(self._stopping.is_set)
+            channel = self.channel_class(transport, session)
+            if isinstance(transport, shm.ShmTransport) and transport.belled:
+                self._dispatcher_for().serve(channel, transport)
+            else:
+                channel.serve_forever(self._stopping.is_set)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
         except ReflectmgrError as exc:  # a wrong authkey, garbage: the peer's problem, not ours
@@ -219,7 +229,7 @@ class Server:
         _, payload = transport.recv(MAX_PREAUTH)
         if payload != shm.REQUEST or not isinstance(transport, StreamTransport):
             return transport, payload
-        shared = shm.upgrade_server(transport)
+        shared = shm.upgrade_server(transport, self._dispatcher_for().bell if self._use_dispatcher else None)
         with self._lock:
             self._transports.discard(transport)
             self._transports.add(shared)
@@ -233,6 +243,12 @@ class Server:
             with self._lock:
                 self._transports.discard(shared)
             raise
+
+    def _dispatcher_for(self) -> Dispatcher:
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = Dispatcher(self._stopping.is_set)
+            return self._dispatcher
 
     def _hello(self, transport: FramedStream, payload: bytes | bytearray) -> Session:
         msg = pickle.loads(payload)  # authenticated: the peer is trusted from here on

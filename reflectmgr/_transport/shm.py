@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pickle import PickleBuffer
 
 from .._wire.framing import HEADER, HEADER_SIZE
+from .._wire.opcodes import FLAG_OOB
 from ..errors import ProtocolError, ReflectmgrError
 from . import waiting
 from .stream import SocketEnd, StreamTransport
@@ -52,8 +53,12 @@ _HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP = 0, 8, 16, 24
 SEGMENT_SIZE = 2 * (_CTL + RING_SIZE)
 # A blocked side looks at its ring, and at the socket for EOF, at least this often.
 SAFETY_MS = 200
-# How the two ends wake each other: decided by the manager, told in its answer to REQUEST.
+# How the two ends wake each other: decided by the manager, told in its answer to REQUEST. With
+# the futex, the manager also passes its *bell*: one page that every client maps, where the
+# manager's dispatcher sleeps while no ring has a request (see _owner/dispatcher.py).
 WAKE_FUTEX, WAKE_SOCKET = b"F", b"S"
+BELL_SIZE = 4096
+_BELL_WORD, _BELL_ASLEEP = 0, 8  # u64 indices: the futex word, "the dispatcher sleeps" (own line)
 
 # The fences. Python has no atomics, but a lock's acquire has acquire semantics and its release has
 # release semantics on every platform CPython supports (pthread mutexes or futexes: a locked
@@ -104,8 +109,8 @@ def socket_path(address: str) -> str:
     return address[len(PREFIX) :]
 
 
-def new_segment() -> int:
-    """A nameless shared-memory file the size of a ring pair (the caller closes it)."""
+def new_segment(size: int = SEGMENT_SIZE) -> int:
+    """A nameless shared-memory file, by default the size of a ring pair (the caller closes it)."""
     memfd_create = getattr(os, "memfd_create", None)
     if memfd_create is not None:
         fd: int = memfd_create("reflectmgr", getattr(os, "MFD_CLOEXEC", 0))
@@ -113,15 +118,72 @@ def new_segment() -> int:
         with tempfile.TemporaryFile(prefix="reflectmgr-") as f:
             fd = os.dup(f.fileno())
     try:
-        os.ftruncate(fd, SEGMENT_SIZE)
+        os.ftruncate(fd, size)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def upgrade_server(stream: StreamTransport) -> ShmTransport:
-    """Answer a client's REQUEST: make the segment, pass it over, switch to it."""
+class Bell:
+    """The manager's bell page: a dispatcher sleeps on it, a client that published a request and
+    finds it asleep rings it. The sleeper clears the word, raises its flag, looks at every ring,
+    then waits while the word is still 0; a ringer sets the word to 1 (so a ring between the last
+    look and the wait is never lost) and wakes it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._mm = mmap.mmap(fd, BELL_SIZE)
+        self.words = memoryview(self._mm).cast("Q")
+        self._anchor = ctypes.c_char.from_buffer(self._mm)
+        self.address = ctypes.addressof(self._anchor) + 8 * _BELL_WORD + waiting.low_word_offset()
+
+    @classmethod
+    def create(cls) -> Bell:
+        fd = new_segment(BELL_SIZE)
+        return cls(fd)
+
+    def ring(self) -> None:
+        """From a client, after publishing: wake the dispatcher if (and only if) it sleeps."""
+        words = self.words
+        if words[_BELL_ASLEEP]:
+            words[_BELL_WORD] = 1
+            waiting.futex_wake(self.address)
+
+    def prepare(self) -> None:
+        """The dispatcher is about to sleep: clear the word, raise the flag (then look, then sleep)."""
+        words = self.words
+        words[_BELL_WORD] = 0
+        words[_BELL_ASLEEP] = 1
+        _acquire()  # FULL (Dekker): the flag is visible before the dispatcher's last look
+        _release()
+
+    def wake(self) -> None:
+        """Wake the dispatcher whether or not it sleeps (the server is stopping)."""
+        self.words[_BELL_WORD] = 1
+        waiting.futex_wake(self.address)
+
+    def sleep(self, seconds: float) -> None:
+        waiting.futex_wait(self.address, 0, seconds)
+
+    def awake(self) -> None:
+        self.words[_BELL_ASLEEP] = 0
+
+    def close(self) -> None:
+        self.words.release()
+        self._anchor = None  # type: ignore[assignment]
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def upgrade_server(stream: StreamTransport, bell: Bell | None = None) -> ShmTransport:
+    """Answer a client's REQUEST: make the segment, pass it over (with the bell), switch to it."""
     sock = stream.sock
     if sock.family != socket.AF_UNIX or not stream.drained():
         sock.sendall(b"N")
@@ -130,7 +192,9 @@ def upgrade_server(stream: StreamTransport) -> ShmTransport:
     try:
         wake = WAKE_FUTEX if waiting.FUTEX else WAKE_SOCKET
         transport = ShmTransport(stream.detach(), fd, writer_ring=0, futex=wake == WAKE_FUTEX)
-        socket.send_fds(sock, [wake], [fd])
+        fds = [fd] if bell is None or wake != WAKE_FUTEX else [fd, bell.fd]
+        transport.belled = len(fds) == 2
+        socket.send_fds(sock, [wake], fds)
     finally:
         os.close(fd)
     return transport
@@ -142,20 +206,39 @@ def upgrade_client(stream: StreamTransport) -> ShmTransport:
     stream.send(0, REQUEST)
     # Nothing else comes from the manager until this answer, so the read-ahead buffer is empty
     # and the descriptor is not lost in it.
-    msg, fds, _, _ = socket.recv_fds(sock, 16, 1)
-    if msg == WAKE_FUTEX and not waiting.FUTEX and len(fds) == 1:
-        os.close(fds[0])
-        raise ReflectmgrError("the manager wakes shared-memory peers with a futex, which this process cannot use")
-    if msg not in (WAKE_FUTEX, WAKE_SOCKET) or len(fds) != 1:
+    msg, fds, _, _ = socket.recv_fds(sock, 16, 2)
+    try:
+        if msg == WAKE_FUTEX and not waiting.FUTEX and fds:
+            raise ReflectmgrError("the manager wakes shared-memory peers with a futex, which this process cannot use")
+        if msg not in (WAKE_FUTEX, WAKE_SOCKET) or not 1 <= len(fds) <= 2:
+            if not msg:
+                raise EOFError("the manager closed the connection instead of sharing memory")
+            raise ReflectmgrError("the manager refused shared memory on this connection")
+        bell = Bell(fds[1]) if len(fds) == 2 else None
+        if bell is not None:
+            fds.pop()  # the Bell owns its descriptor now
+        transport = ShmTransport(stream.detach(), fds[0], writer_ring=1, futex=msg == WAKE_FUTEX)
+        transport.bell = bell
+        return transport
+    finally:
         for fd in fds:
             os.close(fd)
-        if not msg:
-            raise EOFError("the manager closed the connection instead of sharing memory")
-        raise ReflectmgrError("the manager refused shared memory on this connection")
-    try:
-        return ShmTransport(stream.detach(), fds[0], writer_ring=1, futex=msg == WAKE_FUTEX)
-    finally:
-        os.close(fds[0])
+
+
+class RingFull(Exception):  # noqa: N818 - a signal to hand the send over, not an error
+    """A frame that does not fit in the ring's free space, refused unsent (see ``refuse_wait``)."""
+
+    def __init__(self, flags: int, payload: bytes | bytearray | memoryview, buffers: Sequence[PickleBuffer]) -> None:
+        super().__init__("the ring is full")
+        self.frame = (flags, payload, buffers)
+
+
+def _frame_size(total: int, buffers: Sequence[PickleBuffer]) -> int:
+    """Ring bytes a frame of ``total`` bytes (header included) takes with its buffers."""
+    if not buffers:
+        return total
+    sizes = [buf.raw().nbytes for buf in buffers]
+    return total + HEADER_SIZE + 4 + 9 * len(sizes) + sum(sizes)
 
 
 class ShmTransport(SocketEnd):
@@ -184,13 +267,23 @@ class ShmTransport(SocketEnd):
         self._poll.register(sock.fileno(), select.POLLIN)
         self._bell = threading.Lock()  # one sleeper on the socket at a time
         self.futex = futex
+        self.bell: Bell | None = None  # a client's: the manager's dispatcher sleeps on it
+        # Set while the manager's dispatcher sends on this ring: a frame that does not fit in the
+        # free space raises RingFull instead of waiting (the connection's own thread sends it).
+        self.refuse_wait = False
+        self.belled = False  # a manager's: the client rings the dispatcher's bell after each request
         if futex:  # the words a sleeper waits on: the low halves of our in-ring head, our out-ring tail
             self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self._mm)
             base, low = ctypes.addressof(self._anchor), waiting.low_word_offset()
             self._head_word = base + in_base + 8 * _HEAD + low
             self._tail_word = base + out_base + 8 * _TAIL + low
             # The words a peer or a local closer wakes: the peer's in-ring head and out-ring tail too.
-            self._words = (self._head_word, self._tail_word, base + out_base + 8 * _HEAD + low, base + in_base + 8 * _TAIL + low)
+            self._words = (
+                self._head_word,
+                self._tail_word,
+                base + out_base + 8 * _HEAD + low,
+                base + in_base + 8 * _TAIL + low,
+            )
 
     # -- receiving ------------------------------------------------------------------------------
     def recv(self, max_size: int = 0) -> tuple[int, bytes | bytearray]:
@@ -293,6 +386,8 @@ class ShmTransport(SocketEnd):
         head = self._head
         start = head % RING_SIZE
         ctl = self._out_ctl
+        if self.refuse_wait and _frame_size(total, buffers) > RING_SIZE - (head - ctl[_TAIL]):
+            raise RingFull(flags, payload, buffers)
         if not buffers and start + total <= RING_SIZE and head + total - ctl[_TAIL] <= RING_SIZE:
             ring = self._out
             _pack_header_into(ring, start, n, flags)
@@ -334,6 +429,8 @@ class ShmTransport(SocketEnd):
         _release()
         if ctl[_READER_ASLEEP]:  # it sleeps: wake it (and only then make a system call)
             self._wake(2)
+        elif self.bell is not None:  # the manager's dispatcher reads this ring; it may sleep
+            self.bell.ring()
 
     def _wait_space(self) -> None:
         """Block until the reader frees space in our full out ring (it wakes us when it does)."""
@@ -447,10 +544,39 @@ class ShmTransport(SocketEnd):
     def _apply_timeout(self, seconds: float | None) -> None:
         self._bound = seconds
 
+    def check_peer(self) -> None:
+        """Raise EOFError if the peer is gone (its end of the socket closed); never blocks."""
+        self._drain()
+        if self._eof or self._closed:
+            raise EOFError("peer closed the connection")
+
+    def frame_ready(self) -> bool | None:
+        """Without blocking: True if a whole frame (no out-of-band buffers) can be received now,
+        None if nothing has arrived, False if part of one has (it needs a reader that may wait)."""
+        buffered = self._end - self._start
+        avail = buffered + self._in_ctl[_HEAD] - self._tail
+        if not avail:
+            return None
+        if buffered >= HEADER_SIZE:
+            length, flags = _unpack_header(self._buf, self._start)
+        elif not buffered and avail >= HEADER_SIZE:
+            start = self._tail % RING_SIZE
+            if start + HEADER_SIZE <= RING_SIZE:
+                length, flags = _unpack_header(self._in, start)
+            else:
+                head = self._in[start:].tobytes() + self._in[: HEADER_SIZE - (RING_SIZE - start)].tobytes()
+                length, flags = _unpack_header(head)
+        else:
+            return False
+        return avail >= HEADER_SIZE + length and not flags & FLAG_OOB and length <= self.max_frame
+
     def dispose(self) -> None:
         """Close and unmap the rings now (the sole user's path: a failed handshake, the end of a
         manager connection), instead of whenever this object is collected."""
         self.close()
+        if self.bell is not None:
+            self.bell.close()
+            self.bell = None
         for view in (self._out_ctl, self._out, self._in_ctl, self._in):
             view.release()
         if self.futex:

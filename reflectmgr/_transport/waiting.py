@@ -28,7 +28,7 @@ import platform
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 # -- the futex ---------------------------------------------------------------------------------
 _FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not PRIVATE): the word lives in a mapping two processes share
@@ -59,7 +59,7 @@ def _load_futex() -> Any:
     global _NUMBER, _timespec, _addressof
 
     class Timespec(ctypes.Structure):
-        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+        _fields_: ClassVar[list[tuple[str, Any]]] = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
     _NUMBER, _timespec, _addressof = number, Timespec, ctypes.addressof
     return syscall
@@ -110,26 +110,26 @@ class _Load:
         except OSError:
             self._fd = None
         self._at = 0
-        self._free = True
+        self._running = 0
         os.register_at_fork(after_in_child=self._reopen)
 
     def _reopen(self) -> None:
         # The descriptor is inherited and still valid (pread has no shared offset): keep it.
         self._at = 0
 
-    def cores_free(self) -> bool:
-        """True if every runnable task on the machine can have a core (counting the caller)."""
+    def cores_free(self, slack: int = 0) -> bool:
+        """True if every runnable task on the machine can have a core (counting the caller), with
+        ``slack`` more tolerated."""
         if self._fd is None or CORES < 2:
             return CORES >= 2
         now = time.perf_counter_ns()
         if now - self._at > SAMPLE_NS:
             self._at = now
             try:
-                running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
+                self._running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
             except (OSError, ValueError, IndexError):
-                running = 0
-            self._free = running <= CORES
-        return self._free
+                self._running = 0
+        return self._running <= CORES + slack
 
 
 load = _Load()
@@ -162,9 +162,10 @@ class SpinPolicy:
     """The learned spin window of one connection's reader (hysteresis: it closes after MISSES
     failed spins and reopens only after a pause that grows with every further failure)."""
 
-    __slots__ = ("max_ns", "misses", "pause", "paused", "window")
+    __slots__ = ("max_ns", "misses", "pause", "paused", "slack", "window")
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, slack: int = 0) -> None:
+        self.slack = slack
         self.max_ns = SPIN_NS if enabled and CORES > 1 else 0
         self.window = self.max_ns
         self.misses = 0
@@ -179,7 +180,7 @@ class SpinPolicy:
         if self.paused:
             self.paused -= 1
             return False
-        if not load.cores_free():
+        if not load.cores_free(self.slack):
             return False
         return _spinner.acquire(False)
 
