@@ -125,7 +125,7 @@ class Client(Transfers, ForkHandling, Link):
         try:
             client_handshake(transport, self.authkey)
             if is_shm(self.address):
-                transport = upgrade_client(transport)  # type: ignore[arg-type]
+                transport = upgrade_client(transport)
                 transport.set_timeout(bound)
             transport.send(0, codec.encode((Msg.REQUEST, (), Op.HELLO, 0, (self._token, os.getpid())))[1])
             _, payload = transport.recv(MAX_PREAUTH)

@@ -65,9 +65,7 @@ class ForkHandling:
     def forget_parent(self) -> None:
         """In a forked child: let go of the parent's sockets here without disturbing the parent."""
         for transport in self._transports:
-            detach = getattr(transport, "detach_after_fork", None)
-            if detach is not None:
-                detach()
+            transport.detach_after_fork()
         self._pool.clear()
         self._transports.clear()
         self._local = threading.local()  # the forking thread's channel is the parent's

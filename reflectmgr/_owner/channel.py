@@ -152,6 +152,28 @@ class Channel:
                 peer.apply_releases(releases)
             self._dispatch(op, oid, args)
 
+    def serve_while(self, more: Callable[[], bool], done: Callable[[tuple[Any, ...]], bool]) -> None:
+        """Answer requests while ``more()`` (which may wait for the next one), until ``done`` says
+        so after one; for the thread that holds this channel now (see dispatcher.py)."""
+        prev, prev_table = getattr(_tls, "channel", None), getattr(codec_context, "table", None)
+        _tls.channel = self
+        codec_context.table = peer = self.peer
+        recv = self.transport.recv
+        try:
+            while more():
+                msg = self._request(*recv())
+                if msg is None:
+                    continue
+                _, releases, op, oid, args = msg
+                if releases:
+                    peer.apply_releases(releases)
+                self._dispatch(op, oid, args)
+                if done(msg):
+                    return
+        finally:
+            _tls.channel = prev
+            codec_context.table = prev_table
+
     def _request(
         self, flags: int, payload: bytes | bytearray, held: list[tuple[int, int]] | None = None
     ) -> tuple[Any, ...] | None:

@@ -18,8 +18,14 @@ Each connection still has its thread (started by the server as before). It sleep
 the client's socket (which tells EOF) and on a pipe the dispatcher writes to when it hands over a
 request. A connection is served by one of the two at a time: whoever holds its ``turn`` lock. The
 dispatcher takes the turn without waiting (a connection whose thread has it is skipped); a handed
-over request keeps the turn until the thread has replied, and the thread then rings the bell so
-that the dispatcher looks at that ring again.
+over request keeps the turn with the thread.
+
+A thread that was handed a request keeps its ring for a while (*direct* mode, the ring's flag
+tells the client to wake that thread instead of ringing the bell): a client calling methods of
+its own objects, one after the other, is then served with no hand-over at all, as by a thread
+per connection. The thread gives the ring back when it has been idle for DIRECT_IDLE, or when
+DIRECT_STREAK requests in a row were of the kind the dispatcher serves itself; it then rings the
+bell in case a request came in meanwhile.
 """
 
 from __future__ import annotations
@@ -41,12 +47,21 @@ from .inline import inline_handler
 log = logging.getLogger("reflectmgr.server")
 
 _now = time.perf_counter_ns
+# A connection's own thread keeps its ring (direct mode) until idle this long...
+DIRECT_IDLE = 0.05
+# ...or until this many requests in a row could have been served by the dispatcher, while the
+# dispatcher served other connections within OTHERS_NS (alone, a thread serves its ring best).
+DIRECT_STREAK = 32
+OTHERS_NS = 1_000_000
+# After this many rounds in a row with requests from one connection only, the dispatcher hands
+# that connection to its thread (one active client: no dispatcher between it and its thread).
+SOLO_ROUNDS = 64
 # What the dispatcher hands over: a decoded request (op, oid, args), or a whole frame to read.
 _READ_FRAME = object()
 
 
 class _Connection:
-    __slots__ = ("channel", "handoff", "pending", "transport", "turn", "wake_r", "wake_w")
+    __slots__ = ("channel", "handoff", "mine", "pending", "transport", "turn", "wake_r", "wake_w")
 
     def __init__(self, channel: Channel, transport: ShmTransport) -> None:
         self.channel = channel
@@ -55,6 +70,7 @@ class _Connection:
         self.pending: Any = None  # set by the dispatcher, with the turn, before it writes the pipe
         self.wake_r, self.wake_w = os.pipe()
         self.handoff: BaseException | None = None  # a failure of this connection seen by the dispatcher
+        self.mine = False  # the connection's thread holds the turn
 
     def close(self) -> None:
         for fd in (self.wake_r, self.wake_w):
@@ -73,6 +89,10 @@ class Dispatcher:
         self._connections: tuple[_Connection, ...] = ()  # replaced, never mutated: iterated unlocked
         self._lock = threading.Lock()
         self._spin = waiting.SpinPolicy(True, 1)
+        self._handed = 0  # connections whose thread holds the turn: the dispatcher then never spins
+        self._served_at = 0  # when the dispatcher last served a request
+        self._solo: _Connection | None = None  # the only connection served in the last rounds
+        self._solo_rounds = 0
         self._thread = threading.Thread(target=self._run, name="reflectmgr-dispatch", daemon=True)
         self._thread.start()
 
@@ -88,6 +108,7 @@ class Dispatcher:
         """Run by the connection's thread until the peer is gone (EOFError, OSError) or the server
         stops: the dispatcher serves the connection, this thread what it hands over."""
         conn = _Connection(channel, transport)
+        transport.spin_only_when(self._alone)
         poll = select.poll()
         poll.register(transport.fileno(), select.POLLIN)
         poll.register(conn.wake_r, select.POLLIN)
@@ -107,34 +128,59 @@ class Dispatcher:
                 self._connections = tuple(c for c in self._connections if c is not conn)
             self._retire(conn)
 
-    @staticmethod
-    def _retire(conn: _Connection) -> None:
+    def _retire(self, conn: _Connection) -> None:
         """Take the turn for good (the dispatcher may still hold it, or hand us a last request we
         drop: the peer is gone or the server stops), so nothing serves the connection again."""
-        while not conn.turn.acquire(timeout=0.05):
-            if conn.pending is not None:  # handed over: the turn is ours already
-                conn.pending = None
-                break
+        if conn.mine:
+            self._handed -= 1
+        else:
+            while not conn.turn.acquire(timeout=0.05):
+                if conn.pending is not None:  # handed over: the turn is ours already
+                    conn.pending = None
+                    break
         conn.close()
 
     def _take_over(self, conn: _Connection) -> None:
-        """Serve what the dispatcher handed over (it holds the turn for us), then give it back."""
+        """Serve what the dispatcher handed over (with the turn), keep serving the ring directly
+        while that pays, then give the turn back."""
         pending, conn.pending = conn.pending, None
         if pending is None:
             return
-        try:
-            if conn.handoff is not None:
-                raise conn.handoff
-            if pending is _READ_FRAME:
-                releases, call = conn.channel.take_request(*conn.transport.recv())
-                conn.channel.run(releases, *(call or (None, None, None)))
-            elif isinstance(pending, RingFull):
-                conn.transport.send(*pending.frame)  # a reply the dispatcher could not send without waiting
-            else:
-                conn.channel.run(*pending)
-        finally:
-            conn.turn.release()
-            self.bell.ring()  # the dispatcher may sleep and not know the ring is its again
+        conn.mine = True
+        if conn.handoff is not None:
+            raise conn.handoff  # the connection failed: the thread ends it (and keeps the turn)
+        channel, transport = conn.channel, conn.transport
+        if pending is _READ_FRAME:
+            releases, call = channel.take_request(*transport.recv())
+            channel.run(releases, *(call or (None, None, ())))
+        elif isinstance(pending, RingFull):
+            transport.send(*pending.frame)  # a reply the dispatcher could not send without waiting
+        else:
+            channel.run(*pending)
+        streak = 0
+
+        def more() -> bool:
+            return not self._stopping() and transport.wait_data(DIRECT_IDLE)
+
+        def done(msg: tuple[Any, ...]) -> bool:
+            nonlocal streak
+            if _now() - self._served_at >= OTHERS_NS:
+                streak = 0  # no other client is active: this thread serves its ring best
+                return False
+            streak = streak + 1 if inline_handler(channel.peer, (), msg[2], msg[3], msg[4]) else 0
+            return streak >= DIRECT_STREAK
+
+        channel.serve_while(more, done)
+        transport.set_direct(False)
+        conn.mine = False
+        self._handed -= 1
+        conn.turn.release()
+        self.bell.ring()  # a request that came after the last look (the dispatcher may sleep)
+
+    def _alone(self) -> bool:
+        """May a connection's thread spin? Only if it is the one holding a ring and the dispatcher
+        is idle: a spinning thread holds the GIL, which they would need."""
+        return self._handed == 1 and _now() - self._served_at > OTHERS_NS
 
     # -- the dispatcher's thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -143,7 +189,7 @@ class Dispatcher:
         while not self._stopping():
             if self._serve_round():
                 continue
-            if spin.begin():
+            if not self._handed and spin.begin():  # never while a connection's thread needs the GIL
                 caught = False
                 try:
                     deadline = _now() + spin.window
@@ -173,7 +219,9 @@ class Dispatcher:
 
     def _serve_round(self) -> bool:
         """One request from every connection that has one; True if any was found."""
-        served = False
+        served = 0
+        solo = self._solo if self._solo_rounds >= SOLO_ROUNDS else None
+        last: _Connection | None = None
         for conn in self._connections:
             transport = conn.transport
             try:
@@ -181,7 +229,8 @@ class Dispatcher:
                     continue
             except ValueError:  # unmapped by its thread just now: it is leaving
                 continue
-            served = True
+            served += 1
+            last = conn
             try:
                 ready = transport.frame_ready()  # again, now that the turn is ours
                 if ready is None:
@@ -189,16 +238,28 @@ class Dispatcher:
                 elif not ready:
                     self._hand_over(conn, _READ_FRAME)  # a large or split frame: its thread may wait
                 else:
-                    self._serve_one(conn)
+                    self._serve_one(conn, conn is solo)
             except BaseException as exc:  # this connection's failure (garbage, a vanished peer)
                 conn.handoff = exc if isinstance(exc, Exception) else ReflectmgrError(repr(exc))
                 self._hand_over(conn, _READ_FRAME)
-        return served
+        if served:
+            self._served_at = _now()
+            if served == 1 and last is self._solo:
+                self._solo_rounds += 1
+            else:
+                self._solo, self._solo_rounds = (last, 1) if served == 1 else (None, 0)
+        return bool(served)
 
-    def _serve_one(self, conn: _Connection) -> None:
+    def _serve_one(self, conn: _Connection, solo: bool) -> None:
+        """Serve one whole request, or hand it over: to run where it may block, or because its
+        connection is the only one with requests (``solo``: its thread then keeps the ring)."""
         channel = conn.channel
         releases, call = channel.take_request(*conn.transport.recv())
         op, oid, args = call or (None, None, ())
+        if solo:
+            self._solo, self._solo_rounds = None, 0
+            self._hand_over(conn, (releases, op, oid, args))
+            return
         handle = inline_handler(channel.peer, releases, op, oid, args)
         if handle is not None:
             conn.transport.refuse_wait = True
@@ -217,9 +278,12 @@ class Dispatcher:
         self._hand_over(conn, (releases, op, oid, args))
 
     def _hand_over(self, conn: _Connection, pending: Any) -> None:
+        conn.transport.set_direct(True)  # the client's next request wakes the thread, not the bell
+        self._handed += 1
         conn.pending = pending
         try:
             os.write(conn.wake_w, b"!")
         except OSError:  # its thread is gone (and closed the pipe): nothing left to serve
             conn.pending = None
+            self._handed -= 1
             conn.turn.release()

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from .._transport import shm, waiting
 from .._transport.auth import serve_handshake
-from .._transport.stream import FramedStream, StreamTransport
+from .._transport.base import Transport
 from .._wire.framing import MAX_FRAME, MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError
@@ -86,7 +86,7 @@ class Session(Account):
 class Listener(Protocol):
     address: Any
 
-    def accept(self) -> FramedStream: ...
+    def accept(self) -> Transport: ...
 
     def wake(self) -> None: ...
 
@@ -120,7 +120,7 @@ class Server:
         self._stats = stats
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._transports: set[FramedStream] = set()
+        self._transports: set[Transport] = set()
         self.max_frame = max_frame
         self.channel_class = channel_class
         self._handshakes = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
@@ -192,7 +192,7 @@ class Server:
         finally:
             listener.close()
 
-    def _connection(self, transport: FramedStream) -> None:
+    def _connection(self, transport: Transport) -> None:
         session: Session | None = None
         pending = True
         try:
@@ -205,7 +205,7 @@ class Server:
             self._handshakes.release()
             pending = False
             channel = self.channel_class(transport, session)
-            if isinstance(transport, shm.ShmTransport) and transport.belled:
+            if shm.dispatched(transport):
                 self._dispatcher_for().serve(channel, transport)
             else:
                 channel.serve_forever(self._stopping.is_set)
@@ -224,10 +224,10 @@ class Server:
             if session is not None:
                 self._goodbye(session)
 
-    def _first_frame(self, transport: FramedStream) -> tuple[FramedStream, bytes | bytearray]:
+    def _first_frame(self, transport: Transport) -> tuple[Transport, bytes | bytearray]:
         """The first frame after authentication; a request for shared memory switches first."""
         _, payload = transport.recv(MAX_PREAUTH)
-        if payload != shm.REQUEST or not isinstance(transport, StreamTransport):
+        if payload != shm.REQUEST:
             return transport, payload
         shared = shm.upgrade_server(transport, self._dispatcher_for().bell if self._use_dispatcher else None)
         with self._lock:
@@ -250,7 +250,7 @@ class Server:
                 self._dispatcher = Dispatcher(self._stopping.is_set)
             return self._dispatcher
 
-    def _hello(self, transport: FramedStream, payload: bytes | bytearray) -> Session:
+    def _hello(self, transport: Transport, payload: bytes | bytearray) -> Session:
         msg = pickle.loads(payload)  # authenticated: the peer is trusted from here on
         if (
             type(msg) is not tuple

@@ -1,11 +1,17 @@
-"""The contract every transport keeps.
+"""The contract every transport keeps (pipe, tcp, shm, in-process; tests/integration/
+test_transport_contract.py checks each against it).
 
-A transport moves frames (``flags``, ``payload``) in order, both ways, between exactly two peers.
-``send`` and ``recv`` may be called from different threads, but never two ``send`` (or two
-``recv``) at once: the layer above owns each direction. ``recv`` blocks until a whole frame is
-there; when the peer is gone it raises :class:`EOFError` (clean close) or :class:`OSError`.
-``send`` with ``buffers`` (a frame flagged FLAG_OOB) sends them after the frame; the receiver
-collects them with ``recv_buffers`` right after ``recv``.
+A transport moves frames (``flags``, ``payload``) in order, both ways, between exactly two peers;
+the frame format and its limits are ``_wire/framing.py``'s, the only place that writes or parses
+a header. ``send`` and ``recv`` may be called from different threads, but never two ``send`` (or
+two ``recv``) at once: the layer above owns each direction. ``recv`` blocks until a whole frame
+is there; when the peer is gone it raises :class:`EOFError` (clean close) or :class:`OSError`,
+and after ``set_timeout(s)`` a wait longer than ``s`` raises :class:`TimeoutError`. ``send``
+with ``buffers`` (a frame flagged FLAG_OOB) sends them after the frame; the receiver collects
+them with ``recv_buffers`` right after ``recv``. ``close`` may be called from any thread: the
+peer sees EOF, and a thread of ours blocked in ``recv`` wakes with EOFError or OSError.
+``check_peer`` tells liveness without blocking; ``fileno`` is a descriptor that polls readable
+when the peer goes (and, for socket transports, when data arrives).
 """
 
 from __future__ import annotations
@@ -35,6 +41,14 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
     def dispose(self) -> None: ...
+
+    def check_peer(self) -> None:
+        """Raise EOFError if the peer is gone; never blocks."""
+
+    def fileno(self) -> int: ...
+
+    def detach_after_fork(self) -> None:
+        """In a forked child: forget the connection without ending it (the parent still uses it)."""
 
     @property
     def closed(self) -> bool: ...

@@ -32,13 +32,15 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pickle import PickleBuffer
+from typing import TypeGuard
 
-from .._wire.framing import HEADER, HEADER_SIZE
+from .._wire.framing import HEADER_SIZE, unpack_header, whole_frame, write_frame
 from .._wire.opcodes import FLAG_OOB
 from ..errors import ProtocolError, ReflectmgrError
 from . import waiting
+from .base import Transport
 from .stream import SocketEnd, StreamTransport
 
 PREFIX = "shm:"
@@ -47,9 +49,10 @@ REQUEST = b"#RMSHM#"
 # Bytes per direction. A round trip's frames fit many times over; a large value streams through
 # it while both sides copy (the ring stays in cache, which beats a segment per message).
 RING_SIZE = 1 << 20
-# Control block per ring: four 64-byte lines (head, tail, reader asleep, writer asleep).
-_CTL = 256
-_HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP = 0, 8, 16, 24
+# Control block per ring: five 64-byte lines (head, tail, reader asleep, writer asleep, and on a
+# request ring "read by its own thread": then the client wakes that thread, never the bell).
+_CTL = 320
+_HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP, _DIRECT = 0, 8, 16, 24, 32
 SEGMENT_SIZE = 2 * (_CTL + RING_SIZE)
 # A blocked side looks at its ring, and at the socket for EOF, at least this often.
 SAFETY_MS = 200
@@ -97,8 +100,6 @@ os.register_at_fork(
     before=_hold_fence_for_fork, after_in_parent=_release_fence_after_fork, after_in_child=_new_fence_after_fork
 )
 _now = time.perf_counter_ns
-_unpack_header = HEADER.unpack_from
-_pack_header_into = HEADER.pack_into
 
 
 def is_shm(address: object) -> bool:
@@ -182,8 +183,15 @@ class Bell:
             pass
 
 
-def upgrade_server(stream: StreamTransport, bell: Bell | None = None) -> ShmTransport:
+def dispatched(transport: Transport) -> TypeGuard[ShmTransport]:
+    """True for a manager's shared-memory connection whose client rings the dispatcher's bell."""
+    return isinstance(transport, ShmTransport) and transport.belled
+
+
+def upgrade_server(stream: Transport, bell: Bell | None = None) -> ShmTransport:
     """Answer a client's REQUEST: make the segment, pass it over (with the bell), switch to it."""
+    if not isinstance(stream, StreamTransport):  # already shared memory (in-process), or TCP-like
+        raise ProtocolError("shared memory was asked for on a connection that cannot pass it")
     sock = stream.sock
     if sock.family != socket.AF_UNIX or not stream.drained():
         sock.sendall(b"N")
@@ -200,8 +208,10 @@ def upgrade_server(stream: StreamTransport, bell: Bell | None = None) -> ShmTran
     return transport
 
 
-def upgrade_client(stream: StreamTransport) -> ShmTransport:
+def upgrade_client(stream: Transport) -> ShmTransport:
     """Ask the manager to switch this authenticated connection to shared memory."""
+    if not isinstance(stream, StreamTransport):
+        raise ReflectmgrError("only a unix-socket connection can switch to shared memory")
     sock = stream.sock
     stream.send(0, REQUEST)
     # Nothing else comes from the manager until this answer, so the read-ahead buffer is empty
@@ -297,18 +307,16 @@ class ShmTransport(SocketEnd):
                 self._await()
                 avail = ctl[_HEAD] - tail
             start = tail % RING_SIZE
-            if avail >= HEADER_SIZE and start + HEADER_SIZE <= RING_SIZE:
-                if not _TSO:  # ACQUIRE: the data the head announces is read after the head
-                    _acquire()
-                    _release()
-                length, flags = _unpack_header(self._in, start)
-                begin = start + HEADER_SIZE
-                end = begin + length
-                if end <= RING_SIZE and avail >= HEADER_SIZE + length and length <= max_size:
-                    payload = self._in[begin:end].tobytes()
-                    self._tail = tail + HEADER_SIZE + length
-                    self._publish_tail()
-                    return flags, payload
+            if not _TSO:  # ACQUIRE: the data the head announces is read after the head
+                _acquire()
+                _release()
+            frame = whole_frame(self._in, start, min(avail, RING_SIZE - start), max_size)
+            if frame is not None:  # not split by the end of the ring
+                flags, begin, end = frame
+                payload = self._in[begin:end].tobytes()
+                self._tail = tail + end - start
+                self._publish_tail()
+                return flags, payload
         return super().recv(max_size)
 
     def _recv_into(self, view: memoryview) -> int:
@@ -389,10 +397,7 @@ class ShmTransport(SocketEnd):
         if self.refuse_wait and _frame_size(total, buffers) > RING_SIZE - (head - ctl[_TAIL]):
             raise RingFull(flags, payload, buffers)
         if not buffers and start + total <= RING_SIZE and head + total - ctl[_TAIL] <= RING_SIZE:
-            ring = self._out
-            _pack_header_into(ring, start, n, flags)
-            ring[start + HEADER_SIZE : start + total] = payload
-            self._publish_head(head + total)
+            self._publish_head(head + write_frame(self._out, start, flags, payload))
             return
         super().send(flags, payload, buffers)
 
@@ -429,7 +434,7 @@ class ShmTransport(SocketEnd):
         _release()
         if ctl[_READER_ASLEEP]:  # it sleeps: wake it (and only then make a system call)
             self._wake(2)
-        elif self.bell is not None:  # the manager's dispatcher reads this ring; it may sleep
+        elif self.bell is not None and not ctl[_DIRECT]:  # the manager's dispatcher reads this ring
             self.bell.ring()
 
     def _wait_space(self) -> None:
@@ -544,6 +549,32 @@ class ShmTransport(SocketEnd):
     def _apply_timeout(self, seconds: float | None) -> None:
         self._bound = seconds
 
+    def spin_only_when(self, allowed: Callable[[], bool]) -> None:
+        """Spin (as the policy allows) only while ``allowed()``: in a manager, where a spinning
+        thread would hold the GIL that the other serving threads need."""
+        self._spin.allowed = allowed
+
+    def set_direct(self, direct: bool) -> None:
+        """A manager's: say whether the connection's own thread reads this request ring (the
+        client then wakes it) or the dispatcher does (the client rings the bell)."""
+        self._in_ctl[_DIRECT] = int(direct)
+        _acquire()  # FULL (Dekker): visible before this side looks at the ring again
+        _release()
+
+    def wait_data(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the next frame to begin arriving (spinning as the policy
+        allows, then asleep on the ring); False if none did. True at EOF too (recv says so)."""
+        if self._start != self._end or self._in_ctl[_HEAD] != self._tail:
+            return True
+        prev, self._bound = self._bound, seconds
+        try:
+            self._await()
+        except TimeoutError:
+            return False
+        finally:
+            self._bound = prev
+        return True
+
     def check_peer(self) -> None:
         """Raise EOFError if the peer is gone (its end of the socket closed); never blocks."""
         self._drain()
@@ -558,14 +589,14 @@ class ShmTransport(SocketEnd):
         if not avail:
             return None
         if buffered >= HEADER_SIZE:
-            length, flags = _unpack_header(self._buf, self._start)
+            length, flags = unpack_header(self._buf, self._start)
         elif not buffered and avail >= HEADER_SIZE:
             start = self._tail % RING_SIZE
             if start + HEADER_SIZE <= RING_SIZE:
-                length, flags = _unpack_header(self._in, start)
+                length, flags = unpack_header(self._in, start)
             else:
                 head = self._in[start:].tobytes() + self._in[: HEADER_SIZE - (RING_SIZE - start)].tobytes()
-                length, flags = _unpack_header(head)
+                length, flags = unpack_header(head)
         else:
             return False
         return avail >= HEADER_SIZE + length and not flags & FLAG_OOB and length <= self.max_frame

@@ -17,7 +17,7 @@ import tempfile
 from .inproc import connect_inproc, is_inproc
 from .shm import PREFIX as SHM_PREFIX
 from .shm import is_shm, socket_path
-from .stream import FramedStream, StreamTransport
+from .stream import SocketEnd, StreamTransport
 
 Address = str | tuple[str, int]
 TRANSPORTS = ("pipe", "shm", "tcp")
@@ -95,7 +95,7 @@ def with_transport(address: Address, transport: str) -> Address:
     raise ValueError(f"{address!r} is a unix path; tcp needs a (host, port) address")
 
 
-def connect(address: Address, timeout: float) -> FramedStream:
+def connect(address: Address, timeout: float) -> SocketEnd:
     """Open a stream to ``address``; raises OSError (refused, missing path, timeout)."""
     if is_inproc(address):
         return connect_inproc(address)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ recv: a read-ahead buffer, so a small frame costs one read syscall, not two
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 from collections.abc import Sequence
@@ -20,11 +21,11 @@ from .._wire.framing import (
     BUF_READONLY,
     BUFFER_COUNT,
     BUFFER_ENTRY,
-    HEADER,
     HEADER_SIZE,
     MAX_PREAUTH,
     pack_header,
     unpack_header,
+    whole_frame,
 )
 from ..errors import ProtocolError
 from .buffers import fresh_buffer
@@ -37,6 +38,7 @@ CHUNK = 256 * 1024
 PREAUTH_CHUNK = 2 * MAX_PREAUTH
 # A large payload's buffer starts at this size and doubles as its bytes arrive.
 GROW_FROM = 4 << 20
+_RDHUP = getattr(select, "POLLRDHUP", 0)
 # Below this size header and payload are joined (one copy, one syscall); above, sent separately.
 JOIN_LIMIT = 64 * 1024
 
@@ -144,14 +146,11 @@ class FramedStream:
     def recv(self, max_size: int = 0) -> tuple[int, bytes | bytearray]:
         """The next frame; its payload may be at most ``max_size`` (default: ``max_frame``)."""
         limit = max_size or self.max_frame
-        start = self._start
-        avail = self._end - start
-        if avail >= HEADER_SIZE:  # fast path: the whole frame is already buffered
-            length, flags = HEADER.unpack_from(self._buf, start)
-            if avail - HEADER_SIZE >= length and length <= limit:
-                begin = start + HEADER_SIZE
-                self._start = begin + length
-                return flags, bytes(self._view[begin : begin + length])
+        frame = whole_frame(self._buf, self._start, self._end - self._start, limit)
+        if frame is not None:  # fast path: the whole frame is already buffered
+            flags, begin, end = frame
+            self._start = end
+            return flags, bytes(self._view[begin:end])
         length, flags = unpack_header(self._read(HEADER_SIZE))
         if length > limit:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit} bytes")
@@ -290,6 +289,25 @@ class SocketEnd(FramedStream):
             except OSError:
                 pass
         self.sock.close()
+
+    def check_peer(self) -> None:
+        """Raise EOFError if the peer closed its end; never blocks, consumes nothing. Linux tells
+        it even while unread data waits (POLLRDHUP); elsewhere a peek sees it after the data."""
+        if self._closed:
+            raise EOFError("the connection was closed")
+        if _RDHUP:
+            poller = select.poll()
+            poller.register(self.sock, _RDHUP | select.POLLHUP)
+            if poller.poll(0):
+                raise EOFError("peer closed the connection")
+            return
+        try:
+            if not self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                raise EOFError("peer closed the connection")
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            raise EOFError(f"the connection failed: {exc}") from exc
 
     def detach_after_fork(self) -> None:
         """Forget the socket without shutting it down: the parent still uses the connection."""

@@ -28,6 +28,7 @@ import platform
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 # -- the futex ---------------------------------------------------------------------------------
@@ -162,10 +163,11 @@ class SpinPolicy:
     """The learned spin window of one connection's reader (hysteresis: it closes after MISSES
     failed spins and reopens only after a pause that grows with every further failure)."""
 
-    __slots__ = ("max_ns", "misses", "pause", "paused", "slack", "window")
+    __slots__ = ("allowed", "max_ns", "misses", "pause", "paused", "slack", "window")
 
     def __init__(self, enabled: bool, slack: int = 0) -> None:
         self.slack = slack
+        self.allowed: Callable[[], bool] | None = None  # another condition of its owner's
         self.max_ns = SPIN_NS if enabled and CORES > 1 else 0
         self.window = self.max_ns
         self.misses = 0
@@ -180,7 +182,7 @@ class SpinPolicy:
         if self.paused:
             self.paused -= 1
             return False
-        if not load.cores_free(self.slack):
+        if not load.cores_free(self.slack) or (self.allowed is not None and not self.allowed()):
             return False
         return _spinner.acquire(False)
 

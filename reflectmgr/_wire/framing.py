@@ -37,10 +37,36 @@ BUFFER_ENTRY = struct.Struct("!QB")
 BUF_READONLY = 0x01  # rebuilt from an immutable buffer (bytes, a read-only view)
 
 
+_unpack_from, _pack_into = HEADER.unpack_from, HEADER.pack_into
+Buffer = bytes | bytearray | memoryview
+
+
 def pack_header(length: int, flags: int) -> bytes:
     return HEADER.pack(length, flags)
 
 
-def unpack_header(data: bytes | bytearray | memoryview) -> tuple[int, int]:
-    length, flags = HEADER.unpack_from(data)
+def unpack_header(data: Buffer, offset: int = 0) -> tuple[int, int]:
+    """``(length, flags)`` of the header at ``data[offset:]``."""
+    length, flags = _unpack_from(data, offset)
     return int(length), int(flags)
+
+
+def whole_frame(buf: Buffer, start: int, avail: int, limit: int) -> tuple[int, int, int] | None:
+    """If ``buf[start : start + avail]`` begins with a whole frame whose payload is at most
+    ``limit`` bytes: ``(flags, begin, end)``, its payload being ``buf[begin:end]``. Otherwise None
+    (the transport's general path then waits for the rest, or refuses the frame)."""
+    if avail < HEADER_SIZE:
+        return None
+    length, flags = _unpack_from(buf, start)
+    if avail - HEADER_SIZE < length or length > limit:
+        return None
+    begin = start + HEADER_SIZE
+    return flags, begin, begin + length
+
+
+def write_frame(buf: bytearray | memoryview, start: int, flags: int, payload: Buffer) -> int:
+    """Write a frame at ``buf[start:]`` (the caller made sure it fits); returns its size."""
+    n = len(payload)
+    _pack_into(buf, start, n, flags)
+    buf[start + HEADER_SIZE : start + HEADER_SIZE + n] = payload
+    return HEADER_SIZE + n

@@ -1,0 +1,219 @@
+"""The transport contract (``_transport/base.py``), checked the same way for every transport.
+
+Each pair is made by the transport's real code path: a listener and ``connect`` for pipe and
+tcp, the shared-memory switch after connecting (futex wake-ups, and the socket doorbell that
+platforms without a futex use), and the in-process listener for subinterpreters.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pickle import PickleBuffer
+from typing import Any
+
+import pytest
+
+from reflectmgr._transport import shm, waiting
+from reflectmgr._transport.base import Transport
+from reflectmgr._transport.inproc import InprocListener, connect_inproc
+from reflectmgr._transport.sockets import Listener, connect
+from reflectmgr._wire.framing import MAX_PREAUTH
+from reflectmgr._wire.opcodes import FLAG_OOB
+from reflectmgr.errors import ProtocolError
+
+from ..helpers import PROMPT, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+AUTHENTICATED = 8 << 20  # max_frame after the handshake, for these tests
+
+
+def _accepting(listener: Any) -> tuple[Transport, Transport]:
+    got: list[Transport] = []
+    t = threading.Thread(target=lambda: got.append(listener.accept()))
+    t.start()
+    client = connect(listener.address, 10.0)
+    t.join(10)
+    listener.close()
+    return client, got[0]
+
+
+def _stream(kind: str) -> tuple[Transport, Transport]:
+    return _accepting(Listener(kind, None))
+
+
+def _shared(futex: bool) -> tuple[Transport, Transport]:
+    client, server = _stream("pipe")
+    upgraded: list[Any] = []
+
+    def serve() -> None:
+        _, payload = server.recv(MAX_PREAUTH)
+        assert payload == shm.REQUEST
+        upgraded.append(shm.upgrade_server(server))
+
+    t = threading.Thread(target=serve)
+    prior = waiting.FUTEX
+    shm.waiting.FUTEX = futex  # what this side offers: the manager decides, the client follows
+    try:
+        t.start()
+        shared_client = shm.upgrade_client(client)
+        t.join(10)
+    finally:
+        shm.waiting.FUTEX = prior
+    assert upgraded[0].futex is futex and shared_client.futex is futex
+    return shared_client, upgraded[0]
+
+
+def _inproc() -> tuple[Transport, Transport]:
+    listener = InprocListener()
+    client = connect_inproc(listener.address)
+    server = listener.accept()
+    listener.close()
+    return client, server
+
+
+PAIRS: dict[str, Callable[[], tuple[Transport, Transport]]] = {
+    "pipe": lambda: _stream("pipe"),
+    "tcp": lambda: _stream("tcp"),
+    "shm-futex": lambda: _shared(True),
+    "shm-doorbell": lambda: _shared(False),
+    "inproc": _inproc,
+}
+
+
+@pytest.fixture(params=list(PAIRS))
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Transport, Transport]]:
+    if request.param == "shm-futex" and not waiting.FUTEX:
+        pytest.skip("no futex on this platform: shared memory uses the socket doorbell (tested too)")
+    if request.param.startswith("shm") and not hasattr(socket, "send_fds"):
+        pytest.skip("no descriptor passing here: no shared-memory transport")
+    a, b = PAIRS[request.param]()
+    yield a, b
+    for end in (a, b):
+        end.dispose()
+
+
+def _authenticate(*ends: Transport) -> None:
+    for end in ends:
+        end.authenticated(AUTHENTICATED)
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # handed to the test, which asserts on it
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_frames_arrive_whole_and_in_order_both_ways(pair: tuple[Transport, Transport]) -> None:
+    a, b = pair
+    _authenticate(a, b)
+    frames = [(i % 8, bytes([i % 256]) * (i * 37 % 5000)) for i in range(300)]
+
+    def send_all(end: Transport) -> None:
+        for flags, payload in frames:
+            end.send(flags, payload)
+
+    sender, errors = _in_thread(lambda: send_all(a))
+    echo, echo_errors = _in_thread(lambda: send_all(b))
+    got_b = [b.recv() for _ in frames]
+    got_a = [a.recv() for _ in frames]
+    sender.join(PROMPT)
+    echo.join(PROMPT)
+    assert errors == [None] and echo_errors == [None]
+    assert [(f, bytes(p)) for f, p in got_b] == frames
+    assert [(f, bytes(p)) for f, p in got_a] == frames
+
+
+def test_a_frame_larger_than_any_buffer_and_out_of_band_buffers(pair: tuple[Transport, Transport]) -> None:
+    a, b = pair
+    _authenticate(a, b)
+    big = bytes(range(256)) * (3 << 12)  # 3 MiB: more than a shared-memory ring, many read-aheads
+    readonly, writable = b"r" * (2 << 20), bytearray(b"w" * 1000)
+    t, errors = _in_thread(lambda: a.send(FLAG_OOB, big, [PickleBuffer(readonly), PickleBuffer(writable)]))
+    flags, payload = b.recv()
+    buffers = b.recv_buffers()
+    t.join(PROMPT)
+    assert errors == [None]
+    assert flags == FLAG_OOB and payload == big
+    assert buffers == [readonly, writable]
+    assert type(buffers[0]) is bytes and type(buffers[1]) is bytearray  # read-only stays read-only
+
+
+def test_the_frame_limits_hold_before_and_after_authentication(pair: tuple[Transport, Transport]) -> None:
+    a, b = pair
+    a.send(0, b"x" * (MAX_PREAUTH + 1))
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        b.recv()
+
+
+def test_a_frame_over_the_connection_limit_is_refused(pair: tuple[Transport, Transport]) -> None:
+    a, b = pair
+    _authenticate(a, b)
+    a.send(0, b"y" * 2000)
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        b.recv(1000)
+
+
+def test_a_receive_with_a_timeout_raises_timeout_error(pair: tuple[Transport, Transport]) -> None:
+    a, b = pair
+    _authenticate(a, b)
+    b.set_timeout(0.2)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        b.recv()
+    assert time.monotonic() - started < PROMPT
+    b.set_timeout(None)
+    a.send(3, b"after")  # the connection is still usable
+    assert b.recv() == (3, b"after")
+
+
+def test_the_peer_closing_ends_a_blocked_receive(pair: tuple[Transport, Transport]) -> None:
+    a, b = pair
+    _authenticate(a, b)
+    t, out = _in_thread(b.recv)
+    a.close()
+    t.join(PROMPT)
+    assert not t.is_alive(), "a receive blocked on a closed peer did not end"
+    assert isinstance(out[0], (EOFError, OSError))
+    assert a.closed and not b.closed
+
+
+def test_closing_from_another_thread_wakes_our_own_receive(pair: tuple[Transport, Transport]) -> None:
+    a, b = pair
+    _authenticate(a, b)
+    t, out = _in_thread(b.recv)
+    b.close()
+    t.join(PROMPT)
+    assert not t.is_alive(), "close() did not wake this side's blocked receive"
+    assert isinstance(out[0], (EOFError, OSError))
+
+
+def test_liveness_without_blocking(pair: tuple[Transport, Transport]) -> None:
+    a, b = pair
+    _authenticate(a, b)
+    a.send(0, b"data")  # pending data is not mistaken for a closed peer
+    b.check_peer()
+    poller = select.poll()
+    poller.register(b.fileno(), select.POLLIN)
+    a.close()
+    assert poller.poll(PROMPT * 1000), "the descriptor did not poll readable when the peer went"
+    assert wait_until(lambda: _gone(b), PROMPT, "check_peer to see the closed peer")
+
+
+def _gone(end: Transport) -> bool:
+    try:
+        end.check_peer()
+    except EOFError:
+        return True
+    return False
