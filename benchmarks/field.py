@@ -1,7 +1,9 @@
 """The field scenarios: how each system does where managers are used, not only on a quiet machine.
 
 (a) workers     P CPU-bound processes on P cores, each computing ~200 us of pure Python between
-                two calls; reported as the wall time each call adds against a compute-only run.
+                two calls; reported as the wall time each call adds against compute alone (each
+                worker alternates blocks of compute-only rounds and compute+call rounds, so that
+                drift and noise hit both alike).
 (b) clients     1, 2, 4 and 8 processes calling at once: aggregate calls/s, p50 and p99 latency.
 (c) busy cores  one client while every core runs an unrelated busy loop: p50 and p99 latency.
 (d) CPU         CPU time per call, client plus server (from the one-client run of (b), and
@@ -26,6 +28,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 CLIENT_COUNTS = (1, 2, 4, 8)
 FIELD_OPS = ("d[k]", "d[k] = v", "Queue put+get")
 SLICE = 200e-6  # the compute between two calls in (a)
+BLOCKS = 10  # (a): blocks of compute-only rounds alternating with blocks of compute+call rounds
 
 
 def burn(n: int) -> int:
@@ -52,32 +55,41 @@ def _client(adapter: str, info: Any, plan: dict[str, Any], ready: Any, start: An
     """A client process: connect, wait for the signal, then run the plan and report."""
     mod = importlib.import_module(f"adapters.{adapter}")
     ops, close = mod.client(info)
-    op = ops[plan["op"]] if plan["op"] else None
-    if op is not None:
-        op()  # connected before the clock starts
+    op = ops[plan["op"]]
+    op()  # connected before the clock starts
     ready.release()
     start.wait()
     lat = array("q")
     cpu = time.process_time()
-    began = time.perf_counter()
+    compute_only = 0.0
     if plan["work"]:
-        work, n = plan["work"], plan["rounds"]
-        for _ in range(n):
-            burn(work)
-            if op is not None:
+        work, blocks = plan["work"], BLOCKS
+        per_block = plan["rounds"] // blocks
+        n, wall = blocks * per_block, 0.0
+        for _ in range(blocks):
+            t0 = time.perf_counter()
+            for _ in range(per_block):
+                burn(work)
+            t1 = time.perf_counter()
+            for _ in range(per_block):
+                burn(work)
                 op()
+            compute_only += t1 - t0
+            wall += time.perf_counter() - t1
     else:
         now = time.perf_counter_ns
+        began = time.perf_counter()
         n, end = 0, now() + int(plan["seconds"] * 1e9)
         t0 = now()
         while t0 < end:
-            op()  # type: ignore[misc]
+            op()
             t1 = now()
             lat.append(t1 - t0)
             t0 = t1
             n += 1
-    wall = time.perf_counter() - began
-    results.put({"n": n, "wall": wall, "cpu": time.process_time() - cpu, "lat": lat.tobytes()})
+        wall = time.perf_counter() - began
+    report = {"n": n, "wall": wall, "cpu": time.process_time() - cpu, "lat": lat.tobytes(), "base": compute_only}
+    results.put(report)
     close()
 
 
@@ -111,6 +123,7 @@ def run_clients(adapter: str, info: Any, server_pid: int, clients: int, plan: di
     out: dict[str, Any] = {
         "calls": calls,
         "wall": sum(r["wall"] for r in reports) / len(reports),
+        "added": sum((r["wall"] - r["base"]) / r["n"] for r in reports) / len(reports),
         "rate": sum(r["n"] / r["wall"] for r in reports),
         "cpu": (sum(r["cpu"] for r in reports) + server_cpu) / max(1, calls),
     }
@@ -162,12 +175,10 @@ def run(children: list[Any], quick: bool, smoke: bool) -> dict[str, dict[str, An
     # (a) CPU-bound workers on every core
     for rep in range(reps):
         for c in turns(rep):
-            base = c.ask(field={"clients": CORES, "plan": {"op": None, "work": work, "rounds": rounds}})
             for op in FIELD_OPS:
-                if op not in c.client_ops:
-                    continue
-                res = c.ask(field={"clients": CORES, "plan": {"op": op, "work": work, "rounds": rounds}})
-                put(c, f"workers {op}", (res["wall"] - base["wall"]) / rounds)
+                if op in c.client_ops:
+                    res = c.ask(field={"clients": CORES, "plan": {"op": op, "work": work, "rounds": rounds}})
+                    put(c, f"workers {op}", res["added"])
     # (b) several clients at once, and (d) the CPU per call of one
     for n in CLIENT_COUNTS:
         for rep in range(reps):

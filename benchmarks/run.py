@@ -151,7 +151,7 @@ class Child:
         self.proc.wait(60)
 
 
-def run_all(adapters: list[str], quick: bool, smoke: bool = False) -> list[dict[str, Any]]:
+def run_all(adapters: list[str], quick: bool, smoke: bool = False, field_only: bool = False) -> list[dict[str, Any]]:
     """Interleave the systems: each repetition of an operation runs on every system in turn
     (rotating who goes first), so a noisy neighbour slows them all alike instead of one."""
     children = [Child(a) for a in adapters]
@@ -160,7 +160,7 @@ def run_all(adapters: list[str], quick: bool, smoke: bool = False) -> list[dict[
         for c in children:
             ops += [op for op in c.ops if op not in ops]
         samples: dict[tuple[str, str], list[float]] = {}
-        for op in ops:
+        for op in [] if field_only else ops:
             slow = any(op.startswith(s) for s in SLOW)
             reps = (2 if quick else 5) if slow else (5 if quick else 21)
             if slow:
@@ -180,9 +180,11 @@ def run_all(adapters: list[str], quick: bool, smoke: bool = False) -> list[dict[
                         samples.setdefault((c.adapter, op), []).append(c.time(op, number))
         loaded = field.run(children, quick, smoke)
         idle_seconds = 0.5 if smoke else (1.0 if quick else IDLE_SECONDS)
-        idle = [c.ask(idle=idle_seconds) for c in children]
+        idle = [{} if field_only else c.ask(idle=idle_seconds) for c in children]
         proxies = PROXIES // 100 if smoke else (PROXIES // 10 if quick else PROXIES)
-        memory = {c.adapter: c.ask(proxies=proxies) for c in children if "reflectmgr" in c.adapter}
+        memory = (
+            {} if field_only else {c.adapter: c.ask(proxies=proxies) for c in children if "reflectmgr" in c.adapter}
+        )
         return [
             {
                 "adapter": c.adapter,
@@ -297,6 +299,7 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     ap.add_argument("--only", nargs="*", default=None, help="adapters to run (default: all)")
     ap.add_argument("--png", metavar="FILE", help="also draw the chart (needs matplotlib: the bench extra)")
+    ap.add_argument("--field-only", action="store_true", help="only the field scenarios (the loaded twins)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -304,8 +307,8 @@ def main() -> None:
         return
     adapters = args.only or [a for a in ADAPTERS if _available(a)]
     started = time.time()
-    limits = physical.measure(rounds=50 if args.smoke else physical.ROUNDS)
-    runs = run_all(adapters, args.quick, args.smoke)
+    limits = {} if args.field_only else physical.measure(rounds=50 if args.smoke else physical.ROUNDS)
+    runs = run_all(adapters, args.quick, args.smoke, args.field_only)
     print(
         f"reflectmgr benchmarks, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} cores{' (quick)' if args.quick else ''}"

@@ -88,7 +88,7 @@ class Dispatcher:
         self._stopping = stopping
         self._connections: tuple[_Connection, ...] = ()  # replaced, never mutated: iterated unlocked
         self._lock = threading.Lock()
-        self._spin = waiting.SpinPolicy(True, 1)
+        self._spin = waiting.SpinPolicy(True)
         self._handed = 0  # connections whose thread holds the turn: the dispatcher then never spins
         self._served_at = 0  # when the dispatcher last served a request
         self._solo: _Connection | None = None  # the only connection served in the last rounds
@@ -189,10 +189,11 @@ class Dispatcher:
         while not self._stopping():
             if self._serve_round():
                 continue
-            if not self._handed and spin.begin():  # never while a connection's thread needs the GIL
+            window = 0 if self._handed else spin.begin()  # never while a connection's thread needs the GIL
+            if window:
                 caught = False
                 try:
-                    deadline = _now() + spin.window
+                    deadline = _now() + window
                     while _now() < deadline:
                         if self._anything():
                             caught = True
@@ -211,7 +212,7 @@ class Dispatcher:
     def _anything(self) -> bool:
         for conn in self._connections:
             try:
-                if conn.transport.frame_ready() is not None and not conn.turn.locked():
+                if conn.transport.has_data() and not conn.turn.locked():
                     return True
             except ValueError:  # unmapped by its thread just now: it is leaving
                 continue
@@ -225,7 +226,7 @@ class Dispatcher:
         for conn in self._connections:
             transport = conn.transport
             try:
-                if transport.frame_ready() is None or not conn.turn.acquire(False):
+                if not transport.has_data() or not conn.turn.acquire(False):
                     continue
             except ValueError:  # unmapped by its thread just now: it is leaving
                 continue

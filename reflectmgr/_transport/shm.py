@@ -334,10 +334,11 @@ class ShmTransport(SocketEnd):
         if ctl[_HEAD] != pos:
             return
         spin = self._spin
-        if spin.begin():
+        window = spin.begin(self._peer_running())
+        if window:
             caught = False
             try:
-                deadline = _now() + spin.window
+                deadline = _now() + window
                 while _now() < deadline:
                     if ctl[_HEAD] != pos:
                         caught = True
@@ -356,6 +357,17 @@ class ShmTransport(SocketEnd):
             finally:
                 ctl[_READER_ASLEEP] = 0
         spin.slept(_now() - began)
+
+    def _peer_running(self) -> bool:
+        """Is the side that will write to us awake now? Its sleep flag: on our out ring (the
+        thread that reads our frames and answers them), or, for a client of a dispatching
+        manager, the dispatcher's on the bell. Just woken by us, it still reads asleep: it is
+        not on a core yet."""
+        out = self._out_ctl
+        if out[_READER_ASLEEP]:
+            return False
+        bell = self.bell
+        return bell is None or bool(out[_DIRECT]) or not bell.words[_BELL_ASLEEP]
 
     def _try_recv_into(self, view: memoryview) -> int | None:
         avail = self._in_ctl[_HEAD] - self._tail
@@ -580,6 +592,10 @@ class ShmTransport(SocketEnd):
         self._drain()
         if self._eof or self._closed:
             raise EOFError("peer closed the connection")
+
+    def has_data(self) -> bool:
+        """Has anything arrived that is not read yet (cheap: for the dispatcher's scans)?"""
+        return self._in_ctl[_HEAD] != self._tail or self._start != self._end
 
     def frame_ready(self) -> bool | None:
         """Without blocking: True if a whole frame (no out-of-band buffers) can be received now,

@@ -81,10 +81,11 @@ class FramedStream:
         if n is not None:
             return n
         spin = self._spin
-        if spin.begin():
+        window = spin.begin()
+        if window:
             caught = False
             try:
-                deadline = time.perf_counter_ns() + spin.window
+                deadline = time.perf_counter_ns() + window
                 while time.perf_counter_ns() < deadline:
                     n = try_recv(view)  # a non-blocking read: a system call that lets the GIL go
                     if n is not None:

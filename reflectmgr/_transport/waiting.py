@@ -11,9 +11,11 @@ Spinning saves the sleeper's kernel wake-up (most of a round trip on a quiet mac
 core. It pays only when the peer is on a core now and will answer within microseconds, and only
 when no other runnable task waits for the core we would hold: on a machine with more runnable
 tasks than cores, a spinner delays the very peer it waits for. So :class:`SpinPolicy` spins only
-when all three hold: its learned window is open (it closes after repeated spins that caught
-nothing and stays closed for a growing number of waits), the caller says the peer runs, and the
-kernel's count of runnable tasks (``/proc/loadavg``) is at most the cores we may use.
+while its learned window is open (it closes after repeated spins that caught nothing and stays
+closed for a growing number of waits), and then either for the learned window when the kernel's
+count of runnable tasks (``/proc/loadavg``) is at most the cores we may use, or, with every core
+taken, for a few microseconds when the caller knows the peer is running right now (awake, not
+asleep in the kernel: it will answer before a sleep and a wake-up would even complete).
 
 The futex is the Linux system call on a 32-bit word of the shared mapping (the low half of a
 ring position): the sleeper passes the value it saw, so a publish between its last look and the
@@ -67,21 +69,32 @@ def _load_futex() -> Any:
 
 
 _NUMBER = 0
+_keep: list[Any] = []
 _timespec: Any = None
 _addressof: Any = None
 _syscall = _load_futex()
 FUTEX = _syscall is not None
 
 
+_timeouts: dict[float, int] = {}  # seconds -> address of a timespec kept for reuse
+
+
 def futex_wait(address: int, expected: int, seconds: float) -> None:
     """Sleep while the u32 at ``address`` holds ``expected``, at most ``seconds``; returns early
     when woken, when the word differs, or on a signal. The caller looks again either way."""
-    ts = _timespec(int(seconds), int((seconds % 1) * 1e9))
-    _syscall(_NUMBER, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, _addressof(ts))
+    ts = _timeouts.get(seconds)
+    if ts is None:
+        spec = _timespec(int(seconds), int((seconds % 1) * 1e9))
+        ts = _addressof(spec)
+        if len(_timeouts) < 8:  # the usual bounds (SAFETY_MS...), kept alive with their address
+            _timeouts[seconds] = ts
+            _keep.append(spec)
+    _syscall(_NUMBER, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, ts)
 
 
 def futex_wake(address: int) -> None:
     _syscall(_NUMBER, address, _FUTEX_WAKE, 0x7FFFFFFF, None)
+    load.stale()  # the task we woke wants a core now: the next look at the load must see it
 
 
 def low_word_offset() -> int:
@@ -118,6 +131,10 @@ class _Load:
         # The descriptor is inherited and still valid (pread has no shared offset): keep it.
         self._at = 0
 
+    def stale(self) -> None:
+        """Forget the last sample: something (a wake-up we made) changed the count."""
+        self._at = 0
+
     def cores_free(self, slack: int = 0) -> bool:
         """True if every runnable task on the machine can have a core (counting the caller), with
         ``slack`` more tolerated."""
@@ -140,6 +157,9 @@ load = _Load()
 # CPU per side here, a kernel wake-up ~20 us). Longer wastes a core when the peer is slow.
 SPIN_NS = 100_000
 MIN_SPIN_NS = 10_000
+# With no core free, a spin while the peer runs (optimistic spinning) lasts at most this: a small
+# call's service time on the other side.
+SHORT_SPIN_NS = 20_000
 # After this many spins in a row that caught nothing, stop spinning for a while; the pause doubles
 # with every further failure, up to MAX_PAUSE waits (then one probe spin, and so on).
 MISSES = 3
@@ -174,17 +194,25 @@ class SpinPolicy:
         self.pause = 0  # the pause after the next failure
         self.paused = 0  # waits left before the next probe
 
-    def begin(self) -> bool:
-        """May this wait spin? If True the caller holds the interpreter's spinner and must call
-        :meth:`end` (whatever happens)."""
+    def begin(self, peer_running: bool = False) -> int:
+        """How long this wait may spin, in ns (0: not at all). With a core free, the learned
+        window; with none, at most SHORT_SPIN_NS and only if the caller knows the peer is running
+        now (it answers within microseconds, and sleeping would cost two context switches).
+        Nonzero means the caller holds the interpreter's spinner and must call :meth:`end`."""
         if not self.max_ns:
-            return False
+            return 0
         if self.paused:
             self.paused -= 1
-            return False
-        if not load.cores_free(self.slack) or (self.allowed is not None and not self.allowed()):
-            return False
-        return _spinner.acquire(False)
+            return 0
+        if self.allowed is not None and not self.allowed():
+            return 0
+        if load.cores_free(self.slack):
+            window = self.window
+        elif peer_running:
+            window = min(self.window, SHORT_SPIN_NS)
+        else:
+            return 0
+        return window if _spinner.acquire(False) else 0
 
     def end(self, caught: bool) -> None:
         _spinner.release()
