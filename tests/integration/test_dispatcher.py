@@ -1,0 +1,135 @@
+"""The manager's dispatcher with several clients: what it runs itself, what it hands over, and
+that the clients see the same objects and semantics as with a thread per connection."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any
+
+import psutil
+import pytest
+
+import reflectmgr
+from reflectmgr._transport import waiting
+
+from ..helpers import CHILD, PROMPT, second_session
+from .objects import Inventory
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not waiting.FUTEX, reason="the dispatcher serves shared-memory clients woken by futex (Linux)"),
+]
+
+
+def _hammer(d: Any, stop: threading.Event, errors: list[BaseException]) -> None:
+    """Another client's plain calls, all the while: the dispatcher serves them between ours."""
+    try:
+        i = 0
+        while not stop.is_set():
+            d["n"] = i
+            assert d["n"] == i
+            i += 1
+    except BaseException as exc:  # handed to the test
+        errors.append(exc)
+
+
+@pytest.fixture
+def busy(m: reflectmgr.Manager) -> Any:
+    """A second client calling the manager in a loop for the length of the test."""
+    other = second_session(m)
+    d = other.dict()
+    stop, errors = threading.Event(), []
+    t = threading.Thread(target=_hammer, args=(d, stop, errors), daemon=True)
+    t.start()
+    yield other
+    stop.set()
+    t.join(PROMPT)
+    assert not t.is_alive() and errors == [], errors
+    other.close()
+
+
+def test_rlock_ownership_stays_per_client(m: reflectmgr.Manager, busy: Any) -> None:
+    lock = m.RLock()
+    other = second_session(m)
+    try:
+        theirs = other.root  # the same RLock through the other client
+        m.root["lock"] = lock
+        their_lock = theirs["lock"]
+        assert lock.acquire() is True
+        assert lock.acquire() is True  # reentrant for its owner...
+        assert their_lock.acquire(timeout=0.2) is False  # ...and held against anyone else
+        lock.release()
+        lock.release()
+        assert their_lock.acquire(timeout=PROMPT) is True
+        their_lock.release()
+    finally:
+        other.close()
+
+
+def test_a_condition_wait_and_notify_across_clients(m: reflectmgr.Manager, busy: Any) -> None:
+    cond = m.Condition()
+    m.root["cond"], m.root["box"] = cond, m.list()
+    other = second_session(m)
+    try:
+        their_cond, their_box = other.root["cond"], other.root["box"]
+        got: list[Any] = []
+
+        def consumer() -> None:
+            with cond:
+                got.append(cond.wait_for(lambda: len(m.root["box"]) > 0, timeout=CHILD))
+
+        t = threading.Thread(target=consumer)
+        t.start()
+        with their_cond:
+            their_box.append(1)
+            their_cond.notify_all()
+        t.join(CHILD)
+        assert got == [True]
+    finally:
+        other.close()
+
+
+def test_a_blocking_get_is_woken_by_another_clients_put(m: reflectmgr.Manager, busy: Any) -> None:
+    q = m.Queue()
+    m.root["q"] = q
+    other = second_session(m)
+    try:
+        got: list[Any] = []
+        t = threading.Thread(target=lambda: got.append(q.get(timeout=CHILD)))
+        t.start()
+        other.root["q"].put("hello")  # answered at once, while the get still waits
+        t.join(CHILD)
+        assert got == ["hello"]
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.1)  # the stdlib's exception, raised in the manager's thread
+    finally:
+        other.close()
+
+
+def test_a_reply_larger_than_the_ring_while_others_are_served(m: reflectmgr.Manager, busy: Any) -> None:
+    blob = os.urandom(3 << 20)  # three rings' worth: the dispatcher hands the sending over
+    d = m.dict(blob=blob)
+    for _ in range(3):
+        assert d["blob"] == blob
+    d["blob"] = blob[::-1]
+    assert d["blob"] == blob[::-1]
+
+
+def test_user_objects_then_plain_calls_switch_between_thread_and_dispatcher(m: reflectmgr.Manager, busy: Any) -> None:
+    inv = m.new(Inventory)
+    d = m.dict()
+    for _ in range(200):  # user code: the connection's own thread keeps the ring
+        inv.add("x", 1)
+    for i in range(200):  # plain calls again: given back to the dispatcher after a streak
+        d[i] = i
+    assert inv.total() == 200 and len(d) == 200 and d[199] == 199
+
+
+def test_shutdown_while_a_connection_is_served_by_its_thread() -> None:
+    with reflectmgr.Manager() as mgr:
+        inv = mgr.new(Inventory)
+        inv.add("y")  # handed over: the connection's thread holds the ring
+        pid = mgr.pid
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -1,0 +1,122 @@
+"""How a side waits: the futex, the load sample, and the spin policy's decisions."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from reflectmgr._transport import waiting
+from reflectmgr._transport.waiting import SHORT_SPIN_NS, SPIN_NS, SpinPolicy
+
+from ..helpers import PROMPT
+
+pytestmark = pytest.mark.timeout(60)
+needs_futex = pytest.mark.skipif(
+    not waiting.FUTEX, reason="no futex here (not Linux, or no ctypes): the doorbell is used"
+)
+
+
+@needs_futex
+def test_a_futex_sleeper_wakes_on_futex_wake_alone() -> None:
+    word = ctypes.c_uint32(0)
+    address = ctypes.addressof(word)
+    began = time.monotonic()
+    t = threading.Thread(target=waiting.futex_wait, args=(address, 0, 30.0))
+    t.start()
+    while t.is_alive() and time.monotonic() - began < PROMPT:
+        waiting.futex_wake(address)  # the word never changes: only a wake-up can end the wait
+        t.join(0.01)
+    assert not t.is_alive(), "futex_wake did not wake the sleeper"
+
+
+@needs_futex
+def test_a_futex_wait_returns_at_once_when_the_word_moved_and_at_its_bound_otherwise() -> None:
+    word = ctypes.c_uint32(7)
+    started = time.monotonic()
+    waiting.futex_wait(ctypes.addressof(word), 6, 30.0)  # not the value we saw: no sleep
+    assert time.monotonic() - started < PROMPT
+    started = time.monotonic()
+    waiting.futex_wait(ctypes.addressof(word), 7, 0.05)
+    assert time.monotonic() - started >= 0.04
+
+
+def test_the_load_sample_counts_runnable_tasks() -> None:
+    waiting.load.stale()
+    assert isinstance(waiting.load.cores_free(), bool)
+    assert waiting.load.cores_free(slack=10_000)  # no machine runs that many more than its cores
+
+
+@pytest.fixture
+def cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """Whether a core is free, as the policy will see it (the test sets it)."""
+    free = [True]
+    monkeypatch.setattr(waiting.load, "cores_free", lambda slack=0: free[0])
+    monkeypatch.setattr(waiting, "CORES", max(2, waiting.CORES))
+    yield free
+
+
+def _spins(policy: SpinPolicy, peer_running: bool = False) -> int:
+    window = policy.begin(peer_running)
+    if window:
+        policy.end(False)
+        policy.misses = 0  # a probe only: not counted as a miss
+    return window
+
+
+def test_a_disabled_policy_never_spins(cores: list[bool]) -> None:
+    assert SpinPolicy(False).begin(True) == 0
+
+
+def test_the_window_with_a_free_core_and_without(cores: list[bool]) -> None:
+    policy = SpinPolicy(True)
+    assert _spins(policy) == SPIN_NS
+    cores[0] = False
+    assert _spins(policy) == 0, "no core free and the peer not known to run: sleep at once"
+    assert 0 < _spins(policy, peer_running=True) <= SHORT_SPIN_NS
+
+
+def test_repeated_misses_pause_spinning_for_longer_and_longer(cores: list[bool]) -> None:
+    policy = SpinPolicy(True)
+    pauses: list[int] = []
+    skipped = 0
+    for _ in range(400):
+        if not policy.begin():
+            skipped += 1
+            continue
+        policy.end(False)  # a spin that caught nothing
+        if skipped:
+            pauses.append(skipped)
+            skipped = 0
+    assert len(pauses) >= 3
+    assert pauses[0] > 0 and pauses[1] > pauses[0] and pauses[2] > pauses[1]
+    assert max(pauses) <= waiting.MAX_PAUSE
+
+
+def test_a_caught_spin_reopens_the_window(cores: list[bool]) -> None:
+    policy = SpinPolicy(True)
+    policy.begin()
+    policy.end(False)
+    assert policy.window < SPIN_NS
+    policy.begin()
+    policy.end(True)
+    assert policy.window == SPIN_NS and policy.misses == 0
+
+
+def test_the_owner_can_forbid_spinning(cores: list[bool]) -> None:
+    policy = SpinPolicy(True)
+    policy.allowed = lambda: False  # e.g. another thread of the manager needs the GIL
+    assert policy.begin(True) == 0
+
+
+def test_one_spinner_per_interpreter(cores: list[bool]) -> None:
+    first, second = SpinPolicy(True), SpinPolicy(True)
+    assert first.begin()
+    try:
+        assert second.begin() == 0, "a second thread spinning at once would fight over the GIL"
+    finally:
+        first.end(True)
+    assert _spins(second) > 0
