@@ -238,6 +238,33 @@ def report(runs: list[dict[str, Any]], fmt: Any) -> str:
     return "\n".join(lines)
 
 
+def ratios(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per scenario (short label), each system's ratio to the stdlib (>1: better), for the chart."""
+    anchor = next((r for r in runs if r["adapter"] == ANCHOR and r.get("field")), None)
+    out: dict[str, dict[str, float]] = {}
+    if anchor is None:
+        return out
+    base = anchor["field"]
+    rows = [(f"(a) workers: {op}", f"workers {op}", "value") for op in FIELD_OPS]
+    rows += [(f"(b) {n} clients calls/s", f"clients {n}", "rate") for n in CLIENT_COUNTS[1:]]
+    rows += [(f"(c) busy: {op} p50", f"busy {op}", "p50") for op in FIELD_OPS]
+    rows += [("(c) busy: d[k] p99", "busy d[k]", "p99"), ("(d) CPU/call, busy", "busy d[k]", "cpu")]
+    for label, key, what in rows:
+        for r in runs:
+            fig, ref = (r.get("field") or {}).get(key), base.get(key)
+            if r is anchor or fig is None or ref is None:
+                continue
+            if what == "value":
+                ratio = ref / fig if fig > 0 and ref > 0 else None
+            elif what == "rate":
+                ratio = fig["rate"] / ref["rate"]
+            else:
+                ratio = ref[what] / fig[what] if fig[what] > 0 else None
+            if ratio is not None:
+                out.setdefault(label, {})[r["name"]] = ratio
+    return out
+
+
 def _cell(fig: Any, base: Any, what: str, fmt: Any) -> str:
     if fig is None:
         return "n/a"

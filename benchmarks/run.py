@@ -267,7 +267,8 @@ def table(runs: list[dict[str, Any]], limits: dict[str, float]) -> str:
 
 
 def chart(runs: list[dict[str, Any]], path: str) -> None:
-    """Bar chart of each system's speed relative to the stdlib manager, per operation (log scale)."""
+    """Two panels, each system relative to the stdlib manager (log scale, above 1: better): the
+    quiet workloads, and their loaded twins from the field scenarios."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,19 +276,30 @@ def chart(runs: list[dict[str, Any]], path: str) -> None:
 
     anchor = next(r for r in runs if r["adapter"] == ANCHOR)
     others = [r for r in runs if r is not anchor]
-    ops = [op for op in anchor["results"] if any(op in r["results"] for r in others)]
-    fig, ax = plt.subplots(figsize=(12, 5))
-    w = 0.8 / max(1, len(others))
-    for i, r in enumerate(others):
-        xs = [j + i * w for j, op in enumerate(ops) if op in r["results"]]
-        ys = [anchor["results"][op]["median"] / r["results"][op]["median"] for op in ops if op in r["results"]]
-        ax.bar(xs, ys, width=w, label=r["name"])
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(ops))], ops, rotation=30, ha="right")
-    ax.set_ylabel("speed vs stdlib Manager (x, log)")
-    ax.set_title(f"reflectmgr benchmarks, medians, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
-    ax.legend()
+    quiet = {
+        op: {
+            r["name"]: anchor["results"][op]["median"] / r["results"][op]["median"]
+            for r in others
+            if op in r["results"]
+        }
+        for op in anchor["results"]
+    }
+    loaded = field.ratios(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(16, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    for ax, panel, title in ((axes[0], quiet, "quiet machine, one client"), (axes[1], loaded, "under load")):
+        labels = [k for k, v in panel.items() if v]
+        w = 0.8 / max(1, len(others))
+        for i, r in enumerate(others):
+            xs = [j + i * w for j, k in enumerate(labels) if r["name"] in panel[k]]
+            ys = [panel[k][r["name"]] for k in labels if r["name"] in panel[k]]
+            ax.bar(xs, ys, width=w, label=r["name"])
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks([j + 0.4 - w / 2 for j in range(len(labels))], labels, rotation=35, ha="right", fontsize=8)
+        ax.set_title(title)
+    axes[0].set_ylabel("vs stdlib Manager (x, log; >1 better)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"reflectmgr benchmarks, medians, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._transport import waiting
-from .._transport.shm import SAFETY_MS, Bell, RingFull, ShmTransport
+from .._transport.shm import Bell, RingFull, ShmTransport
 from ..errors import ReflectmgrError
 from .channel import Channel
 from .inline import inline_handler
@@ -53,6 +53,7 @@ DIRECT_IDLE = 0.05
 # dispatcher served other connections within OTHERS_NS (alone, a thread serves its ring best).
 DIRECT_STREAK = 32
 OTHERS_NS = 1_000_000
+IDLE_SAFETY = 2.0
 # After this many rounds in a row with requests from one connection only, the dispatcher hands
 # that connection to its thread (one active client: no dispatcher between it and its thread).
 SOLO_ROUNDS = 64
@@ -185,7 +186,9 @@ class Dispatcher:
     # -- the dispatcher's thread ----------------------------------------------------------------
     def _run(self) -> None:
         spin, bell = self._spin, self.bell
-        safety = SAFETY_MS / 1000
+        # Every wake-up is direct (a client's ring, stop(), a thread giving a ring back): the
+        # timeout is a safety net only, long enough that an idle manager costs nothing.
+        safety = IDLE_SAFETY
         while not self._stopping():
             if self._serve_round():
                 continue
