@@ -101,9 +101,6 @@ class Dispatcher:
         """Wake the dispatcher so that it sees ``stopping()`` (the server calls it when stopping)."""
         self.bell.wake()
 
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
     # -- the connection's thread ---------------------------------------------------------------
     def serve(self, channel: Channel, transport: ShmTransport) -> None:
         """Run by the connection's thread until the peer is gone (EOFError, OSError) or the server
@@ -185,6 +182,16 @@ class Dispatcher:
 
     # -- the dispatcher's thread ----------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            while not self._stopping():
+                try:
+                    self._loop()
+                except Exception:  # a bug here must not leave every client without a server
+                    log.exception("the dispatcher failed; it goes on")
+        finally:
+            self.bell.close()  # the connections' threads end too: nothing rings it after this
+
+    def _loop(self) -> None:
         spin, bell = self._spin, self.bell
         # Every wake-up is direct (a client's ring, stop(), a thread giving a ring back): the
         # timeout is a safety net only, long enough that an idle manager costs nothing.
@@ -194,6 +201,7 @@ class Dispatcher:
                 continue
             window = 0 if self._handed else spin.begin()  # never while a connection's thread needs the GIL
             if window:
+                bell.mark_cpu()
                 caught = False
                 try:
                     deadline = _now() + window

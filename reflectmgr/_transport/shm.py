@@ -49,10 +49,12 @@ REQUEST = b"#RMSHM#"
 # Bytes per direction. A round trip's frames fit many times over; a large value streams through
 # it while both sides copy (the ring stays in cache, which beats a segment per message).
 RING_SIZE = 1 << 20
-# Control block per ring: five 64-byte lines (head, tail, reader asleep, writer asleep, and on a
-# request ring "read by its own thread": then the client wakes that thread, never the bell).
-_CTL = 320
-_HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP, _DIRECT = 0, 8, 16, 24, 32
+# Control block per ring: six 64-byte lines (head, tail, reader asleep, writer asleep; on a
+# request ring "read by its own thread": then the client wakes that thread, never the bell; and
+# when the writer woke its sleeping reader, so that the reader learns how soon the data came).
+_CTL = 384
+_HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP, _DIRECT, _WOKEN_AT = 0, 8, 16, 24, 32, 40
+_READER_CPU = 17  # on the "reader asleep" line: the CPU the reader last ran on, plus one
 SEGMENT_SIZE = 2 * (_CTL + RING_SIZE)
 # A blocked side looks at its ring, and at the socket for EOF, at least this often.
 SAFETY_MS = 200
@@ -61,7 +63,8 @@ SAFETY_MS = 200
 # manager's dispatcher sleeps while no ring has a request (see _owner/dispatcher.py).
 WAKE_FUTEX, WAKE_SOCKET = b"F", b"S"
 BELL_SIZE = 4096
-_BELL_WORD, _BELL_ASLEEP = 0, 8  # u64 indices: the futex word, "the dispatcher sleeps" (own line)
+_BELL_WORD, _BELL_ASLEEP, _BELL_CPU = 0, 8, 9  # u64 indices: the futex word; "the dispatcher
+# sleeps" (its own line) and the CPU it last ran on, plus one
 
 # The fences. Python has no atomics, but a lock's acquire has acquire semantics and its release has
 # release semantics on every platform CPython supports (pthread mutexes or futexes: a locked
@@ -146,15 +149,23 @@ class Bell:
 
     def ring(self) -> None:
         """From a client, after publishing: wake the dispatcher if (and only if) it sleeps."""
-        words = self.words
-        if words[_BELL_ASLEEP]:
-            words[_BELL_WORD] = 1
-            waiting.futex_wake(self.address)
+        try:
+            words = self.words
+            if words[_BELL_ASLEEP]:
+                words[_BELL_WORD] = 1
+                waiting.futex_wake(self.address)
+        except ValueError:  # closed: the manager is stopping, or the client is leaving
+            pass
+
+    def mark_cpu(self) -> None:
+        """The dispatcher is about to spin: where (a client on that CPU then sleeps, not spins)."""
+        self.words[_BELL_CPU] = waiting.current_cpu() + 1
 
     def prepare(self) -> None:
         """The dispatcher is about to sleep: clear the word, raise the flag (then look, then sleep)."""
         words = self.words
         words[_BELL_WORD] = 0
+        words[_BELL_CPU] = waiting.current_cpu() + 1
         words[_BELL_ASLEEP] = 1
         _acquire()  # FULL (Dekker): the flag is visible before the dispatcher's last look
         _release()
@@ -334,7 +345,10 @@ class ShmTransport(SocketEnd):
         if ctl[_HEAD] != pos:
             return
         spin = self._spin
-        window = spin.begin(self._peer_running())
+        cpu = waiting.current_cpu() + 1
+        ctl[_READER_CPU] = cpu  # where we wait: a peer on this CPU must not spin against us
+        running, here = self._peer_state(cpu)
+        window = spin.begin(running, here)
         if window:
             caught = False
             try:
@@ -356,18 +370,23 @@ class ShmTransport(SocketEnd):
                     self._sleep(0, pos, limit)
             finally:
                 ctl[_READER_ASLEEP] = 0
-        spin.slept(_now() - began)
+        # How soon after we began to wait the data came (not when we woke: a wake-up on an idle
+        # virtual CPU alone can take longer than a spin).
+        woken_at = ctl[_WOKEN_AT]
+        spin.slept((woken_at if woken_at > began else _now()) - began)
 
-    def _peer_running(self) -> bool:
-        """Is the side that will write to us awake now? Its sleep flag: on our out ring (the
-        thread that reads our frames and answers them), or, for a client of a dispatching
-        manager, the dispatcher's on the bell. Just woken by us, it still reads asleep: it is
-        not on a core yet."""
+    def _peer_state(self, cpu: int) -> tuple[bool, bool]:
+        """(Is the side that will write to us awake?, did it last wait on our CPU, ``cpu``?)
+        Its flags: on our out ring (the thread that reads our frames and answers them), or, for a
+        client of a dispatching manager, the dispatcher's on the bell. Just woken by us, it still
+        reads asleep: it is not on a core yet. On our CPU, it cannot run while we spin: it is
+        queued behind us, and a wake-up on the same CPU is cheap (none of an idle CPU's)."""
         out = self._out_ctl
-        if out[_READER_ASLEEP]:
-            return False
         bell = self.bell
-        return bell is None or bool(out[_DIRECT]) or not bell.words[_BELL_ASLEEP]
+        if bell is not None and not out[_DIRECT] and not out[_READER_ASLEEP]:
+            words = bell.words
+            return not words[_BELL_ASLEEP], words[_BELL_CPU] == cpu
+        return not out[_READER_ASLEEP], out[_READER_CPU] == cpu
 
     def _try_recv_into(self, view: memoryview) -> int | None:
         avail = self._in_ctl[_HEAD] - self._tail
@@ -445,6 +464,7 @@ class ShmTransport(SocketEnd):
         _acquire()  # FULL (Dekker): the head is visible before we look at the reader's sleep flag
         _release()
         if ctl[_READER_ASLEEP]:  # it sleeps: wake it (and only then make a system call)
+            ctl[_WOKEN_AT] = _now()  # CLOCK_MONOTONIC: the same clock in every process
             self._wake(2)
         elif self.bell is not None and not ctl[_DIRECT]:  # the manager's dispatcher reads this ring
             self.bell.ring()

@@ -102,6 +102,26 @@ def low_word_offset() -> int:
     return 0 if sys.byteorder == "little" else 4
 
 
+def _load_getcpu() -> Any:
+    if ctypes is None:
+        return None
+    try:
+        fn = ctypes.CDLL(None).sched_getcpu  # glibc and musl: the vDSO, ~0.1 us
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = []
+    return fn
+
+
+_getcpu = _load_getcpu()
+
+
+def current_cpu() -> int:
+    """The CPU this thread runs on now, or -1 where that cannot be known."""
+    return _getcpu() if _getcpu is not None else -1
+
+
 # -- is a core free? ---------------------------------------------------------------------------
 def _usable_cores() -> int:
     try:
@@ -156,14 +176,10 @@ load = _Load()
 # The longest spin: a few calls' worth of work on the other side (a small call takes ~5-10 us of
 # CPU per side here, a kernel wake-up ~20 us). Longer wastes a core when the peer is slow.
 SPIN_NS = 100_000
-MIN_SPIN_NS = 10_000
+MIN_SPIN_NS = 5_000  # a window halved below this is no window: the reader has backed off
 # With no core free, a spin while the peer runs (optimistic spinning) lasts at most this: a small
 # call's service time on the other side.
 SHORT_SPIN_NS = 20_000
-# After this many spins in a row that caught nothing, stop spinning for a while; the pause doubles
-# with every further failure, up to MAX_PAUSE waits (then one probe spin, and so on).
-MISSES = 3
-MAX_PAUSE = 1024
 
 # One spinner per interpreter: threads spinning at once fight over the GIL, and in a manager
 # serving many clients a spinner would starve the thread that has work to do.
@@ -180,55 +196,45 @@ os.register_at_fork(after_in_child=_new_spinner_after_fork)
 
 
 class SpinPolicy:
-    """The learned spin window of one connection's reader (hysteresis: it closes after MISSES
-    failed spins and reopens only after a pause that grows with every further failure)."""
+    """When one connection's reader spins. Its window halves with every spin that caught nothing,
+    down to nothing (it has backed off), and comes back whole only when data arrives within a
+    window's reach of a wait's start: a spin that catches it, or a sleeper that learns (from the
+    writer's stamp) how soon the data came. Backing off takes several misses, coming back one
+    short wait: quick to spin again once both sides run, slow to give up on a peer that does."""
 
-    __slots__ = ("allowed", "max_ns", "misses", "pause", "paused", "slack", "window")
+    __slots__ = ("allowed", "max_ns", "slack", "window")
 
     def __init__(self, enabled: bool, slack: int = 0) -> None:
         self.slack = slack
         self.allowed: Callable[[], bool] | None = None  # another condition of its owner's
         self.max_ns = SPIN_NS if enabled and CORES > 1 else 0
         self.window = self.max_ns
-        self.misses = 0
-        self.pause = 0  # the pause after the next failure
-        self.paused = 0  # waits left before the next probe
 
-    def begin(self, peer_running: bool = False) -> int:
-        """How long this wait may spin, in ns (0: not at all). With a core free, the learned
-        window; with none, at most SHORT_SPIN_NS and only if the caller knows the peer is running
-        now (it answers within microseconds, and sleeping would cost two context switches).
-        Nonzero means the caller holds the interpreter's spinner and must call :meth:`end`."""
-        if not self.max_ns:
+    def begin(self, peer_running: bool = False, peer_here: bool = False) -> int:
+        """How long this wait may spin, in ns (0: not at all). Never when the peer waits on this
+        CPU (``peer_here``: it would be queued behind our spin; sleeping hands it the CPU, and a
+        wake-up on the same CPU is cheap). With a core free, its window. With none free, at most
+        SHORT_SPIN_NS and only if the caller knows the peer is running now (it answers within
+        microseconds, and sleeping would cost two context switches). Nonzero means the caller
+        holds the interpreter's spinner and must call :meth:`end`."""
+        window = self.window
+        if not window or peer_here or (self.allowed is not None and not self.allowed()):
             return 0
-        if self.paused:
-            self.paused -= 1
-            return 0
-        if self.allowed is not None and not self.allowed():
-            return 0
-        if load.cores_free(self.slack):
-            window = self.window
-        elif peer_running:
-            window = min(self.window, SHORT_SPIN_NS)
-        else:
-            return 0
+        if not load.cores_free(self.slack):
+            if not peer_running:
+                return 0
+            window = min(window, SHORT_SPIN_NS)
         return window if _spinner.acquire(False) else 0
 
     def end(self, caught: bool) -> None:
         _spinner.release()
         if caught:
-            self.misses = 0
-            self.pause = 0
-            self.window = min(self.max_ns, self.window * 2)
+            self.window = self.max_ns
             return
-        self.misses += 1
-        self.window = max(MIN_SPIN_NS, self.window >> 1)
-        if self.misses >= MISSES:
-            self.misses = 0
-            self.pause = min(MAX_PAUSE, self.pause * 2 or 8)
-            self.paused = self.pause
+        window = self.window >> 1
+        self.window = window if window >= MIN_SPIN_NS else 0
 
-    def slept(self, waited_ns: int) -> None:
-        """A wait that slept: if the data came soon after, a longer spin would have caught it."""
-        if waited_ns < self.max_ns and not self.paused:
-            self.window = min(self.max_ns, max(self.window, waited_ns) * 2)
+    def slept(self, arrived_ns: int) -> None:
+        """A wait that slept; the data arrived ``arrived_ns`` after it began."""
+        if arrived_ns < self.max_ns:
+            self.window = self.max_ns

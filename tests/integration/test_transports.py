@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
 import reflectmgr
 from reflectmgr._transport.sockets import DEFAULT_TRANSPORT
 
-from ..helpers import second_session
+from ..helpers import CHILD, second_session
 
 needs_shm = pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="no descriptor passing here")
 
@@ -53,3 +56,31 @@ def test_shared_memory_is_refused_where_it_cannot_work() -> None:
         reflectmgr.connect(("127.0.0.1", 1), transport="shm")
     with pytest.raises(ValueError, match="unknown transport"):
         reflectmgr.connect("/nowhere", transport="carrier-pigeon")
+
+
+_PORTABLE = """
+import queue, threading, reflectmgr
+from reflectmgr._transport import waiting
+assert not waiting.FUTEX
+with reflectmgr.Manager() as m:
+    d, q = m.dict(), m.Queue()
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.get(timeout=30)))
+    t.start()
+    for i in range(200):
+        d[i] = i
+    q.put("x")
+    t.join(30)
+    assert got == ["x"] and len(d) == 200 and d[199] == 199
+    assert d == {i: i for i in range(200)}
+print("ok")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_portable_wake_up_serves_a_manager_end_to_end() -> None:
+    """What platforms without a futex get (the socket doorbell, a thread per connection), forced
+    on this one: calls, a blocking call and its wake-up."""
+    env = dict(os.environ, REFLECTMGR_WAKE="socket")
+    proc = subprocess.run([sys.executable, "-c", _PORTABLE], env=env, capture_output=True, text=True, timeout=CHILD)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

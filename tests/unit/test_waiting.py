@@ -59,11 +59,10 @@ def cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
     yield free
 
 
-def _spins(policy: SpinPolicy, peer_running: bool = False) -> int:
-    window = policy.begin(peer_running)
+def _spins(policy: SpinPolicy, peer_running: bool = False, peer_here: bool = False) -> int:
+    window = policy.begin(peer_running, peer_here)
     if window:
-        policy.end(False)
-        policy.misses = 0  # a probe only: not counted as a miss
+        policy.end(True)  # a probe only: it caught data
     return window
 
 
@@ -74,36 +73,34 @@ def test_a_disabled_policy_never_spins(cores: list[bool]) -> None:
 def test_the_window_with_a_free_core_and_without(cores: list[bool]) -> None:
     policy = SpinPolicy(True)
     assert _spins(policy) == SPIN_NS
+    assert _spins(policy, peer_here=True) == 0, "the peer waits on this CPU: it would queue behind us"
     cores[0] = False
     assert _spins(policy) == 0, "no core free and the peer not known to run: sleep at once"
     assert 0 < _spins(policy, peer_running=True) <= SHORT_SPIN_NS
 
 
-def test_repeated_misses_pause_spinning_for_longer_and_longer(cores: list[bool]) -> None:
+def test_misses_back_off_to_nothing_and_one_short_wait_brings_the_window_back(cores: list[bool]) -> None:
     policy = SpinPolicy(True)
-    pauses: list[int] = []
-    skipped = 0
-    for _ in range(400):
-        if not policy.begin():
-            skipped += 1
-            continue
+    windows = []
+    while window := policy.begin():
+        windows.append(window)
         policy.end(False)  # a spin that caught nothing
-        if skipped:
-            pauses.append(skipped)
-            skipped = 0
-    assert len(pauses) >= 3
-    assert pauses[0] > 0 and pauses[1] > pauses[0] and pauses[2] > pauses[1]
-    assert max(pauses) <= waiting.MAX_PAUSE
+    assert windows[0] == SPIN_NS and windows == sorted(windows, reverse=True) and len(windows) > 2
+    assert policy.begin() == 0, "backed off: no spin at all"
+    policy.slept(SPIN_NS * 3)  # the data came late: still no reason to spin
+    assert policy.begin() == 0
+    policy.slept(SPIN_NS // 4)  # the data came within a spin's reach (the writer's stamp says)
+    assert _spins(policy) == SPIN_NS
 
 
-def test_a_caught_spin_reopens_the_window(cores: list[bool]) -> None:
+def test_a_caught_spin_restores_the_whole_window(cores: list[bool]) -> None:
     policy = SpinPolicy(True)
     policy.begin()
     policy.end(False)
     assert policy.window < SPIN_NS
     policy.begin()
     policy.end(True)
-    assert policy.window == SPIN_NS and policy.misses == 0
+    assert policy.window == SPIN_NS
 
 
 def test_the_owner_can_forbid_spinning(cores: list[bool]) -> None:
