@@ -11,11 +11,12 @@ Spinning saves the sleeper's kernel wake-up (most of a round trip on a quiet mac
 core. It pays only when the peer is on a core now and will answer within microseconds, and only
 when no other runnable task waits for the core we would hold: on a machine with more runnable
 tasks than cores, a spinner delays the very peer it waits for. So :class:`SpinPolicy` spins only
-while its learned window is open (it closes after repeated spins that caught nothing and stays
-closed for a growing number of waits), and then either for the learned window when the kernel's
-count of runnable tasks (``/proc/loadavg``) is at most the cores we may use, or, with every core
-taken, for a few microseconds when the caller knows the peer is running right now (awake, not
-asleep in the kernel: it will answer before a sleep and a wake-up would even complete).
+while its learned window is open (it halves with every spin that caught nothing, down to
+nothing, and comes back when data arrives within its reach), never while the peer waits on our
+CPU (queued behind us), and then either for the window when the kernel's count of runnable
+tasks (``/proc/loadavg``) is at most the cores we may use, or, with every core taken, for a few
+microseconds when the caller knows the peer is running right now (awake, not asleep in the
+kernel: it will answer before a sleep and a wake-up would even complete).
 
 The futex is the Linux system call on a 32-bit word of the shared mapping (the low half of a
 ring position): the sleeper passes the value it saw, so a publish between its last look and the
