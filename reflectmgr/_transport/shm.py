@@ -172,8 +172,11 @@ class Bell:
 
     def wake(self) -> None:
         """Wake the dispatcher whether or not it sleeps (the server is stopping)."""
-        self.words[_BELL_WORD] = 1
-        waiting.futex_wake(self.address)
+        try:
+            self.words[_BELL_WORD] = 1
+            waiting.futex_wake(self.address)
+        except ValueError:  # closed: the dispatcher saw the server stop and is gone already
+            pass
 
     def sleep(self, seconds: float) -> None:
         waiting.futex_wait(self.address, 0, seconds)
