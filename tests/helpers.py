@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,3 +45,19 @@ def second_session(m: Any) -> Any:
     from reflectmgr._manager.client import Client
 
     return Connection(Client(m.address, m.authkey))
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a daemon thread; its result, or the exception it raised, lands in the list
+    (for the test to assert on) once the thread has ended."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # handed to the test, which asserts on it
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out

@@ -135,26 +135,15 @@ class Channel:
     # -- serving side ------------------------------------------------------------------------
     def serve_forever(self, stopping: Callable[[], bool]) -> None:
         """Answer requests until ``stopping()``; for a thread that serves only this channel.
-
-        The per-message context (this channel as the one being served, the peer's table for
-        decoding) is installed once for the thread: this loop is the manager's hot path.
-        Raises EOFError/OSError when the peer is gone.
-        """
-        _tls.channel = self
-        codec_context.table = peer = self.peer
-        recv = self.transport.recv
-        while not stopping():
-            msg = self._request(*recv())
-            if msg is None:
-                continue
-            _, releases, op, oid, args = msg
-            if releases:
-                peer.apply_releases(releases)
-            self._dispatch(op, oid, args)
+        Raises EOFError/OSError when the peer is gone."""
+        self.serve_while(lambda: not stopping(), _never)
 
     def serve_while(self, more: Callable[[], bool], done: Callable[[tuple[Any, ...]], bool]) -> None:
         """Answer requests while ``more()`` (which may wait for the next one), until ``done`` says
-        so after one; for the thread that holds this channel now (see dispatcher.py)."""
+        so after one; for the thread that holds this channel now (see dispatcher.py).
+
+        The per-message context (this channel as the one being served, the peer's table for
+        decoding) is installed once for the loop: this is the manager's hot path."""
         prev, prev_table = getattr(_tls, "channel", None), getattr(codec_context, "table", None)
         _tls.channel = self
         codec_context.table = peer = self.peer
@@ -365,6 +354,10 @@ class Channel:
         finally:
             swap_encoding(prev)
         self.transport.send(flags, payload)
+
+
+def _never(msg: tuple[Any, ...]) -> bool:
+    return False
 
 
 def _check_request(msg: Any) -> tuple[Any, ...]:

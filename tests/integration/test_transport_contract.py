@@ -25,7 +25,7 @@ from reflectmgr._wire.framing import MAX_PREAUTH
 from reflectmgr._wire.opcodes import FLAG_OOB
 from reflectmgr.errors import ProtocolError
 
-from ..helpers import PROMPT, wait_until
+from ..helpers import PROMPT, in_thread, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 AUTHENTICATED = 8 << 20  # max_frame after the handshake, for these tests
@@ -101,20 +101,6 @@ def _authenticate(*ends: Transport) -> None:
         end.authenticated(AUTHENTICATED)
 
 
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # handed to the test, which asserts on it
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
 def test_frames_arrive_whole_and_in_order_both_ways(pair: tuple[Transport, Transport]) -> None:
     a, b = pair
     _authenticate(a, b)
@@ -124,8 +110,8 @@ def test_frames_arrive_whole_and_in_order_both_ways(pair: tuple[Transport, Trans
         for flags, payload in frames:
             end.send(flags, payload)
 
-    sender, errors = _in_thread(lambda: send_all(a))
-    echo, echo_errors = _in_thread(lambda: send_all(b))
+    sender, errors = in_thread(lambda: send_all(a))
+    echo, echo_errors = in_thread(lambda: send_all(b))
     got_b = [b.recv() for _ in frames]
     got_a = [a.recv() for _ in frames]
     sender.join(PROMPT)
@@ -140,7 +126,7 @@ def test_a_frame_larger_than_any_buffer_and_out_of_band_buffers(pair: tuple[Tran
     _authenticate(a, b)
     big = bytes(range(256)) * (3 << 12)  # 3 MiB: more than a shared-memory ring, many read-aheads
     readonly, writable = b"r" * (2 << 20), bytearray(b"w" * 1000)
-    t, errors = _in_thread(lambda: a.send(FLAG_OOB, big, [PickleBuffer(readonly), PickleBuffer(writable)]))
+    t, errors = in_thread(lambda: a.send(FLAG_OOB, big, [PickleBuffer(readonly), PickleBuffer(writable)]))
     flags, payload = b.recv()
     buffers = b.recv_buffers()
     t.join(PROMPT)
@@ -178,25 +164,16 @@ def test_a_receive_with_a_timeout_raises_timeout_error(pair: tuple[Transport, Tr
     assert b.recv() == (3, b"after")
 
 
-def test_the_peer_closing_ends_a_blocked_receive(pair: tuple[Transport, Transport]) -> None:
+@pytest.mark.parametrize("closer", ["the peer", "another thread of ours"])
+def test_a_close_ends_a_blocked_receive(pair: tuple[Transport, Transport], closer: str) -> None:
     a, b = pair
     _authenticate(a, b)
-    t, out = _in_thread(b.recv)
-    a.close()
+    t, out = in_thread(b.recv)
+    (a if closer == "the peer" else b).close()
     t.join(PROMPT)
-    assert not t.is_alive(), "a receive blocked on a closed peer did not end"
+    assert not t.is_alive(), f"a receive blocked when {closer} closed did not end"
     assert isinstance(out[0], (EOFError, OSError))
-    assert a.closed and not b.closed
-
-
-def test_closing_from_another_thread_wakes_our_own_receive(pair: tuple[Transport, Transport]) -> None:
-    a, b = pair
-    _authenticate(a, b)
-    t, out = _in_thread(b.recv)
-    b.close()
-    t.join(PROMPT)
-    assert not t.is_alive(), "close() did not wake this side's blocked receive"
-    assert isinstance(out[0], (EOFError, OSError))
+    assert (a.closed, b.closed) == ((True, False) if closer == "the peer" else (False, True))
 
 
 def test_liveness_without_blocking(pair: tuple[Transport, Transport]) -> None:

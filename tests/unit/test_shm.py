@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from reflectmgr._transport.shm import RING_SIZE, ShmTransport
 from reflectmgr._wire import codec
 from reflectmgr._wire.framing import MAX_FRAME
 
-from ..helpers import PROMPT, wait_until
+from ..helpers import PROMPT, in_thread, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="no descriptor passing here")
 
@@ -49,20 +48,6 @@ def sleepy() -> Iterator[tuple[ShmTransport, ShmTransport]]:
     server.close()
 
 
-def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # handed to the test, which asserts on it
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
 def test_frames_of_every_size_arrive_whole_and_in_order(pair: tuple[ShmTransport, ShmTransport]) -> None:
     client, server = pair
     sizes = [0, 1, 7, 4096, RING_SIZE // 2, RING_SIZE - 9, RING_SIZE, 3 * RING_SIZE + 5, 100]
@@ -71,7 +56,7 @@ def test_frames_of_every_size_arrive_whole_and_in_order(pair: tuple[ShmTransport
     def read_all() -> list[tuple[int, bytes]]:
         return [(flags, bytes(p)) for flags, p in (server.recv() for _ in payloads)]
 
-    t, out = _in_thread(read_all)
+    t, out = in_thread(read_all)
     for i, p in enumerate(payloads):
         client.send(i % 4, p)
     t.join(PROMPT)
@@ -82,7 +67,7 @@ def test_positions_wrap_around_the_ring_many_times(pair: tuple[ShmTransport, Shm
     client, server = pair
     payload = os.urandom(RING_SIZE // 3 + 11)  # never a divisor of the ring: frames straddle the end
     rounds = 20
-    t, out = _in_thread(lambda: all(server.recv()[1] == payload for _ in range(rounds)))
+    t, out = in_thread(lambda: all(server.recv()[1] == payload for _ in range(rounds)))
     for _ in range(rounds):
         client.send(0, payload)
     t.join(PROMPT)
@@ -92,7 +77,7 @@ def test_positions_wrap_around_the_ring_many_times(pair: tuple[ShmTransport, Shm
 
 def test_a_sleeping_reader_is_woken_by_the_doorbell(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
     client, server = sleepy
-    t, out = _in_thread(server.recv)
+    t, out = in_thread(server.recv)
     wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to go to sleep")
     client.send(3, b"wake up")
     t.join(PROMPT)
@@ -104,7 +89,7 @@ def test_a_writer_waiting_for_space_is_woken_when_the_reader_catches_up(
 ) -> None:
     client, server = sleepy
     big = os.urandom(2 * RING_SIZE + 1)
-    t, out = _in_thread(lambda: client.send(0, big))
+    t, out = in_thread(lambda: client.send(0, big))
     wait_until(lambda: client._out_ctl[shm._WRITER_ASLEEP], PROMPT, "the writer to wait for space")
     assert server.recv() == (0, big)
     t.join(PROMPT)
@@ -114,7 +99,7 @@ def test_a_writer_waiting_for_space_is_woken_when_the_reader_catches_up(
 def test_peer_closing_mid_frame_is_eof_not_a_hang(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
     client, server = sleepy
     client._sendall(b"\x00\x00\x00\x00\x00\x00\x03\xe8\x00" + b"only ten b")  # announces 1000 bytes
-    t, out = _in_thread(server.recv)
+    t, out = in_thread(server.recv)
     wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to wait for the rest")
     client.close()
     t.join(PROMPT)
@@ -132,7 +117,7 @@ def test_out_of_band_buffers_skip_the_pickle(pair: tuple[ShmTransport, ShmTransp
         flags, payload = server.recv()
         return codec.decode(flags, payload, buffers=server.recv_buffers())
 
-    t, out = _in_thread(receive)
+    t, out = in_thread(receive)
     client.send(flags, payload, oob)
     t.join(PROMPT)
     assert out and out[0] == ("msg", small, inline, bytearray(streamed))
