@@ -124,9 +124,12 @@ class Server:
         self.max_frame = max_frame
         self.channel_class = channel_class
         self._handshakes = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
-        # One thread serves every shared-memory client (dispatcher.py); made with the first one.
+        # One thread serves the shared-memory clients (dispatcher.py) once they outnumber the cores;
+        # REFLECTMGR_DISPATCHER=0 never, =always from the first one (for measuring and testing).
         self._dispatcher: Dispatcher | None = None
-        self._use_dispatcher = waiting.FUTEX and os.environ.get("REFLECTMGR_DISPATCHER", "1") != "0"
+        mode = os.environ.get("REFLECTMGR_DISPATCHER", "auto")
+        self._use_dispatcher = waiting.FUTEX and mode != "0"
+        self._always_dispatch = mode == "always"
 
     # -- services used by dispatch ----------------------------------------------------------
     def stats(self) -> Any:
@@ -205,9 +208,11 @@ class Server:
             self._handshakes.release()
             pending = False
             channel = self.channel_class(transport, session)
-            if shm.dispatched(transport):
+            if shm.dispatched(transport) and self._crowded():
                 self._dispatcher_for().serve(channel, transport)
             else:
+                if shm.dispatched(transport):
+                    transport.set_direct(True)  # its client wakes this thread, never the bell
                 channel.serve_forever(self._stopping.is_set)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
@@ -243,6 +248,13 @@ class Server:
             with self._lock:
                 self._transports.discard(shared)
             raise
+
+    def _crowded(self) -> bool:
+        """Do client processes outnumber the cores (counting one for the owner)? Then one thread
+        serving them all beats a thread each; with fewer, a thread per connection measured better
+        (benchmarks: CPU-bound workers on every core)."""
+        with self._lock:
+            return self._always_dispatch or len(self.sessions) > waiting.CORES + 1
 
     def _dispatcher_for(self) -> Dispatcher:
         with self._lock:

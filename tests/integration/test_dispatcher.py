@@ -36,6 +36,15 @@ def _hammer(d: Any, stop: threading.Event, errors: list[BaseException]) -> None:
 
 
 @pytest.fixture
+def m(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A manager whose dispatcher serves every shared-memory client (by default it waits until
+    clients outnumber the cores, which a test in one process does not reach)."""
+    monkeypatch.setenv("REFLECTMGR_DISPATCHER", "always")  # the spawned manager reads it
+    with reflectmgr.Manager() as mgr:
+        yield mgr
+
+
+@pytest.fixture
 def busy(m: reflectmgr.Manager) -> Any:
     """A second client calling the manager in a loop for the length of the test."""
     other = second_session(m)
@@ -127,9 +136,29 @@ def test_user_objects_then_plain_calls_switch_between_thread_and_dispatcher(m: r
     assert inv.total() == 200 and len(d) == 200 and d[199] == 199
 
 
-def test_shutdown_while_a_connection_is_served_by_its_thread() -> None:
+def test_shutdown_while_a_connection_is_served_by_its_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFLECTMGR_DISPATCHER", "always")
     with reflectmgr.Manager() as mgr:
         inv = mgr.new(Inventory)
         inv.add("y")  # handed over: the connection's thread holds the ring
         pid = mgr.pid
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_clients_beyond_the_cores_are_served_by_the_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default: a thread per connection for the first clients, the dispatcher once client
+    processes outnumber the cores; both kinds at once serve the same objects."""
+    monkeypatch.delenv("REFLECTMGR_DISPATCHER", raising=False)
+    with reflectmgr.Manager() as mgr:
+        sessions = [second_session(mgr) for _ in range(waiting.CORES + 2)]
+        try:
+            d = mgr.dict()
+            mgr.root["d"] = d
+            views = [s.root["d"] for s in sessions]
+            for i, view in enumerate(views):
+                view[i] = i
+            assert d == {i: i for i in range(len(views))}
+            assert mgr.stats().clients >= len(sessions)
+        finally:
+            for s in sessions:
+                s.close()
