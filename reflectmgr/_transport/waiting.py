@@ -156,9 +156,8 @@ class _Load:
         """Forget the last sample: something (a wake-up we made) changed the count."""
         self._at = 0
 
-    def cores_free(self, slack: int = 0) -> bool:
-        """True if every runnable task on the machine can have a core (counting the caller), with
-        ``slack`` more tolerated."""
+    def cores_free(self) -> bool:
+        """True if every runnable task on the machine can have a core (counting the caller)."""
         if self._fd is None or CORES < 2:
             return CORES >= 2
         now = time.perf_counter_ns()
@@ -168,7 +167,7 @@ class _Load:
                 self._running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
             except (OSError, ValueError, IndexError):
                 self._running = 0
-        return self._running <= CORES + slack
+        return self._running <= CORES
 
 
 load = _Load()
@@ -203,10 +202,9 @@ class SpinPolicy:
     writer's stamp) how soon the data came. Backing off takes several misses, coming back one
     short wait: quick to spin again once both sides run, slow to give up on a peer that does."""
 
-    __slots__ = ("allowed", "max_ns", "slack", "window")
+    __slots__ = ("allowed", "max_ns", "window")
 
-    def __init__(self, enabled: bool, slack: int = 0) -> None:
-        self.slack = slack
+    def __init__(self, enabled: bool) -> None:
         self.allowed: Callable[[], bool] | None = None  # another condition of its owner's
         self.max_ns = SPIN_NS if enabled and CORES > 1 else 0
         self.window = self.max_ns
@@ -221,7 +219,7 @@ class SpinPolicy:
         window = self.window
         if not window or peer_here or (self.allowed is not None and not self.allowed()):
             return 0
-        if not load.cores_free(self.slack):
+        if not load.cores_free():
             if not peer_running:
                 return 0
             window = min(window, SHORT_SPIN_NS)
