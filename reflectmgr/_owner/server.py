@@ -234,7 +234,10 @@ class Server:
         _, payload = transport.recv(MAX_PREAUTH)
         if payload != shm.REQUEST:
             return transport, payload
-        shared = shm.upgrade_server(transport, self._dispatcher_for().bell if self._use_dispatcher else None)
+        # The bell (and the dispatcher's thread) only where the dispatcher may serve this client:
+        # below the threshold a client never maps it, and nothing waits on it.
+        belled = self._use_dispatcher and self._crowded(joining=1)
+        shared = shm.upgrade_server(transport, self._dispatcher_for().bell if belled else None)
         with self._lock:
             self._transports.discard(transport)
             self._transports.add(shared)
@@ -249,12 +252,13 @@ class Server:
                 self._transports.discard(shared)
             raise
 
-    def _crowded(self) -> bool:
-        """Do client processes outnumber the cores (counting one for the owner)? Then one thread
-        serving them all beats a thread each; with fewer, a thread per connection measured better
-        (benchmarks: CPU-bound workers on every core)."""
+    def _crowded(self, joining: int = 0) -> bool:
+        """Do client processes outnumber the cores (counting one for the owner, and ``joining``
+        for one whose hello has not come yet)? Then one thread serving them all beats a thread
+        each; with fewer, a thread per connection measured better (benchmarks: CPU-bound workers
+        on every core)."""
         with self._lock:
-            return self._always_dispatch or len(self.sessions) > waiting.CORES + 1
+            return self._always_dispatch or len(self.sessions) + joining > waiting.CORES + 1
 
     def _dispatcher_for(self) -> Dispatcher:
         with self._lock:
