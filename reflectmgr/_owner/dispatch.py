@@ -95,18 +95,17 @@ def _dunder(ctx: HandlerContext, oid: int, index: int, args: Any) -> Any:
 
 
 @handler(Op.ITER)
-def _iter(ctx: HandlerContext, oid: int, size: int, reverse: bool) -> Any:
-    """First batch of a private iterator: ``(iterator ref or None when exhausted, items)``.
+def _iter(ctx: HandlerContext, oid: int, reverse: bool) -> Any:
+    """A private iterator over the object, made now and stepped by NEXT_BATCH from the first
+    ``next()`` on: made now so that it sees what happens to the container in between (a dict
+    changed before the first ``next()`` raises there, as a local iterator would).
 
     An object that is its own iterator (a generator, a file) is shared state: prefetching would
     consume items other clients should see, so the caller gets ``None`` and steps it one by one.
     """
     obj = ctx.table.resolve(oid)
     it = reversed(obj) if reverse else iter(obj)
-    if it is obj:
-        return None
-    items = list(islice(it, size))
-    return (Ref(it) if len(items) == size else None, items)
+    return None if it is obj else Ref(it)
 
 
 @handler(Op.NEXT_BATCH)

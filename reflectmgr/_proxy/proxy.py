@@ -28,8 +28,9 @@ _GETATTR, _SETATTR, _DELATTR = int(Op.GETATTR), int(Op.SETATTR), int(Op.DELATTR)
 _CALL, _CALLMETHOD, _DUNDER = int(Op.CALL), int(Op.CALLMETHOD), int(Op.DUNDER)
 _ITER, _NEXT_BATCH, _DIR, _VALUE = int(Op.ITER), int(Op.NEXT_BATCH), int(Op.DIR), int(Op.VALUE)
 
-# First iteration batch: small, so ``next(iter(p))`` stays cheap; then doubling up to the cap, so
-# 100 000 items take about 20 round trips while a batch never holds more than MAX_BATCH items.
+# First iteration batch, fetched at the first ``next()``: small, so ``next(iter(p))`` stays cheap;
+# then doubling up to the cap, so 100 000 items take about 20 round trips while a batch never
+# holds more than MAX_BATCH items.
 FIRST_BATCH = 64
 MAX_BATCH = 8192
 
@@ -134,13 +135,18 @@ class BoundRemoteMethod:
 
 
 class BatchIterator:
-    """Local iterator over a remote iterable, fetched in growing batches."""
+    """Local iterator over a private remote iterator, fetched in growing batches.
+
+    The remote iterator exists from ``iter()``; the first batch comes at the first ``next()``.
+    So what happens to the container between ``iter()`` and the first ``next()`` is seen, as with
+    a local iterator; changes made while a batch is being consumed are seen at the next batch
+    (a dict changed meanwhile raises ``RuntimeError`` there)."""
 
     __slots__ = ("_i", "_it", "_items", "_size")
 
-    def __init__(self, it: Proxy | None, items: list[Any]) -> None:
-        self._it = it
-        self._items = items
+    def __init__(self, it: Proxy) -> None:
+        self._it: Proxy | None = it
+        self._items: list[Any] = []
         self._i = 0
         self._size = FIRST_BATCH
 
@@ -156,7 +162,8 @@ class BatchIterator:
         it = self._it
         if it is None:
             raise StopIteration
-        self._size = size = min(self._size * 2, MAX_BATCH)
+        size = self._size
+        self._size = min(size * 2, MAX_BATCH)
         done, self._items = it._rm_link.call(_NEXT_BATCH, it._rm_oid, size)
         if done:
             self._it = None  # drop the remote iterator now, not when this one dies
@@ -170,10 +177,10 @@ class BatchIterator:
 
 
 def _iterate(self: Proxy, reverse: bool) -> Iterator[Any]:
-    r = self._rm_link.call(_ITER, self._rm_oid, FIRST_BATCH, reverse)
-    if r is None:
+    it = self._rm_link.call(_ITER, self._rm_oid, reverse)
+    if it is None:
         return self  # the remote object is its own iterator
-    return BatchIterator(r[0], r[1])
+    return BatchIterator(it)
 
 
 def _iter(self: Proxy) -> Iterator[Any]:

@@ -35,7 +35,7 @@ class Op(IntEnum):
     CALL = 4  # (args, kwargs)
     CALLMETHOD = 5  # (name, args, kwargs)
     DUNDER = 6  # (index into DUNDERS, args)
-    ITER = 7  # (size of the first batch, reverse) -> (iterator ref or None, items)
+    ITER = 7  # (reverse) -> iterator ref, or None for an object that is its own iterator
     NEXT_BATCH = 8  # (size) -> (exhausted, items)
     VALUE = 9  # () -> a deep copy, by value
     DIR = 10  # () -> sorted names

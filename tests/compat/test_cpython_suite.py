@@ -75,19 +75,6 @@ EXCLUDED: dict[str, str] = {
     "WithManagerTestEvent.test_repr": (
         "a reflected proxy shows its referent's repr, not '<EventProxy object, typeid ...>'"
     ),
-    "WithManagerTestContainers.test_dict_iter": (
-        "iteration is batched: a dict changed while iterated raises RuntimeError at the next batch, "
-        "not at the next item"
-    ),
-    "WithManagerTestContainers.test_list_iter": "iteration is batched (see test_dict_iter)",
-    "WithManagerTestPool.test_make_pool": (
-        "a constructor that raises gives the caller its own exception (ValueError) with the manager's "
-        "traceback as __cause__; the stdlib wraps it in RemoteError"
-    ),
-    "WithManagerTestPool.test_map_unplicklable": (
-        "an argument that does not pickle raises ReflectmgrPicklingError (a pickle.PicklingError naming "
-        "the argument) in the caller, not the exception its __reduce__ raised"
-    ),
     "WithManagerTestRemoteManager.test_remote": (
         "serializer='xmlrpclib' is accepted but reflectmgr always pickles: tuples stay tuples, functions travel"
     ),

@@ -71,6 +71,42 @@ def test_iteration_and_next(manager: reflectmgr.Manager) -> None:
     with pytest.raises(StopIteration):
         next(gen)
 
+def test_an_iterator_sees_changes_made_before_its_first_next(manager: reflectmgr.Manager) -> None:
+    # As a local iterator would (CPython's test_dict_iter / test_list_iter): the remote iterator
+    # exists from iter(), its first batch is fetched at the first next().
+    d = manager.dict(a=1, b=2)
+    it = iter(d)
+    d.clear()
+    with pytest.raises(RuntimeError, match="changed size"):
+        next(it)
+    lst = manager.list(range(5))
+    it = iter(lst)
+    lst[0] = 100
+    assert next(it) == 100
+    empty = iter(manager.list())
+    with pytest.raises(StopIteration):
+        next(empty)
+
+
+def test_a_change_while_a_batch_is_consumed_is_seen_at_the_next_batch(manager: reflectmgr.Manager) -> None:
+    from reflectmgr._proxy.proxy import FIRST_BATCH
+
+    lst = manager.list(range(FIRST_BATCH + 10))
+    it = iter(lst)
+    assert next(it) == 0  # the first batch: items 0..FIRST_BATCH-1, as they were
+    lst[1] = "late"
+    lst[FIRST_BATCH] = "seen"
+    rest = list(it)
+    assert rest[0] == 1  # inside the batch already fetched: the old value
+    assert rest[FIRST_BATCH - 1] == "seen"  # in the next batch: the new one
+    d = manager.dict({i: i for i in range(FIRST_BATCH + 10)})
+    it = iter(d)
+    next(it)
+    d["new"] = 1
+    with pytest.raises(RuntimeError, match="changed size"):
+        list(it)
+
+
 
 def test_repr_str_format_dir(manager: reflectmgr.Manager) -> None:
     v = manager.new(Vector, 1.5, 2)
