@@ -32,6 +32,7 @@ from ..errors import (
     ManagerTimeoutError,
     ProtocolError,
     ReflectmgrPicklingError,
+    RemoteTraceback,
 )
 from . import registry
 from .flusher import ReleaseFlusher
@@ -185,13 +186,28 @@ class Client(Transfers, ForkHandling, Link):
     def _call_on(self, channel: Channel, spare: bool, op: int, oid: int, args: tuple[Any, ...]) -> Any:
         try:
             result = channel.call(op, oid, args)
-        except TimeoutError as exc:
+        except BaseException as exc:
+            self._failed(channel, spare, op, args, exc)
+            raise
+        self._checkin(channel, spare)
+        return result
+
+    def _failed(self, channel: Channel, spare: bool, op: int, args: tuple[Any, ...], exc: BaseException) -> None:
+        """After a call raised ``exc``: keep the channel or drop it, and raise what the caller
+        should see instead, if anything (returns when that is ``exc`` itself).
+
+        An exception the object raised in the manager (its ``__cause__`` is the manager's
+        traceback) is the answer, whatever its type: a remote ``FileNotFoundError`` or
+        ``TimeoutError`` says nothing about the connection, which is in step and goes on."""
+        if isinstance(exc.__cause__, RemoteTraceback):
+            self._checkin(channel, spare)
+        elif isinstance(exc, TimeoutError):
             channel.transport.close()  # out of step: a late answer must not reach the next call
             raise ManagerTimeoutError(
                 f"the manager at {self.address!r} (pid {self.manager_pid}) did not answer within the timeout; "
                 "the call may still run there"
             ) from exc
-        except (OSError, EOFError) as exc:
+        elif isinstance(exc, (OSError, EOFError)):
             channel.transport.close()
             if self.closed:
                 raise ManagerClosedError("the manager was shut down") from exc
@@ -199,20 +215,16 @@ class Client(Transfers, ForkHandling, Link):
                 f"lost the connection to the manager at {self.address!r} (pid {self.manager_pid}): "
                 "it exited or was killed"
             ) from exc
-        except ReflectmgrPicklingError as exc:
+        elif isinstance(exc, ReflectmgrPicklingError):
             self._checkin(channel, spare)
             where = _CALL_ARGUMENTS.get(op)
             if where is not None:  # name the argument of the user's call that did not pickle
-                raise codec.diagnose_call(args[where], args[where + 1], exc.__cause__ or exc) from None
-            raise
-        except ProtocolError:
+                original = exc.__cause__ or exc
+                raise codec.diagnose_call(args[where], args[where + 1], original) from original
+        elif isinstance(exc, ProtocolError):
             channel.transport.close()
-            raise
-        except BaseException:
+        else:
             self._checkin(channel, spare)
-            raise
-        self._checkin(channel, spare)
-        return result
 
     def _checkout(self) -> tuple[Channel, bool]:
         """This thread's own channel, so a thread always reaches the same manager thread (as

@@ -4,9 +4,10 @@
                    atoms only, no releases: pickle.dumps, send        (the common small call)
                    else: encode with the peer as encoding context (proxies going home, byref
                          objects counted for the peer), size checked, releases pickled in front
-                 wait(): OK -> value; REF -> this side's proxy (cache); ERR -> the exception with
-                         the remote traceback as __cause__; a REQUEST from the peer (a callback)
-                         is served in between, on this same thread
+                 wait(): OK -> value; REF -> this side's proxy (cache); ERR -> the exception
+                         (also a RemoteError, errors.as_remote) with the remote traceback as
+                         __cause__; a REQUEST from the peer (a callback) is served in between,
+                         on this same thread
 
 Anything that fails before the send (pickling, the size limit) undoes what encoding did: the
 releases taken go back to the queue and the byref objects counted for the peer are uncounted, so
@@ -28,7 +29,7 @@ from .._wire.codec import (
     with_releases,
 )
 from .._wire.opcodes import Msg
-from ..errors import ReflectmgrError, RemoteTraceback
+from ..errors import ReflectmgrError, RemoteTraceback, as_remote
 
 _REQUEST, _OK, _ERR, _REF = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR), int(Msg.REF)
 
@@ -115,7 +116,7 @@ class CallingChannel(Channel):
                 return self.peer.load_ref(msg[2])
             if kind == _ERR:
                 self.busy = False
-                error: BaseException = msg[2]
+                error = as_remote(msg[2])  # catchable as its own type and as RemoteError
                 error.__cause__ = RemoteTraceback(msg[3])
                 raise error
             self._serve(msg)

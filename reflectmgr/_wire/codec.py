@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import cloudpickle
 
-from ..errors import ReflectmgrPicklingError, ReleasedError
+from ..errors import ReflectmgrPicklingError, ReleasedError, pickling_error
 from .opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES
 
 PROTOCOL = 5
@@ -338,7 +338,7 @@ def encode(
     except Exception as exc:
         if oob:
             oob.clear()
-        raise ReflectmgrPicklingError(_diagnose(msg, exc)) from exc
+        raise pickling_error(_diagnose(msg, exc), exc) from exc
     return (flags | FLAG_OOB if oob else flags), payload
 
 
@@ -370,11 +370,11 @@ def diagnose_call(args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseExcept
     """The error for a call whose arguments do not pickle, naming the argument by position or name."""
     for i, arg in enumerate(args):
         if _fails(arg):
-            return ReflectmgrPicklingError(_diagnose(arg, exc, f"argument {i}"))
+            return pickling_error(_diagnose(arg, exc, f"argument {i}"), exc)
     for key, arg in kwargs.items():
         if _fails(arg):
-            return ReflectmgrPicklingError(_diagnose(arg, exc, f"keyword argument {key!r}"))
-    return ReflectmgrPicklingError(_diagnose((args, kwargs), exc, "arguments"))
+            return pickling_error(_diagnose(arg, exc, f"keyword argument {key!r}"), exc)
+    return pickling_error(_diagnose((args, kwargs), exc, "arguments"), exc)
 
 
 def _fails(obj: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing
 import os
 import pickle
@@ -10,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from reflectmgr._transport.auth import client_handshake
 from reflectmgr._transport.sockets import connect as raw_connect
 
 from ..helpers import CHILD, DEATH, baseline_objects, second_session, wait_until
-from ..integration.objects import Failing
+from ..integration.objects import CodedError, Failing, ReducedError
 from .workers import die_mid_message, hold_proxies, own_a_manager
 
 
@@ -241,3 +243,100 @@ def test_a_request_that_does_not_match_its_operation_gets_an_error_and_the_conne
     with pytest.raises(reflectmgr.ProtocolError, match="unknown operation 99"):
         m.client.call(99, d._rm_oid)
     assert d["a"] == 1 and m.stats().clients == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("value", ValueError),
+        ("key", KeyError),
+        ("file", FileNotFoundError),
+        ("custom", CodedError),
+        ("reduced", ReducedError),
+    ],
+)
+def test_a_remote_exception_is_also_a_remote_error(manager: reflectmgr.Manager, kind: str, expected: type) -> None:
+    # Caught as its own type (code written for local objects) and as RemoteError (code written
+    # for the stdlib's managers, which wrap them): one instance, an instance of both.
+    import multiprocessing.managers
+
+    import reflectmgr.managers
+
+    f = manager.new(Failing)
+    with pytest.raises(expected) as info:
+        f.boom(kind)
+    e = info.value
+    assert isinstance(e, reflectmgr.managers.RemoteError) and isinstance(e, reflectmgr.RemoteError)
+    assert isinstance(e, multiprocessing.managers.RemoteError)
+    assert type(e) is not expected and type(e).__mro__[1] is expected
+    assert type(e).__name__ == expected.__name__ and type(e).__qualname__ == expected.__qualname__
+    assert type(e).__module__ == expected.__module__
+    local = _raised_locally(kind)
+    assert str(e) == str(local) and repr(e) == repr(local) and e.args == local.args
+    assert e.__dict__ == local.__dict__
+    assert isinstance(e.__cause__, reflectmgr.RemoteTraceback) and "in boom" in e.traceback_text
+    assert "".join(traceback.format_exception_only(e)) == "".join(traceback.format_exception_only(local))
+    back = pickle.loads(pickle.dumps(e))  # pickles as the original type
+    assert type(back) is expected and str(back) == str(local)
+    assert type(e) is type(_caught(f, kind))  # one reflected type per original type
+
+
+def _raised_locally(kind: str) -> BaseException:
+    try:
+        Failing().boom(kind)
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"boom({kind!r}) did not raise")
+
+
+def _caught(f: Any, kind: str) -> BaseException:
+    try:
+        f.boom(kind)
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"boom({kind!r}) did not raise")
+
+
+def test_remote_os_errors_keep_their_fields(manager: reflectmgr.Manager) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        manager.new(Failing).boom("file")
+    assert info.value.errno == errno.ENOENT and info.value.filename == "/nonexistent-dir-of-reflectmgr/file"
+    assert info.value.type_name == "FileNotFoundError" and info.value.message == str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["file", "timeout", "eof"])
+def test_a_remote_oserror_timeout_or_eof_is_not_a_broken_connection(manager: reflectmgr.Manager, kind: str) -> None:
+    # They are the object's answer, not a failure of the link: the same connection goes on.
+    f = manager.new(Failing)
+    d = manager.dict(a=1)
+    before = manager.stats().connections
+    for _ in range(3):
+        with pytest.raises((OSError, EOFError)) as info:
+            f.boom(kind)
+        assert isinstance(info.value, reflectmgr.RemoteError)
+        assert not isinstance(info.value, (reflectmgr.BrokenManagerError, reflectmgr.ManagerTimeoutError))
+    assert d["a"] == 1
+    assert manager.stats().connections == before
+
+
+class _RefusesToPickle:
+    def __reduce__(self) -> Any:
+        raise RuntimeError("cannot pickle")
+
+
+def test_an_unpicklable_argument_is_also_the_error_pickling_raised(manager: reflectmgr.Manager) -> None:
+    # CPython's test_map_unplicklable: `except RuntimeError` must catch what a __reduce__ raised,
+    # and the message still names the argument.
+    lst = manager.list()
+    with pytest.raises(RuntimeError, match=r"argument 0 is a .*_RefusesToPickle") as info:
+        lst.append(_RefusesToPickle())
+    e = info.value
+    assert isinstance(e, reflectmgr.ReflectmgrPicklingError) and isinstance(e, pickle.PicklingError)
+    assert type(e).__name__ == "ReflectmgrPicklingError"
+    assert type(e.__cause__) is RuntimeError and str(e.__cause__) == "cannot pickle"
+    back = pickle.loads(pickle.dumps(e))  # it travels (to a future, a log) as what it is
+    assert type(back) is type(e) and str(back) == str(e)
+    with pytest.raises(TypeError, match=r"argument 0 is a _thread\.lock") as info2:
+        lst.append(threading.Lock())  # pickling a lock raises TypeError locally: so does this
+    assert isinstance(info2.value, reflectmgr.ReflectmgrPicklingError)
+    assert lst == []  # nothing was sent; the connection goes on

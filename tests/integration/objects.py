@@ -115,9 +115,42 @@ class Failing:
             raise KeyError("missing")
         if kind == "unpicklable":
             raise UnpicklableError("cannot travel", lambda: None)
+        if kind == "file":
+            open("/nonexistent-dir-of-reflectmgr/file")
+        if kind == "timeout":
+            raise TimeoutError("the remote call timed out")
+        if kind == "eof":
+            raise EOFError("remote end of file")
+        if kind == "custom":
+            raise CodedError(404, "not found")
+        if kind == "reduced":
+            raise ReducedError("built by a factory")
 
     def counter(self) -> Any:
         yield from range(3)
+
+
+class CodedError(Exception):
+    """An exception with its own __init__ signature and attributes (one named ``message``)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+def _make_reduced(text: str) -> ReducedError:
+    return ReducedError(text)
+
+
+class ReducedError(Exception):
+    """An exception whose __reduce__ names a factory function instead of its class."""
+
+    def __reduce__(self) -> Any:
+        return (_make_reduced, self.args)
 
 
 class UnpicklableError(Exception):

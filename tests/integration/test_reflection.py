@@ -71,6 +71,7 @@ def test_iteration_and_next(manager: reflectmgr.Manager) -> None:
     with pytest.raises(StopIteration):
         next(gen)
 
+
 def test_an_iterator_sees_changes_made_before_its_first_next(manager: reflectmgr.Manager) -> None:
     # As a local iterator would (CPython's test_dict_iter / test_list_iter): the remote iterator
     # exists from iter(), its first batch is fetched at the first next().
@@ -105,7 +106,6 @@ def test_a_change_while_a_batch_is_consumed_is_seen_at_the_next_batch(manager: r
     d["new"] = 1
     with pytest.raises(RuntimeError, match="changed size"):
         list(it)
-
 
 
 def test_repr_str_format_dir(manager: reflectmgr.Manager) -> None:
