@@ -13,6 +13,7 @@ BrokenProcessPool when a worker dies) is the standard executor's own behaviour.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -47,8 +48,10 @@ class ManagerExecutor(ProcessPoolExecutor):
         )
         self._client = client
         # Shut down before the interpreter tears its modules down, as concurrent.futures does for
-        # its threads: an executor collected later has its weakref callback fail noisily.
-        threading._register_atexit(_shutdown_at_exit, weakref.ref(self))  # type: ignore[attr-defined]
+        # its threads: an executor collected later has its weakref callback fail noisily. Only in
+        # this process: a forked child (a fork-context worker of this very pool) inherits the
+        # hook and a copy of the executor whose locks its parent's threads may have held.
+        threading._register_atexit(_shutdown_at_exit, weakref.ref(self), os.getpid())  # type: ignore[attr-defined]
 
     # Any: tasks take and return anything; the signature is concurrent.futures.Executor's.
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -74,7 +77,7 @@ class ManagerExecutor(ProcessPoolExecutor):
         return future
 
 
-def _shutdown_at_exit(ref: weakref.ref[ManagerExecutor]) -> None:
+def _shutdown_at_exit(ref: weakref.ref[ManagerExecutor], pid: int) -> None:
     executor = ref()
-    if executor is not None:
+    if executor is not None and os.getpid() == pid:
         executor.shutdown(wait=True)

@@ -16,7 +16,7 @@ import pytest
 
 import reflectmgr
 
-from ..helpers import CHILD, DEATH, baseline_objects, wait_until
+from ..helpers import CHILD, DEATH, baseline_objects, in_thread, wait_until
 from .objects import Inventory, RaisesOnLoad, keep_and_raise, read_kept
 
 
@@ -169,3 +169,25 @@ def test_initializer_and_shutdown_cancel(m: reflectmgr.Manager) -> None:
 def test_interpreter_pool_below_313_names_the_version(m: reflectmgr.Manager) -> None:
     with pytest.raises(reflectmgr.ReflectmgrError, match=r"Python 3\.13 or newer.*this is Python 3\.1[0-2]"):
         m.executor(kind="interpreter")
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_every_start_method_runs_tasks_and_shuts_down(m: reflectmgr.Manager, method: str) -> None:
+    # A fork-context worker inherits the parent's exit hook and a copy of the executor: running
+    # that copy's shutdown in the worker hung it (and so the parent's shutdown) with locks its
+    # parent's threads held at fork.
+    import multiprocessing
+
+    d = m.dict()
+    ex = m.executor(2, mp_context=multiprocessing.get_context(method))
+    assert list(ex.map(_store, [d] * 4, range(4))) == [0, 1, 2, 3]
+    t, out = in_thread(lambda: ex.shutdown(wait=True))
+    t.join(DEATH)
+    assert not t.is_alive(), f"shutdown of a {method} pool did not return within {DEATH} s"
+    assert out == [None]
+    assert dict(d) == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def _store(d: object, i: int) -> int:
+    d[i] = i  # type: ignore[index]
+    return i
