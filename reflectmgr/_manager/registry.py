@@ -32,8 +32,24 @@ def key(address: Address) -> Any:
 
 
 def default_authkey() -> bytes:
-    """The authkey every ``multiprocessing`` child inherits from its parent."""
-    return bytes(multiprocessing.current_process().authkey)
+    """The authkey every child process inherits from its parent.
+
+    Children come from two libraries: the stdlib's ``multiprocessing`` and ``multiprocess`` (our
+    process contexts; pathos and its users). Each keeps its own per-process key, so this makes
+    the process's two keys one: in a child of ``multiprocess``, the key it inherited there; in
+    any other process, ``multiprocessing``'s. Children of either library then inherit the same
+    key, and the proxies they receive connect without configuration."""
+    std = multiprocessing.current_process()
+    try:
+        import multiprocess
+    except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
+        return bytes(std.authkey)
+    other = multiprocess.current_process()
+    if multiprocessing.parent_process() is None and multiprocess.parent_process() is not None:
+        std.authkey = other.authkey
+    elif bytes(other.authkey) != bytes(std.authkey):
+        other.authkey = std.authkey
+    return bytes(std.authkey)
 
 
 def lookup(address: Address) -> Client | None:
