@@ -88,4 +88,3 @@ def test_both_libraries_children_inherit_the_managers_key() -> None:
     with reflectmgr.Manager() as m:
         assert m.authkey == bytes(multiprocessing.current_process().authkey)
         assert m.authkey == bytes(multiprocess.current_process().authkey)
-
