@@ -251,12 +251,6 @@ class BaseManager(Manager):
             proxy._method_to_typeid_ = method_to_typeid
         return proxy
 
-    def _number_of_objects(self) -> int:
-        return self.stats().objects
-
-    def _debug_info(self) -> str:
-        return repr(self.stats())
-
     @classmethod
     def register(
         cls,

@@ -157,6 +157,17 @@ class Factories:
             mp_context=mp_context,
         )
 
+    def _number_of_objects(self) -> int:
+        """multiprocessing's: how many objects clients hold references to (CPython's test harness,
+        and code modelled on it, checks it is 0 once every proxy is gone)."""
+        return self.stats().objects
+
+    def _debug_info(self) -> str:
+        """multiprocessing's: one entry per held object, its id, references and ``str``."""
+        self.client.flush()
+        rows = self.client.call(Op.DEBUG_INFO, 0)
+        return "\n".join(f"  {oid}:       refcount={count}\n    {text}" for oid, count, text in rows)
+
     def stats(self) -> Stats:
         """Objects referenced by clients, connected clients, manager memory (see :class:`Stats`)."""
         self.client.flush()

@@ -163,6 +163,17 @@ def _stats(ctx: HandlerContext, oid: int) -> Any:
     return _services(ctx).stats()
 
 
+@handler(Op.DEBUG_INFO)
+def _debug_info(ctx: HandlerContext, oid: int) -> Any:
+    """What multiprocessing's ``Server.debug_info`` lists: every held object, by id, with its
+    count of references held by clients and the start of its ``str`` (user code: runs here, on the
+    connection's thread, outside the table's lock)."""
+    table = ctx.table
+    with table.lock:
+        entries = sorted((oid, entry[0], entry[1]) for oid, entry in table.objects.items())
+    return [(oid, count, str(obj)[:75]) for oid, obj, count in entries]
+
+
 @handler(Op.RELEASE)
 def _release(ctx: HandlerContext, oid: int) -> Any:
     return None  # the releases rode in the message header and are already applied

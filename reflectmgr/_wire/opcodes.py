@@ -52,6 +52,7 @@ class Op(IntEnum):
     PING = 29  # () -> None
     CREATE = 30  # (typeid, args, kwargs) -> (reference, exposed names) from the server's registry
     CALLMETHOD_REF = 31  # (name, args, kwargs): CALLMETHOD whose result always goes by reference
+    DEBUG_INFO = 32  # () -> [(oid, references held, str(object)[:75])], by oid
 
 
 # Frame flags.

@@ -45,12 +45,6 @@ except ImportError as exc:  # a Python built without its test package
     pytest.skip(f"CPython's test package is not installed: {exc}", allow_module_level=True)
 
 
-def _manager() -> reflectmgr.managers.SyncManager:
-    m = reflectmgr.managers.SyncManager()
-    m.start()
-    return m
-
-
 _managers = types.SimpleNamespace(**vars(_stdlib_managers))
 for _name in _REPLACED:
     setattr(_managers, _name, getattr(reflectmgr.managers, _name))
@@ -66,6 +60,17 @@ class _Multiprocessing(types.ModuleType):
 
 
 _mp = _Multiprocessing("multiprocessing")
+
+
+def _manager() -> reflectmgr.Manager:
+    """``multiprocessing.Manager()``: reflectmgr's Manager, started at once as the stdlib's is (a
+    reflectmgr Manager starts at first use; started inside a test instead of in setUpClass, the
+    suite's leftover-process check would take it for a process the test left behind)."""
+    m = reflectmgr.Manager()
+    m.start()
+    return m
+
+
 _mp.Manager = _manager  # type: ignore[attr-defined]
 _mp.managers = _managers  # type: ignore[attr-defined]
 tm.multiprocessing = _mp

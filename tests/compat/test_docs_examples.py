@@ -168,3 +168,20 @@ def test_namespace(mp: Any) -> None:
         glob.y = "hello"
         glob._z = 12.3  # hidden from the printout (underscore), on both
         assert str(glob) == "Namespace(x=10, y='hello')"
+
+
+def test_number_of_objects_and_debug_info(mp: Any) -> None:
+    # What CPython's test harness checks after every manager test class (and code modelled on it).
+    import gc
+
+    with mp.Manager() as manager:
+        d = manager.dict(a=1)
+        lst = manager.list([1, 2])
+        assert manager._number_of_objects() == 2
+        info = manager._debug_info()
+        assert "refcount=" in info and "{'a': 1}" in info and "[1, 2]" in info
+        assert len(info.splitlines()) == 4  # two lines per object
+        del d, lst
+        gc.collect()
+        assert manager._number_of_objects() == 0
+        assert manager._debug_info() == ""
