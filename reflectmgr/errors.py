@@ -198,11 +198,23 @@ def as_remote(exc: BaseException) -> BaseException:
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - named like concurrent.futures' _RemoteTraceback
-    """Carries the traceback of the side that raised; attached as ``__cause__`` (like concurrent.futures)."""
+    """Carries the traceback of the side that raised; attached as ``__cause__`` (like concurrent.futures).
 
-    def __init__(self, tb: str) -> None:
+    ``tb`` is its text. A manager sends the traceback captured, not formatted (see
+    ``_wire/tracebacks.py``): the text is made when first read, so an exception that is caught and
+    never printed costs no formatting."""
+
+    def __init__(self, tb: Any) -> None:
         super().__init__(tb)
-        self.tb = tb
+        self._tb = tb
+
+    @property
+    def tb(self) -> str:
+        if not isinstance(self._tb, str):
+            from ._wire.tracebacks import render  # the wire layer builds on this module
+
+            self._tb = f'\n"""\n{render(self._tb)}"""'
+        return self._tb
 
     def __str__(self) -> str:
         return self.tb

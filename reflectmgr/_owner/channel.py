@@ -19,7 +19,6 @@ from __future__ import annotations
 import pickle
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -31,10 +30,12 @@ from .._wire.codec import (
     codec_context,
     decode,
     encode,
+    plain,
     split_releases,
     swap_encoding,
 )
 from .._wire.opcodes import FLAG_OOB, FLAG_RELEASES, Msg
+from .._wire.tracebacks import capture, render
 from ..errors import ProtocolError, ReflectmgrError, RemoteError
 from .dispatch import HANDLERS, Handler, HandlerContext
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
@@ -342,15 +343,19 @@ class Channel:
         return flags, payload, new_types
 
     def _send_error(self, exc: BaseException) -> None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        tb = f'\n"""\n{tb}"""'
+        tb = capture(exc)  # formatted by the reader, if ever read (see _wire/tracebacks.py)
         prev = swap_encoding(self.peer.home)
         try:
-            flags, payload = encode((_ERR, (), exc, tb))
+            msg = (_ERR, (), exc, tb)
+            if type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
+                flags, payload = 0, pickle.dumps(msg, PROTOCOL)  # KeyError, StopIteration...: no cloudpickle
+            else:
+                flags, payload = encode(msg)
             pickle.loads(payload)  # an exception that pickles but does not load would break the reader
         except Exception:
-            err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
-            flags, payload = encode((_ERR, (), err, tb))
+            text = f'\n"""\n{render(tb)}"""'
+            err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
+            flags, payload = encode((_ERR, (), err, text))
         finally:
             swap_encoding(prev)
         self.transport.send(flags, payload)

@@ -1,0 +1,105 @@
+"""A traceback as it travels: captured where the exception was raised, formatted where it is read.
+
+Formatting is most of what an exception costs to send: CPython's traceback formatting parses each
+frame's source line to place its ``^^^`` markers (3.11+), tens of microseconds per frame, and
+most remote exceptions are caught (``except KeyError``) and never printed. So the raising side
+only captures, per exception of the chain, its frames (file, line numbers and columns, function,
+source line) and its last line(s) (``format_exception_only``); the receiving side formats that
+when the text is first asked for (``RemoteTraceback.__str__``, a printed traceback), with the
+same markers, using only the public ``traceback`` API.
+
+    capture(exc) -> ((link, frames, exception_lines), ...)   oldest first; tuples, str and ints
+    render(captured) -> the text traceback.format_exception would have given
+"""
+
+from __future__ import annotations
+
+import itertools
+import linecache
+import traceback
+from typing import Any
+
+Frame = tuple[str, int, str, str, Any, Any, Any]  # file, line, function, source, end line, col, end col
+# the sentence printed after this exception ("" for the last), its frames, its last line(s)
+Entry = tuple[str, tuple[Frame, ...], tuple[str, ...]]
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+_HEADER = "Traceback (most recent call last):\n"
+
+
+def capture(exc: BaseException) -> tuple[Entry, ...] | str:
+    """What :func:`render` needs, without formatting it. An exception group's members are
+    formatted at once (rare, and the tree does not fit the flat form)."""
+    entries: list[Entry] = []
+    seen: set[int] = set()
+    link = ""  # how the newer exception reached this one: printed after this one
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BaseExceptionGroup):
+            return "".join(traceback.format_exception(exc))
+        seen.add(id(current))
+        entries.append((link, _frames(current.__traceback__), _last_lines(current)))
+        if current.__cause__ is not None:
+            link, current = _CAUSE, current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            link, current = _CONTEXT, current.__context__
+        else:
+            current = None
+    return tuple(reversed(entries))
+
+
+def _frames(tb: Any) -> tuple[Frame, ...]:
+    """What ``traceback.extract_tb`` gives, without its ``stat`` of every file on every call: the
+    source comes from linecache as loaded (a file edited since is shown as it was first read)."""
+    out = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        line, end_line, col, end_col = _position(code, tb.tb_lasti, tb.tb_lineno)
+        # The source line as in the file (not stripped): the markers' columns count from its start.
+        source = linecache.getline(code.co_filename, line) if line else ""
+        out.append((code.co_filename, line or 0, code.co_name, source, end_line, col, end_col))
+        tb = tb.tb_next
+    return tuple(out)
+
+
+def _position(code: Any, lasti: int, lineno: int | None) -> tuple[Any, Any, Any, Any]:
+    if lasti < 0:
+        return lineno, None, None, None
+    for line, end_line, col, end_col in itertools.islice(code.co_positions(), lasti // 2, None):
+        return line, end_line, col, end_col
+    return lineno, None, None, None
+
+
+def _last_lines(exc: BaseException) -> tuple[str, ...]:
+    """``traceback.format_exception_only``, without building a TracebackException in the common
+    case (no notes, not a SyntaxError, whose lines show the offending code)."""
+    if isinstance(exc, SyntaxError) or getattr(exc, "__notes__", None) is not None:
+        return tuple(traceback.format_exception_only(type(exc), exc))
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ in ("__main__", "builtins") else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<exception str() failed>"
+    return (f"{name}: {text}\n" if text else f"{name}\n",)
+
+
+def render(captured: tuple[Entry, ...] | str) -> str:
+    """The text ``traceback.format_exception`` gave where the exception was raised."""
+    if isinstance(captured, str):
+        return captured
+    out: list[str] = []
+    for link, frames, lines in captured:  # oldest first; each link is the sentence after its entry
+        if frames:
+            out.append(_HEADER)
+            summaries = [
+                traceback.FrameSummary(
+                    file, line, name, lookup_line=False, line=source, end_lineno=end_line, colno=col, end_colno=end_col
+                )
+                for file, line, name, source, end_line, col, end_col in frames
+            ]
+            out.extend(traceback.StackSummary.from_list(summaries).format())
+        out.extend(lines)
+        out.append(link)
+    return "".join(out)
