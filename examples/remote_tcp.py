@@ -1,7 +1,12 @@
 """A manager listening on TCP, and a separate process that attaches with reflectmgr.connect.
 
 Run:  python examples/remote_tcp.py
-(On two hosts, pass address=("0.0.0.0", port) to Manager and the host's name to connect.)
+
+On two hosts, bind the manager to the address of the private interface the other host reaches
+(address=("10.0.0.5", port)), not ("0.0.0.0", port): anyone holding the authkey can run code in
+the manager, and after the handshake pickles travel in clear text (see docs/security.md). Keep the
+authkey out of the source and off the command line (a file only its user can read, or an
+environment variable).
 """
 
 from __future__ import annotations
