@@ -19,6 +19,7 @@ from ._wire.opcodes import Op
 from .errors import (
     AuthenticationError,
     BrokenManagerError,
+    LockOwnerDied,
     ManagerClosedError,
     ManagerTimeoutError,
     ProtocolError,
@@ -67,6 +68,7 @@ __all__ = [
     "Proxy",
     "ReflectmgrError",
     "ReflectmgrPicklingError",
+    "LockOwnerDied",
     "ReleasedError",
     "RemoteError",
     "RemoteTraceback",

@@ -87,6 +87,14 @@ def pickling_error(message: str, cause: BaseException | None) -> ReflectmgrPickl
     return _pickling_type(None if plain else type(cause))(message)
 
 
+class LockOwnerDied(ReflectmgrError):  # noqa: N818 - named after EOWNERDEAD, as the issue of robust mutexes
+    """A robust lock (``m.Lock(robust=True)``) was acquired after its previous owner died holding it.
+
+    Raised by ``acquire()`` *with the lock held* (as ``EOWNERDEAD`` of POSIX robust mutexes): the
+    state it protects may be half-updated; repair it, then release. ``with lock:`` releases the
+    lock again before raising it (its body does not run)."""
+
+
 class ReleasedError(ReflectmgrError):
     """The remote object behind a proxy no longer exists (it was released or its owner went away)."""
 
@@ -223,6 +231,7 @@ class RemoteTraceback(Exception):  # noqa: N818 - named like concurrent.futures'
 __all__ = [
     "AuthenticationError",
     "BrokenManagerError",
+    "LockOwnerDied",
     "ManagerClosedError",
     "ManagerTimeoutError",
     "ProtocolError",

@@ -75,10 +75,21 @@ class Factories:
 
     # -- multiprocessing.managers.SyncManager's factories, same signatures ---------------------
     # Each builds the stdlib's own object in the manager; the proxy reflects all of it.
-    def Lock(self) -> Any:  # noqa: N802
+    def Lock(self, *, robust: bool = False) -> Any:  # noqa: N802
+        """A ``threading.Lock`` in the manager; ``robust=True``: released when its owner dies, the
+        next ``acquire()`` raising :class:`LockOwnerDied` (see _owner/robust.py)."""
+        if robust:
+            from .._owner.robust import RobustLock
+
+            return self.new(RobustLock)
         return self.new(threading.Lock)
 
-    def RLock(self) -> Any:  # noqa: N802
+    def RLock(self, *, robust: bool = False) -> Any:  # noqa: N802
+        """A ``threading.RLock`` in the manager; ``robust=True`` as for :meth:`Lock`."""
+        if robust:
+            from .._owner.robust import RobustLock
+
+            return self.new(RobustLock, True)
         return self.new(threading.RLock)
 
     def Semaphore(self, value: int = 1) -> Any:  # noqa: N802

@@ -27,6 +27,7 @@ from .._transport.base import Transport
 from .._wire.framing import MAX_FRAME, MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError
+from . import robust
 from .channel import Channel
 from .dispatcher import Dispatcher
 from .export import Describer
@@ -293,6 +294,7 @@ class Server:
             if last:
                 self.sessions.pop(session.token, None)
         if last:
+            robust.session_ended(session)  # its robust locks: released, marked for the next owner
             self.table.release_all(session)
             if session.importer is not None:
                 session.importer.disconnect()

@@ -45,3 +45,22 @@ def die_mid_message(address: Any, authkey: bytes, report: Any) -> None:
     t._sendall(pack_header(8 << 20, 0) + b"\x80" * (3 << 20))  # 3 of the 8 MiB it announces
     report.put("half sent")
     time.sleep(600)  # killed by the test in the middle of its message
+
+
+def lock_and_wait(lock: Any, times: int, acquired: Any, release_first: bool) -> None:
+    """Acquire ``lock`` ``times`` times (an RLock may nest), maybe release it all, tell the
+    parent, and wait to be killed."""
+    for _ in range(times):
+        lock.acquire()
+    if release_first:
+        for _ in range(times):
+            lock.release()
+    acquired.set()
+    time.sleep(600)  # killed by the test
+
+
+def wait_for_lock(lock: Any, waiting: Any) -> None:
+    """Tell the parent, then block in acquire() until killed (or, wrongly, until acquiring)."""
+    waiting.set()
+    lock.acquire()
+    time.sleep(600)
