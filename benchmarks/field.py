@@ -24,9 +24,11 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
+from workloads import MISS
+
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 CLIENT_COUNTS = (1, 2, 4, 8)
-FIELD_OPS = ("d[k]", "d[k] = v", "Queue put+get")
+FIELD_OPS = ("d[k]", "d[k] = v", "Queue put+get", MISS)
 SLICE = 200e-6  # the compute between two calls in (a)
 BLOCKS = 10  # (a): blocks of compute-only rounds alternating with blocks of compute+call rounds
 

@@ -27,6 +27,22 @@ class Counter:
         return self.n
 
 
+MISS = "d[missing]: KeyError"
+
+
+def missing_key(d: Any) -> Callable[[], None]:
+    """A lookup that raises in the manager and is caught here: what a remote exception costs."""
+
+    def miss() -> None:
+        try:
+            d["missing"]
+        except KeyError:
+            return
+        raise AssertionError("d['missing'] did not raise KeyError")
+
+    return miss
+
+
 def client_ops(d: Any, q: Any = None) -> dict[str, Callable[[], Any]]:
     """What a client process runs in the field scenarios (field.py), on the shared dict and queue."""
 
@@ -34,7 +50,11 @@ def client_ops(d: Any, q: Any = None) -> dict[str, Callable[[], Any]]:
         q.put(1)
         q.get()
 
-    ops: dict[str, Callable[[], Any]] = {"d[k]": lambda: d["k"], "d[k] = v": lambda: d.__setitem__("k", 1)}
+    ops: dict[str, Callable[[], Any]] = {
+        "d[k]": lambda: d["k"],
+        "d[k] = v": lambda: d.__setitem__("k", 1),
+        MISS: missing_key(d),
+    }
     if q is not None:
         ops["Queue put+get"] = queue_cycle
     return ops
@@ -68,6 +88,7 @@ def small_ops(d: Any, lst: Any, ns: Any, obj: Any, nested: Any) -> dict[str, Cal
         "method(k=1)": lambda: obj.incr(k=1),
         "ns.x": lambda: ns.x,
         'nested["a"]["b"] = x': lambda: nested["a"].__setitem__("b", 1),
+        MISS: missing_key(d),
     }
 
 

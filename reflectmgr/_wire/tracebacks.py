@@ -63,12 +63,26 @@ def _frames(tb: Any) -> tuple[Frame, ...]:
     return tuple(out)
 
 
+# (code, instruction offset) -> its source position; a raise point is met again and again (a
+# missing key, a StopIteration), and finding it walks the code's position table from the start.
+_positions: dict[tuple[Any, int], tuple[Any, Any, Any, Any]] = {}
+_POSITIONS_KEPT = 4096
+
+
 def _position(code: Any, lasti: int, lineno: int | None) -> tuple[Any, Any, Any, Any]:
     if lasti < 0:
         return lineno, None, None, None
-    for line, end_line, col, end_col in itertools.islice(code.co_positions(), lasti // 2, None):
-        return line, end_line, col, end_col
-    return lineno, None, None, None
+    key = (code, lasti)
+    found = _positions.get(key)
+    if found is None:
+        found = (lineno, None, None, None)
+        for line, end_line, col, end_col in itertools.islice(code.co_positions(), lasti // 2, None):
+            found = (line, end_line, col, end_col)
+            break
+        if len(_positions) >= _POSITIONS_KEPT:
+            _positions.clear()
+        _positions[key] = found
+    return found
 
 
 def _last_lines(exc: BaseException) -> tuple[str, ...]:
