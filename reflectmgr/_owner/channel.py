@@ -348,10 +348,11 @@ class Channel:
         try:
             msg = (_ERR, (), exc, tb)
             if type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
-                flags, payload = 0, pickle.dumps(msg, PROTOCOL)  # KeyError, StopIteration...: no cloudpickle
+                # KeyError, StopIteration...: plain pickle, and they load wherever Python runs
+                flags, payload = 0, pickle.dumps(msg, PROTOCOL)
             else:
                 flags, payload = encode(msg)
-            pickle.loads(payload)  # an exception that pickles but does not load would break the reader
+                pickle.loads(payload)  # an exception that pickles but does not load would break the reader
         except Exception:
             text = f'\n"""\n{render(tb)}"""'
             err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
