@@ -118,5 +118,8 @@ class CallingChannel(Channel):
                 self.busy = False
                 error = as_remote(msg[2])  # catchable as its own type and as RemoteError
                 error.__cause__ = RemoteTraceback(msg[3])
-                raise error
+                try:
+                    raise error
+                finally:
+                    del error  # no cycle through this frame: the error must not wait for the GC
             self._serve(msg)
