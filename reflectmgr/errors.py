@@ -87,7 +87,7 @@ def pickling_error(message: str, cause: BaseException | None) -> ReflectmgrPickl
     return _pickling_type(None if plain else type(cause))(message)
 
 
-class LockOwnerDied(ReflectmgrError):  # noqa: N818 - named after EOWNERDEAD, as the issue of robust mutexes
+class LockOwnerDied(ReflectmgrError):  # noqa: N818 - named as EOWNERDEAD reads, not as an error
     """A robust lock (``m.Lock(robust=True)``) was acquired after its previous owner died holding it.
 
     Raised by ``acquire()`` *with the lock held* (as ``EOWNERDEAD`` of POSIX robust mutexes): the

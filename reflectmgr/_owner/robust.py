@@ -97,7 +97,8 @@ class RobustLock:
             session = self._session
             self._owner, self._session, self._count = None, None, 0
         if session is not None:
-            _held(session).discard(self)
+            with _sessions_lock:
+                _sessions.get(session, set()).discard(self)
         self._lock.release()
 
     def owner_gone(self, session: Any) -> None:

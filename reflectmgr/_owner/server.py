@@ -45,7 +45,7 @@ MAX_PENDING_HANDSHAKES = 64
 class Session(Account):
     """One client process as the owner sees it: its references and its connections."""
 
-    __slots__ = ("connections", "describer", "importer", "pid", "server", "table", "token")
+    __slots__ = ("describer", "importer", "pid", "server", "table", "token", "transports")
 
     def __init__(self, server: Server, token: bytes, pid: int) -> None:
         super().__init__(f"client pid {pid}")
@@ -54,8 +54,24 @@ class Session(Account):
         self.describer = server.describer
         self.token = token
         self.pid = pid
-        self.connections = 0
+        self.transports: set[Transport] = set()  # its open connections (guarded by the server's lock)
         self.importer: Any = server.make_importer(self) if server.make_importer else None
+
+    @property
+    def connections(self) -> int:
+        return len(self.transports)
+
+    @staticmethod
+    def gone(transports: list[Transport]) -> bool:
+        """Is the peer of every one of these connections gone? (A process that died, though some
+        of its connections' threads are still blocked in a call and have not noticed.)"""
+        for transport in transports:
+            try:
+                transport.check_peer()
+            except (EOFError, OSError):
+                continue
+            return False
+        return True
 
     @property
     def account(self) -> Account:
@@ -228,7 +244,7 @@ class Server:
             with self._lock:
                 self._transports.discard(transport)
             if session is not None:
-                self._goodbye(session)
+                self._goodbye(session, transport)
 
     def _first_frame(self, transport: Transport) -> tuple[Transport, bytes | bytearray]:
         """The first frame after authentication; a request for shared memory switches first."""
@@ -283,16 +299,21 @@ class Server:
             session = self.sessions.get(token)
             if session is None:
                 session = self.sessions[token] = Session(self, token, pid)
-            session.connections += 1
+            session.transports.add(transport)
         transport.send(0, pickle.dumps((Msg.OK, (), os.getpid()), 5))
         return session
 
-    def _goodbye(self, session: Session) -> None:
+    def _goodbye(self, session: Session, transport: Transport) -> None:
         with self._lock:
-            session.connections -= 1
-            last = session.connections == 0
+            session.transports.discard(transport)
+            others = list(session.transports)
+            last = not others
             if last:
                 self.sessions.pop(session.token, None)
+        if not last and Session.gone(others):
+            # Its other connections' threads are blocked in calls (a Queue.get) and will not
+            # notice for a while: its robust locks must not wait for them.
+            robust.session_ended(session)
         if last:
             robust.session_ended(session)  # its robust locks: released, marked for the next owner
             self.table.release_all(session)

@@ -19,7 +19,7 @@ import reflectmgr
 
 from ..helpers import CHILD, DEATH, wait_until
 from .test_faults import spawned
-from .workers import lock_and_wait, wait_for_lock
+from .workers import lock_and_wait, lock_while_another_thread_waits, wait_for_lock
 
 KINDS = ["Lock", "RLock"]
 
@@ -52,6 +52,21 @@ def test_an_owner_killed_holding_the_lock_releases_it_and_the_next_acquirer_is_t
     assert not lock.locked()
     assert lock.acquire(timeout=DEATH) is True  # told once only
     lock.release()
+
+
+def test_an_owner_killed_while_its_other_thread_is_blocked_in_a_call_releases_it(manager: reflectmgr.Manager) -> None:
+    # The blocked call's connection thread will not see the process die; the lock must not wait for it.
+    lock, q, acquired = manager.Lock(robust=True), manager.Queue(), manager.Event()
+    before = manager.stats().connections
+    with spawned(lock_while_another_thread_waits, lock, q, acquired) as child:
+        assert acquired.wait(CHILD)
+        # the child's two threads each have their connection: the waiting one is (about to be) blocked
+        wait_until(lambda: manager.stats().connections >= before + 2, CHILD, "the child's second connection")
+        _kill(child)
+    with pytest.raises(reflectmgr.LockOwnerDied):
+        lock.acquire(timeout=DEATH)
+    lock.release()
+    q.put("wake the orphaned get")  # its thread in the manager ends, and with it the session
 
 
 @pytest.mark.parametrize("kind", KINDS)

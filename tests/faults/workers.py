@@ -64,3 +64,14 @@ def wait_for_lock(lock: Any, waiting: Any) -> None:
     waiting.set()
     lock.acquire()
     time.sleep(600)
+
+
+def lock_while_another_thread_waits(lock: Any, q: Any, acquired: Any) -> None:
+    """Hold ``lock`` while another thread of this process is blocked in ``q.get()`` (a call the
+    manager serves on another connection, which will not notice this process die)."""
+    import threading
+
+    threading.Thread(target=q.get, daemon=True).start()
+    lock.acquire()
+    acquired.set()
+    time.sleep(600)  # killed by the test
