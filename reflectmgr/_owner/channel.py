@@ -37,7 +37,7 @@ from .._wire.codec import (
 from .._wire.opcodes import FLAG_OOB, FLAG_RELEASES, Msg
 from .._wire.tracebacks import capture, render
 from ..errors import ProtocolError, ReflectmgrError, RemoteError
-from .dispatch import HANDLERS, Handler, HandlerContext
+from .dispatch import HANDLERS, NO_CALL, Handler, HandlerContext
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
 from .inline import WouldBlock
 
@@ -242,7 +242,7 @@ class Channel:
         try:
             if releases:
                 self.peer.apply_releases(releases)
-            if op is None:  # the releases were all there was (the call failed to load)
+            if op is NO_CALL:  # the releases were all there was (the call failed to load)
                 return True
             return self._dispatch(op, oid, args, handle)
         finally:

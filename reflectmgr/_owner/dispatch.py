@@ -44,6 +44,9 @@ class HandlerContext(Protocol):
 
 
 Handler = Callable[..., Any]  # (ctx: HandlerContext, oid: int, *args) -> result
+# The op of a request whose call failed to load (the peer has the error as its answer): only its
+# releases count. Not None, which a peer may send as an op (and is answered "unknown operation").
+NO_CALL: Any = object()
 HANDLERS: dict[int, Handler] = {}
 
 

@@ -42,6 +42,7 @@ from .._transport import waiting
 from .._transport.shm import Bell, RingFull, ShmTransport
 from ..errors import ReflectmgrError
 from .channel import Channel
+from .dispatch import NO_CALL
 from .inline import inline_handler
 
 log = logging.getLogger("reflectmgr.server")
@@ -150,7 +151,7 @@ class Dispatcher:
         channel, transport = conn.channel, conn.transport
         if pending is _READ_FRAME:
             releases, call = channel.take_request(*transport.recv())
-            channel.run(releases, *(call or (None, None, ())))
+            channel.run(releases, *(call or (NO_CALL, None, ())))
         elif isinstance(pending, RingFull):
             transport.send(*pending.frame)  # a reply the dispatcher could not send without waiting
         else:
@@ -267,7 +268,7 @@ class Dispatcher:
         connection is the only one with requests (``solo``: its thread then keeps the ring)."""
         channel = conn.channel
         releases, call = channel.take_request(*conn.transport.recv())
-        op, oid, args = call or (None, None, ())
+        op, oid, args = call or (NO_CALL, None, ())
         if solo:
             self._solo, self._solo_rounds = None, 0
             self._hand_over(conn, (releases, op, oid, args))

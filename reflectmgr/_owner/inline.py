@@ -33,7 +33,7 @@ from typing import Any
 
 from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
-from .dispatch import HANDLERS, Handler
+from .dispatch import HANDLERS, NO_CALL, Handler
 
 
 class WouldBlock(Exception):  # noqa: N818 - a signal to hand the call over, not an error
@@ -228,7 +228,7 @@ def inline_handler(peer: Any, releases: Any, op: Any, oid: Any, args: tuple[Any,
     thread must run it). Releases run ``__del__`` methods, so they count too."""
     if releases and calls_back(peer):
         return None
-    if op is None:  # releases alone (the call failed to load and was answered)
+    if op is NO_CALL:  # releases alone (the call failed to load and was answered)
         return _nothing
     if type(op) is not int:
         return None
@@ -248,9 +248,10 @@ def inline_handler(peer: Any, releases: Any, op: Any, oid: Any, args: tuple[Any,
     methods = _NEUTRAL.get(kind)
     if methods is None:
         return None
-    if op == _CALLMETHOD and args[0] in methods and type(args[1]) is tuple and type(args[2]) is dict:
-        return _trial_method
-    if op == _DUNDER and type(args[0]) is int and 0 <= args[0] < len(_DUNDER_NAMES):
+    # A peer's request may have any shape: only a well-formed one is tried here.
+    if op == _CALLMETHOD and len(args) == 3 and type(args[0]) is str and args[0] in methods:
+        return _trial_method if type(args[1]) is tuple and type(args[2]) is dict else None
+    if op == _DUNDER and len(args) == 2 and type(args[0]) is int and 0 <= args[0] < len(_DUNDER_NAMES):
         if _DUNDER_NAMES[args[0]] in methods and type(args[1]) is tuple:
             return _trial_dunder
     return None

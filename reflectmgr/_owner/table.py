@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import ReleasedError
+from ..errors import ProtocolError, ReleasedError
 
 # How long a pin keeps its objects when nobody claims it: a pickled proxy that is never loaded, a
 # forked child that never adopted what it inherited. Long enough for a pickle to wait in a queue
@@ -83,6 +83,10 @@ class ObjectTable:
         A negative count *acquires*: the account takes over a borrowed reference (an executor task
         got the proxy without a round trip while its submitter kept the object alive).
         """
+        releases = tuple(releases)
+        for item in releases:  # a peer's garbage must not reach the counts half applied
+            if type(item) is not tuple or len(item) != 2 or type(item[0]) is not int or type(item[1]) is not int:
+                raise ProtocolError(f"malformed release {item!r}")
         garbage: list[Any] = []
         with self.lock:
             for oid, count in releases:

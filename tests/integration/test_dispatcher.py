@@ -162,3 +162,34 @@ def test_clients_beyond_the_cores_are_served_by_the_dispatcher(monkeypatch: pyte
         finally:
             for s in sessions:
                 s.close()
+
+
+@pytest.mark.parametrize("op", [None, "GETATTR", 999], ids=repr)
+def test_a_request_with_no_valid_op_is_answered_not_ignored(m: reflectmgr.Manager, op: Any) -> None:
+    """A peer's request whose op is not one (None among them, which the dispatcher once took for
+    "nothing to run" and never answered) gets an error answer; the connection goes on."""
+    import pickle
+
+    from reflectmgr._transport.auth import client_handshake
+    from reflectmgr._transport.shm import upgrade_client
+    from reflectmgr._transport.sockets import connect as raw_connect
+
+    q = m.Queue()  # an object the dispatcher may serve itself, when the request is well formed
+    t = raw_connect(m.address, PROMPT)  # type: ignore[arg-type]
+    try:
+        client_handshake(t, m.authkey)
+        t = upgrade_client(t)
+        t.set_timeout(PROMPT)
+        t.send(0, pickle.dumps((0, (), 27, 0, (os.urandom(16), os.getpid()))))  # HELLO
+        t.recv()
+        t.authenticated(1 << 20)
+        oid = q._rm_oid
+        requests = [(0, (), op, oid, ()), (0, (), 5, oid, ()), (0, (), 5, oid, ([],)), (0, (), 6, oid, ("x", 1, 2))]
+        for request in requests:
+            t.send(0, pickle.dumps(request))  # CALLMETHOD and DUNDER of the wrong arity too
+            kind, _, error, _ = pickle.loads(t.recv()[1])
+            assert kind == 2 and isinstance(error, Exception), error
+        t.send(0, pickle.dumps((0, (), 29, 0, ())))  # PING: still served
+        assert pickle.loads(t.recv()[1]) == (1, (), None)
+    finally:
+        t.dispose()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from reflectmgr._owner.table import Account, ObjectTable
-from reflectmgr.errors import ReleasedError
+from reflectmgr.errors import ProtocolError, ReleasedError
 
 
 class Obj:
@@ -162,3 +162,13 @@ def test_adopt_without_a_fork_pin() -> None:
     oid = table.export(parent, Obj())
     assert table.adopt(child, None, [oid]) == [oid]
     assert child.held == {oid: 1} and parent.held == {oid: 1}
+
+
+@pytest.mark.parametrize("bad", [[(1.5, 1)], [("x", 1)], [(1, "2")], [(1, 0.5)], [(1, 1, 1)], [None], ["ab"]], ids=repr)
+def test_a_malformed_release_is_refused_whole_and_changes_nothing(bad: list[Any]) -> None:
+    table, client = ObjectTable(), Account("c")
+    obj = Obj()
+    oid = table.export(client, obj)
+    with pytest.raises(ProtocolError):
+        table.release(client, [(oid, 1), *bad])  # the good entry before it is not applied either
+    assert table.resolve(oid) is obj and client.held == {oid: 1}
