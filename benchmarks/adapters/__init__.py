@@ -13,4 +13,5 @@ ADAPTERS = [
     "reflectmgr_shm",
     "reflectmgr_pipe",
     "reflectmgr_tcp",
+    "reflectmgr_tls",
 ]

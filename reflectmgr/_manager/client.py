@@ -13,6 +13,7 @@ next door: the release flusher (flusher.py), proxies leaving the process (transf
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 import weakref
 from collections import deque
@@ -21,12 +22,14 @@ from typing import Any
 from .._proxy.calls import CallingChannel as Channel
 from .._proxy.link import Link
 from .._transport.auth import client_handshake
+from .._transport.inproc import is_inproc
 from .._transport.shm import is_shm, upgrade_client
 from .._transport.sockets import Address, connect
 from .._wire import codec
 from .._wire.framing import MAX_FRAME, MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
 from ..errors import (
+    AuthenticationError,
     BrokenManagerError,
     ManagerClosedError,
     ManagerTimeoutError,
@@ -54,7 +57,12 @@ def get_client(address: Address, authkey: bytes | None = None, *, implicit: bool
     """
     with registry.lock:
         client = registry.clients.get(registry.key(address))
-        if client is not None and not client.closed and (authkey is None or bytes(authkey) == client.authkey):
+        if (
+            client is not None
+            and not client.closed
+            and (authkey is None or bytes(authkey) == client.authkey)
+            and client.ssl_context is registry.tls.get(registry.key(address))  # TLS asked for: TLS given
+        ):
             client.implicit |= implicit
             return client
     client = Client(address, authkey if authkey is not None else default_authkey())
@@ -92,6 +100,7 @@ class Client(Transfers, ForkHandling, Link):
         # Where a proxy pickled here can be rebuilt: this process's route first, then everyone's.
         self.routes: tuple[Address, ...] = tuple(dict.fromkeys([address, self.public_address]))
         self.authkey = bytes(authkey)
+        self.ssl_context = registry.tls.get(registry.key(address))
         self.closed = False
         self._pool: deque[Channel] = deque()
         self._generation = registry.generation[0]
@@ -113,11 +122,26 @@ class Client(Transfers, ForkHandling, Link):
         with registry.lock:
             registry.clients.setdefault(registry.key(address), self)
 
+    @property
+    def route_for_children(self) -> Address:
+        """Where a process this one starts reaches the manager: this process's own route unless
+        only this process can use it (an in-process owner's rings)."""
+        return self.public_address if is_inproc(self.address) else self.address
+
+    @property
+    def tls_for_children(self) -> Any:
+        """The TLS context a child needs for :attr:`route_for_children`, if it can be sent there
+        (see reflectmgr.tls), else None."""
+        from ..tls import TLSContext
+
+        context = registry.tls.get(registry.key(self.route_for_children))
+        return context if isinstance(context, TLSContext) else None
+
     # -- connections -------------------------------------------------------------------------
     def _open(self) -> Channel:
         bound = CONNECT_TIMEOUT if self.timeout is None else min(CONNECT_TIMEOUT, self.timeout)
         try:
-            transport = connect(self.address, bound)
+            transport = connect(self.address, bound, self.ssl_context)
         except OSError as exc:
             raise BrokenManagerError(
                 f"cannot connect to the manager at {self.address!r}: {exc}. "
@@ -134,6 +158,12 @@ class Client(Transfers, ForkHandling, Link):
             self.manager_pid = reply[2]
             transport.set_timeout(self.timeout)
             transport.authenticated(self.max_frame)
+        except ssl.SSLError as exc:  # TLS 1.3: the manager refuses our certificate after the handshake
+            transport.dispose()
+            raise AuthenticationError(
+                f"the manager at {self.address!r} refused this TLS connection: {exc.reason or exc} "
+                "(a client certificate it does not trust, or none)"
+            ) from exc
         except TimeoutError as exc:
             transport.dispose()
             raise ManagerTimeoutError(

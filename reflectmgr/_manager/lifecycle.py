@@ -17,6 +17,7 @@ import importlib
 import os
 import queue
 import shutil
+import ssl
 import threading
 import weakref
 from typing import Any
@@ -27,6 +28,8 @@ from .._transport.sockets import DEFAULT_TRANSPORT, SOCKET_DIR_PREFIX, TRANSPORT
 from .._wire.framing import MAX_FRAME
 from .._wire.opcodes import Op
 from ..errors import BrokenManagerError, ManagerClosedError, ManagerTimeoutError, ReflectmgrError
+from ..tls import travels
+from . import registry
 from .client import Client, default_authkey, get_client
 from .namespace import Namespace, identity
 from .stats import Stats
@@ -197,6 +200,8 @@ class Manager(Factories):
     ``in_process=True`` keeps the owner in this process (threads of the main interpreter): its
     subinterpreters reach it over in-process rings (``inproc_address``), other processes over
     ``address``; there is no manager process.
+    ``ssl_context``: TLS for a TCP manager (see :mod:`reflectmgr.tls`); the manager then also
+    listens on a private unix socket, which this process and the processes it starts use.
     ``timeout``: how long a call waits for the manager's answer before it raises
     :class:`~reflectmgr.ManagerTimeoutError` (default: no limit, since ``Queue.get()`` may rightly
     wait). ``max_frame``: the largest pickled message or out-of-band buffer either side accepts
@@ -216,6 +221,7 @@ class Manager(Factories):
         in_process: bool = False,
         timeout: float | None = None,
         max_frame: int = MAX_FRAME,
+        ssl_context: Any = None,
     ) -> None:
         if transport is None:
             transport = "tcp" if isinstance(address, tuple) else DEFAULT_TRANSPORT
@@ -223,7 +229,10 @@ class Manager(Factories):
             raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
         if transport == "shm" and isinstance(address, tuple):
             raise ValueError("the shm transport is for one host: give it a unix path (or None), or use tcp")
+        if ssl_context is not None and transport != "tcp":
+            raise ValueError("TLS is for TCP managers: give ssl_context with a (host, port) address")
         self.transport = transport
+        self._ssl_context = ssl_context
         self._requested = address
         self._authkey = bytes(authkey) if authkey is not None else default_authkey()
         self._ctx = ctx
@@ -266,12 +275,26 @@ class Manager(Factories):
             import multiprocess
 
             ctx = multiprocess.get_context(ctx or "spawn")
+        if not travels(self._ssl_context, ctx.get_start_method()):
+            raise TypeError(
+                "an ssl.SSLContext cannot be sent to the manager process: make it with "
+                "reflectmgr.tls.server_context(...), pass a function that returns it, or use in_process=True"
+            )
         from .process import serve  # loaded on start: a client-only process never needs it
 
         reader, writer = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=serve,
-            args=(self.transport, self._requested, self._authkey, os.getpid(), writer, self._setup, self.max_frame),
+            args=(
+                self.transport,
+                self._requested,
+                self._authkey,
+                os.getpid(),
+                writer,
+                self._setup,
+                self.max_frame,
+                self._ssl_context,
+            ),
             name="reflectmgr-manager",
         )
         process.start()
@@ -292,9 +315,12 @@ class Manager(Factories):
             _stop_process(process, 0)
             raise BrokenManagerError(f"the manager could not listen: {detail}")
         self._process = process
-        self.address = detail
+        self.address = detail[0]
         try:
-            self._client = Client(detail, self._authkey, timeout=self.timeout, max_frame=self.max_frame)
+            # With TLS, this process uses the manager's private unix socket (detail[-1]).
+            self._client = Client(
+                detail[-1], self._authkey, public_address=detail[0], timeout=self.timeout, max_frame=self.max_frame
+            )
         except BaseException:
             _stop_process(process, 0)
             raise
@@ -305,7 +331,9 @@ class Manager(Factories):
     def _start_in_process(self) -> None:
         from .process import serve_in_process
 
-        server, inproc, thread = serve_in_process(self.transport, self._requested, self._authkey, self.max_frame)
+        server, inproc, thread = serve_in_process(
+            self.transport, self._requested, self._authkey, self.max_frame, self._ssl_context
+        )
         self._server = server
         self.address = server.address
         self.inproc_address = inproc
@@ -453,7 +481,12 @@ def _connection_of(address: Address) -> Connection:
 
 
 def connect(
-    address: Address, authkey: bytes | None = None, *, transport: str | None = None, timeout: float | None = None
+    address: Address,
+    authkey: bytes | None = None,
+    *,
+    transport: str | None = None,
+    timeout: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Connection:
     """Attach to a running manager at ``address`` (as its ``address`` reports it: ``"shm:<path>"``,
     a unix path, or ``(host, port)`` for TCP). ``transport="shm"`` asks for shared memory on a
@@ -462,11 +495,20 @@ def connect(
     session with that manager.
 
     The connection is the caller's: closing it closes nothing else (see :class:`Connection`).
+    ``ssl_context``: TLS to a TCP manager started with one (see :mod:`reflectmgr.tls`); every
+    connection of this process to that address uses it from then on, proxies unpickled here too.
+
     Raises :class:`BrokenManagerError` if nothing answers there and
-    :class:`~reflectmgr.AuthenticationError` if the authkey does not match.
+    :class:`~reflectmgr.AuthenticationError` if the authkey does not match, or TLS fails (a
+    certificate not trusted, TLS on one side only).
     """
     if transport is not None:
         address = with_transport(address, transport)
+    if ssl_context is not None:
+        if not isinstance(address, (tuple, list)):
+            raise ValueError("TLS is for TCP: give ssl_context with a (host, port) address")
+        with registry.lock:
+            registry.tls[registry.key(address)] = ssl_context
     client = get_client(address, authkey, implicit=False)
     if timeout is not None:
         client.timeout = timeout

@@ -21,8 +21,9 @@ import psutil
 from .._owner.server import Server
 from .._proxy.calls import CallingChannel
 from .._transport.inproc import InprocListener
-from .._transport.sockets import Listener
+from .._transport.sockets import DEFAULT_TRANSPORT, Listener
 from .._wire.framing import MAX_FRAME
+from ..tls import made_here
 from . import registry
 from .callbacks import CallbackLink
 from .stats import collect
@@ -42,23 +43,33 @@ def serve(
     report: Any,
     setup: bytes | None = None,
     max_frame: int = MAX_FRAME,
+    ssl_context: Any = None,
 ) -> None:
-    """The manager process. ``setup``: cloudpickled ``(registry, initializer, initargs)``."""
+    """The manager process. ``setup``: cloudpickled ``(registry, initializer, initargs)``.
+    Reports the addresses it listens on: the one asked for, and with TLS a private unix socket
+    too, for the processes of this host (the owner among them) that need no TLS."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's program, not for us
+    listeners: list[Any] = []
     try:
         typeids, initializer, initargs = pickle.loads(setup) if setup else ({}, None, ())
         if initializer is not None:
             initializer(*initargs)
-        listener = Listener(transport, address)
+        context = made_here(ssl_context)
+        listeners.append(Listener(transport, address, context))
+        if context is not None:
+            listeners.append(Listener(DEFAULT_TRANSPORT, None))
     except Exception as exc:
+        for listener in listeners:
+            listener.close()
         report.send(("error", f"{type(exc).__name__}: {exc}"))
         report.close()
         return
-    server = make_server([listener], authkey, max_frame)
+    server = make_server(listeners, authkey, max_frame)
     server.registry.update(typeids)
-    registry.local_tables[registry.key(listener.address)] = server.table
+    for listener in listeners:
+        registry.local_tables[registry.key(listener.address)] = server.table
     threading.Thread(target=_watch, args=(server, owner_pid), name="reflectmgr-watchdog", daemon=True).start()
-    report.send(("ok", listener.address))
+    report.send(("ok", [listener.address for listener in listeners]))
     report.close()
     try:
         server.serve_forever()
@@ -81,13 +92,13 @@ def make_server(listeners: list[Any], authkey: bytes, max_frame: int = MAX_FRAME
 
 
 def serve_in_process(
-    transport: str, address: Any, authkey: bytes, max_frame: int = MAX_FRAME
+    transport: str, address: Any, authkey: bytes, max_frame: int = MAX_FRAME, ssl_context: Any = None
 ) -> tuple[Server, str, threading.Thread]:
     """The owner in this very process (main interpreter): sockets for other processes, pipes for
     this process's interpreters. Returns the server, its in-process address and its thread."""
     inproc = InprocListener()
     try:
-        listener = Listener(transport, address)
+        listener = Listener(transport, address, made_here(ssl_context))
     except BaseException:
         inproc.close()
         raise

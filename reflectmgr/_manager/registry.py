@@ -3,6 +3,8 @@
     clients         address -> Client      one session per manager and process (get_client)
     local_tables    address -> ObjectTable  inside a manager process: a proxy of this very manager,
                                             unpickled here, is the object itself (no self-connect)
+    tls             address -> SSLContext   TCP managers this process reaches over TLS (connect(...,
+                                            ssl_context=...)): every connection to them uses it
     generation      bumped in every forked child; a client of another generation was inherited
 
 Everything here is guarded by ``lock``, which the fork hooks hold across ``fork``.
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 clients: dict[Any, Client] = {}
 local_tables: dict[Any, Any] = {}
+tls: dict[Any, Any] = {}
 lock = threading.Lock()
 # A list so that modules holding a reference see the child's bump (see forking.py).
 generation = [0]

@@ -105,6 +105,10 @@ class Listener(Protocol):
 
     def accept(self) -> Transport: ...
 
+    def establish(self, accepted: Transport, timeout: float) -> Transport:
+        """Run on the connection's thread before authentication (a TLS handshake)."""
+        ...
+
     def wake(self) -> None: ...
 
     def close(self) -> None: ...
@@ -206,16 +210,21 @@ class Server:
                     continue
                 with self._lock:
                     self._transports.add(transport)
-                t = threading.Thread(target=self._connection, args=(transport,), daemon=True)
+                t = threading.Thread(target=self._connection, args=(transport, listener), daemon=True)
                 t.name = "reflectmgr-conn"
                 t.start()
         finally:
             listener.close()
 
-    def _connection(self, transport: Transport) -> None:
+    def _connection(self, transport: Transport, listener: Listener) -> None:
         session: Session | None = None
         pending = True
         try:
+            accepted, transport = transport, listener.establish(transport, HANDSHAKE_TIMEOUT)
+            if transport is not accepted:  # TLS: stop() must close the new transport
+                with self._lock:
+                    self._transports.discard(accepted)
+                    self._transports.add(transport)
             transport.set_timeout(HANDSHAKE_TIMEOUT)
             serve_handshake(transport, self.authkey)
             transport, payload = self._first_frame(transport)

@@ -43,7 +43,7 @@ class ManagerExecutor(ProcessPoolExecutor):
             max_workers,
             mp_context=mp_context,
             initializer=init_worker,
-            initargs=(client.public_address, client.authkey, initializer, initargs),
+            initargs=(client.route_for_children, client.authkey, initializer, initargs, client.tls_for_children),
             max_tasks_per_child=max_tasks_per_child,
         )
         self._client = client

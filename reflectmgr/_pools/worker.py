@@ -11,6 +11,7 @@ from typing import Any
 
 import cloudpickle
 
+from .._manager import registry
 from .._manager.client import Client, get_client
 from .._wire.codec import plain
 from ..errors import ReflectmgrError
@@ -19,10 +20,17 @@ _client: Client | None = None
 
 
 def init_worker(
-    address: Any, authkey: bytes, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+    address: Any,
+    authkey: bytes,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    ssl_context: Any = None,
 ) -> None:
     """Executor initializer: connect to the manager before the first task, then the user's one."""
     global _client
+    if ssl_context is not None:
+        with registry.lock:
+            registry.tls[registry.key(address)] = ssl_context
     _client = get_client(address, authkey)
     if initializer is not None:
         initializer(*initargs)

@@ -24,6 +24,7 @@ CHALLENGE = b"#RMCHALLENGE#"
 WELCOME = b"#RMWELCOME#"
 FAILURE = b"#RMFAILURE#"
 NONCE_SIZE = 32
+TLS_ANNOUNCE = b"#RMTLS#"  # what a TLS manager sends first, in clear text (see tls.py)
 
 
 def _digest(authkey: bytes, message: bytes) -> bytes:
@@ -43,6 +44,8 @@ def _challenge(t: Transport, authkey: bytes) -> None:
 def _answer(t: Transport, authkey: bytes) -> None:
     _, message = t.recv(MAX_PREAUTH)
     if not bytes(message).startswith(CHALLENGE):
+        if bytes(message) == TLS_ANNOUNCE:
+            raise AuthenticationError("the manager requires TLS: connect with ssl_context=... (reflectmgr.tls)")
         raise AuthenticationError("the peer did not start with a reflectmgr challenge")
     t.send(0, _digest(authkey, bytes(message)))
     _, verdict = t.recv(MAX_PREAUTH)

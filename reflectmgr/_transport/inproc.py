@@ -56,6 +56,9 @@ class InprocListener:
         finally:
             os.close(segment)  # mapped: the client's copy of the number is ours to close
 
+    def establish(self, accepted: ShmTransport, timeout: float) -> ShmTransport:
+        return accepted  # the rings of one process: nothing to secure
+
     def wake(self) -> None:
         """Make a blocked ``accept`` return (the server is stopping); a no-op in a forked child,
         whose copy of the pipe would stop its parent's listener."""

@@ -5,6 +5,7 @@ loopback unless an address says otherwise; ``"shm"`` listens like ``"pipe"`` and
 switches to shared-memory rings after authentication (see :mod:`.shm`). An address tells its
 kind: ``"shm:<path>"`` is shared memory behind a unix socket, any other ``str`` is a unix path, a
 ``(host, port)`` tuple is TCP. Any unix-socket manager serves a client that asks for shared memory.
+A TCP listener with an ``ssl.SSLContext`` speaks TLS only (see :mod:`.tls`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 
+from .base import Transport
 from .inproc import connect_inproc, is_inproc
 from .shm import PREFIX as SHM_PREFIX
 from .shm import is_shm, socket_path
 from .stream import SocketEnd, StreamTransport
+from .tls import serve_tls, start_tls
 
 Address = str | tuple[str, int]
 TRANSPORTS = ("pipe", "shm", "tcp")
@@ -31,8 +35,9 @@ SOCKET_DIR_PREFIX = "reflectmgr-"
 
 
 class Listener:
-    def __init__(self, transport: str, address: Address | None) -> None:
+    def __init__(self, transport: str, address: Address | None, ssl_context: ssl.SSLContext | None = None) -> None:
         self._tmpdir: str | None = None
+        self.ssl_context = ssl_context
         self._owner_pid = os.getpid()  # a forked child must not wake, shut or unlink our listener
         if transport == "shm" and isinstance(address, tuple):
             raise ValueError("the shm transport is for one host: give it a unix path, or use tcp")
@@ -55,11 +60,21 @@ class Listener:
             self.address = SHM_PREFIX + address if transport == "shm" else address
         else:
             raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
+        if ssl_context is not None and self.sock.family == socket.AF_UNIX:
+            self.close()
+            raise ValueError("TLS is for TCP: give ssl_context with a (host, port) address")
 
     def accept(self) -> StreamTransport:
         sock, _ = self.sock.accept()
         _tune(sock)
         return StreamTransport(sock)
+
+    def establish(self, accepted: Transport, timeout: float) -> Transport:
+        """On the connection's own thread, before authentication: the TLS handshake where this
+        listener has a context (bounded by ``timeout``); the accepted transport as it is otherwise."""
+        if self.ssl_context is None or not isinstance(accepted, StreamTransport):
+            return accepted
+        return serve_tls(accepted.detach(), self.ssl_context, timeout)
 
     def wake(self) -> None:
         """Make a blocked ``accept`` return (the server is stopping)."""
@@ -95,12 +110,16 @@ def with_transport(address: Address, transport: str) -> Address:
     raise ValueError(f"{address!r} is a unix path; tcp needs a (host, port) address")
 
 
-def connect(address: Address, timeout: float) -> SocketEnd:
-    """Open a stream to ``address``; raises OSError (refused, missing path, timeout)."""
+def connect(address: Address, timeout: float, ssl_context: ssl.SSLContext | None = None) -> SocketEnd:
+    """Open a stream to ``address``; raises OSError (refused, missing path, timeout), and
+    AuthenticationError if TLS (``ssl_context``, TCP only) cannot start."""
     if is_inproc(address):
         return connect_inproc(address)  # type: ignore[arg-type]
     if isinstance(address, (tuple, list)):
         sock = socket.create_connection((address[0], int(address[1])), timeout=timeout)
+        if ssl_context is not None:
+            _tune(sock)
+            return start_tls(sock, ssl_context, str(address[0]), timeout)
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
