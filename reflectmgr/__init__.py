@@ -28,6 +28,7 @@ from .errors import (
     ReleasedError,
     RemoteError,
     RemoteTraceback,
+    RestrictedError,
 )
 
 __version__ = "0.1.0"
@@ -72,6 +73,7 @@ __all__ = [
     "ReleasedError",
     "RemoteError",
     "RemoteTraceback",
+    "RestrictedError",
     "Stats",
     "byref",
     "connect",

@@ -36,6 +36,11 @@ class AuthenticationError(ReflectmgrError, multiprocessing.AuthenticationError):
     """The HMAC challenge failed: the two sides do not share the same authkey."""
 
 
+class RestrictedError(ReflectmgrError):
+    """A restricted manager (``Manager(serializer="restricted")``) refused the request: a type or
+    function it does not allow, a private name, a factory it does not offer. Nothing ran."""
+
+
 class ProtocolError(ReflectmgrError):
     """A peer sent bytes that are not a valid reflectmgr frame or message."""
 

@@ -22,6 +22,8 @@ import threading
 import weakref
 from typing import Any
 
+import cloudpickle
+
 from .._transport.inproc import is_inproc
 from .._transport.shm import is_shm, socket_path
 from .._transport.sockets import DEFAULT_TRANSPORT, SOCKET_DIR_PREFIX, TRANSPORTS, Address, with_transport
@@ -222,7 +224,17 @@ class Manager(Factories):
         timeout: float | None = None,
         max_frame: int = MAX_FRAME,
         ssl_context: Any = None,
+        serializer: str = "pickle",
+        allowed: Any = (),
+        allow_callbacks: bool = False,
     ) -> None:
+        if serializer not in ("pickle", "restricted"):
+            raise ValueError(f"unknown serializer {serializer!r}; choose 'pickle' or 'restricted'")
+        if serializer == "pickle" and (allowed or allow_callbacks):
+            raise ValueError('allowed and allow_callbacks are for serializer="restricted"')
+        for obj in allowed:
+            if not callable(obj) or not hasattr(obj, "__qualname__"):
+                raise TypeError(f"allowed takes types and functions, not {obj!r}")
         if transport is None:
             transport = "tcp" if isinstance(address, tuple) else DEFAULT_TRANSPORT
         if transport not in TRANSPORTS:
@@ -233,6 +245,14 @@ class Manager(Factories):
             raise ValueError("TLS is for TCP managers: give ssl_context with a (host, port) address")
         self.transport = transport
         self._ssl_context = ssl_context
+        self.serializer = serializer
+        # Stops a restricted manager: only this process knows it (it travels in the start arguments).
+        self._owner_secret = os.urandom(32)
+        self._restricted = (
+            cloudpickle.dumps((tuple(allowed), allow_callbacks, self._owner_secret))
+            if serializer == "restricted"
+            else None
+        )
         self._requested = address
         self._authkey = bytes(authkey) if authkey is not None else default_authkey()
         self._ctx = ctx
@@ -294,6 +314,7 @@ class Manager(Factories):
                 self._setup,
                 self.max_frame,
                 self._ssl_context,
+                self._restricted,
             ),
             name="reflectmgr-manager",
         )
@@ -325,14 +346,14 @@ class Manager(Factories):
             _stop_process(process, 0)
             raise
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._client, process, self._owner_pid, self.shutdown_timeout
+            self, _shutdown, self._client, process, self._owner_pid, self.shutdown_timeout, self._owner_secret
         )
 
     def _start_in_process(self) -> None:
         from .process import serve_in_process
 
         server, inproc, thread = serve_in_process(
-            self.transport, self._requested, self._authkey, self.max_frame, self._ssl_context
+            self.transport, self._requested, self._authkey, self.max_frame, self._ssl_context, self._restricted
         )
         self._server = server
         self.address = server.address
@@ -377,7 +398,7 @@ class Manager(Factories):
         return f"<reflectmgr.Manager {self.transport} {self.address!r} {state}>"
 
 
-def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> None:
+def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float, secret: bytes = b"") -> None:
     """Stop the manager, bounded whatever it does: ask (``timeout`` for an answer), wait for its
     exit (``timeout`` more, if it answered), SIGTERM, SIGKILL; then its children, and the socket
     directory a killed manager could not remove."""
@@ -391,7 +412,7 @@ def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float) -> N
         children = []
     grace = timeout
     try:
-        client.call_within(timeout, Op.SHUTDOWN, 0)
+        client.call_within(timeout, Op.SHUTDOWN, 0, secret)
     except ManagerTimeoutError:
         grace = 0  # it does not answer (stopped, or stuck): no point waiting for it to exit
     except ReflectmgrError:

@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from .._owner.restricted import Restriction
 from .._owner.server import Server
 from .._proxy.calls import CallingChannel
 from .._transport.inproc import InprocListener
@@ -44,8 +45,10 @@ def serve(
     setup: bytes | None = None,
     max_frame: int = MAX_FRAME,
     ssl_context: Any = None,
+    restricted: bytes | None = None,
 ) -> None:
-    """The manager process. ``setup``: cloudpickled ``(registry, initializer, initargs)``.
+    """The manager process. ``setup``: cloudpickled ``(registry, initializer, initargs)``;
+    ``restricted``: cloudpickled ``(allowed, allow_callbacks, owner secret)`` of a restricted manager.
     Reports the addresses it listens on: the one asked for, and with TLS a private unix socket
     too, for the processes of this host (the owner among them) that need no TLS."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's program, not for us
@@ -55,6 +58,7 @@ def serve(
         if initializer is not None:
             initializer(*initargs)
         context = made_here(ssl_context)
+        restriction = Restriction(*pickle.loads(restricted)) if restricted else None
         listeners.append(Listener(transport, address, context))
         if context is not None:
             listeners.append(Listener(DEFAULT_TRANSPORT, None))
@@ -64,7 +68,7 @@ def serve(
         report.send(("error", f"{type(exc).__name__}: {exc}"))
         report.close()
         return
-    server = make_server(listeners, authkey, max_frame)
+    server = make_server(listeners, authkey, max_frame, restriction)
     server.registry.update(typeids)
     for listener in listeners:
         registry.local_tables[registry.key(listener.address)] = server.table
@@ -80,7 +84,9 @@ def serve(
         os._exit(0)  # connection threads may sit in recv(); nothing of theirs needs finishing
 
 
-def make_server(listeners: list[Any], authkey: bytes, max_frame: int = MAX_FRAME) -> Server:
+def make_server(
+    listeners: list[Any], authkey: bytes, max_frame: int = MAX_FRAME, restriction: Restriction | None = None
+) -> Server:
     return Server(
         listeners,
         authkey,
@@ -88,11 +94,17 @@ def make_server(listeners: list[Any], authkey: bytes, max_frame: int = MAX_FRAME
         stats=collect,
         max_frame=max_frame,
         channel_class=CallingChannel,  # callbacks: a byref proxy calls back through the serving channel
+        restriction=restriction,
     )
 
 
 def serve_in_process(
-    transport: str, address: Any, authkey: bytes, max_frame: int = MAX_FRAME, ssl_context: Any = None
+    transport: str,
+    address: Any,
+    authkey: bytes,
+    max_frame: int = MAX_FRAME,
+    ssl_context: Any = None,
+    restricted: bytes | None = None,
 ) -> tuple[Server, str, threading.Thread]:
     """The owner in this very process (main interpreter): sockets for other processes, pipes for
     this process's interpreters. Returns the server, its in-process address and its thread."""
@@ -102,7 +114,8 @@ def serve_in_process(
     except BaseException:
         inproc.close()
         raise
-    server = make_server([listener, inproc], authkey, max_frame)
+    restriction = Restriction(*pickle.loads(restricted)) if restricted else None
+    server = make_server([listener, inproc], authkey, max_frame, restriction)
     thread = threading.Thread(target=server.serve_forever, name="reflectmgr-owner", daemon=True)
     thread.start()
     return server, inproc.address, thread

@@ -34,12 +34,13 @@ from .._wire.codec import (
     split_releases,
     swap_encoding,
 )
-from .._wire.opcodes import FLAG_OOB, FLAG_RELEASES, Msg
+from .._wire.opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES, Msg
 from .._wire.tracebacks import capture, render
 from ..errors import ProtocolError, ReflectmgrError, RemoteError
 from .dispatch import HANDLERS, NO_CALL, Handler, HandlerContext
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
 from .inline import WouldBlock
+from .restricted import Restriction
 
 _getrefcount = sys.getrefcount
 _loads = pickle.loads
@@ -84,6 +85,9 @@ class ChannelSide(HandlerContext, Protocol):
 class Channel:
     """Serves the peer's requests on one transport (and decodes whatever arrives on it)."""
 
+    # A restricted manager's allow-lists (restricted.py), set on its channels; None: trusted peers.
+    restriction: Restriction | None = None
+
     def __init__(self, transport: Transport, peer: ChannelSide) -> None:
         self.transport = transport
         self.peer = peer
@@ -113,6 +117,8 @@ class Channel:
         buffers = self.transport.recv_buffers() if flags & FLAG_OOB else None
         releases: tuple[tuple[int, int], ...] = ()
         try:
+            if self.restriction is not None:
+                return self._decode_restricted(self.restriction, flags, payload, buffers, held)
             if not flags:
                 return _loads(payload)
             if flags & FLAG_RELEASES:
@@ -164,6 +170,25 @@ class Channel:
             _tls.channel = prev
             codec_context.table = prev_table
 
+    def _decode_restricted(
+        self,
+        restriction: Restriction,
+        flags: int,
+        payload: bytes | bytearray,
+        buffers: Any,
+        held: list[tuple[int, int]] | None,
+    ) -> Any:
+        """:meth:`_decode` through the restricted unpickler, releases included."""
+        load = self.peer.load_ref if flags & FLAG_REFS else None
+        if flags & FLAG_RELEASES:
+            rest, releases = split_releases(payload, restriction.loads)
+            if held is None:
+                self.peer.apply_releases(releases)
+            else:
+                held.extend(releases)
+            return restriction.loads(rest, load, buffers)
+        return restriction.loads(payload, load, buffers)
+
     def _request(
         self, flags: int, payload: bytes | bytearray, held: list[tuple[int, int]] | None = None
     ) -> tuple[Any, ...] | None:
@@ -200,6 +225,8 @@ class Channel:
                 self._send_error(ProtocolError(f"unknown operation {op!r}"))
                 return True
         try:
+            if self.restriction is not None:
+                self.restriction.check(op, args)
             result = handle(self.peer, oid, *args)
             shared = _getrefcount(result) > LOCAL_BASE  # before anything else takes a reference
         except WouldBlock:

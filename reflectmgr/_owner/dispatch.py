@@ -204,5 +204,6 @@ def _adopt(ctx: HandlerContext, oid: int, token: bytes | None, oids: Any) -> Any
 
 
 @handler(Op.SHUTDOWN)
-def _shutdown(ctx: HandlerContext, oid: int) -> Any:
+def _shutdown(ctx: HandlerContext, oid: int, secret: bytes = b"") -> Any:
+    """``secret``: the owner's, which a restricted manager checks (restricted.py); others ignore it."""
     _services(ctx).stop()

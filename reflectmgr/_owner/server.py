@@ -26,11 +26,12 @@ from .._transport.auth import serve_handshake
 from .._transport.base import Transport
 from .._wire.framing import MAX_FRAME, MAX_PREAUTH
 from .._wire.opcodes import Msg, Op
-from ..errors import ReflectmgrError
+from ..errors import ReflectmgrError, RestrictedError
 from . import robust
 from .channel import Channel
 from .dispatcher import Dispatcher
 from .export import Describer
+from .restricted import Restriction
 from .table import Account, ObjectTable
 
 log = logging.getLogger("reflectmgr.server")
@@ -55,7 +56,10 @@ class Session(Account):
         self.token = token
         self.pid = pid
         self.transports: set[Transport] = set()  # its open connections (guarded by the server's lock)
-        self.importer: Any = server.make_importer(self) if server.make_importer else None
+        make = server.make_importer
+        if server.restriction is not None and not server.restriction.allow_callbacks:
+            make = None  # a restricted manager calls no client back unless allowed
+        self.importer: Any = make(self) if make is not None else None
 
     @property
     def connections(self) -> int:
@@ -86,6 +90,11 @@ class Session(Account):
 
     def load_ref(self, pid: Any) -> Any:
         if self.importer is None:
+            if self.server is not None and self.server.restriction is not None:
+                raise RestrictedError(
+                    "this restricted manager accepts no references to clients' objects (byref, "
+                    "callbacks): its owner allows them with Manager(allow_callbacks=True)"
+                )
             raise ReflectmgrError("this manager does not accept references from clients")
         return self.importer.load_ref(pid)
 
@@ -125,10 +134,13 @@ class Server:
         stats: Callable[[Server], Any] | None = None,
         max_frame: int = MAX_FRAME,
         channel_class: type[Channel] = Channel,
+        restriction: Restriction | None = None,
     ) -> None:
         """``make_importer`` and ``channel_class`` come from the layers above: what a session
         imports (the proxies to a client's byref objects) and a channel that can also call (back
-        into clients). Without them the server serves objects only."""
+        into clients). Without them the server serves objects only. ``restriction``: what a
+        restricted manager loads and runs (restricted.py); None trusts authenticated peers."""
+        self.restriction = restriction
         self.listeners = listeners
         self.address = listeners[0].address
         self.authkey = authkey
@@ -234,6 +246,7 @@ class Server:
             self._handshakes.release()
             pending = False
             channel = self.channel_class(transport, session)
+            channel.restriction = self.restriction
             if shm.dispatched(transport) and self._crowded():
                 self._dispatcher_for().serve(channel, transport)
             else:
@@ -293,7 +306,8 @@ class Server:
             return self._dispatcher
 
     def _hello(self, transport: Transport, payload: bytes | bytearray) -> Session:
-        msg = pickle.loads(payload)  # authenticated: the peer is trusted from here on
+        # Authenticated: the peer is trusted from here on, unless the manager is restricted.
+        msg = pickle.loads(payload) if self.restriction is None else self.restriction.loads(payload)
         if (
             type(msg) is not tuple
             or len(msg) != 5

@@ -126,12 +126,14 @@ def with_releases(flags: int, payload: bytes, releases: tuple[tuple[int, int], .
     return flags | FLAG_RELEASES, _RELEASES_LEN.pack(len(prefix)) + prefix + payload
 
 
-def split_releases(payload: bytes | bytearray) -> tuple[memoryview, tuple[tuple[int, int], ...]]:
+def split_releases(
+    payload: bytes | bytearray, loads: Callable[[Any], Any] = pickle.loads
+) -> tuple[memoryview, tuple[tuple[int, int], ...]]:
     """``(the message's own payload, the releases)`` of a FLAG_RELEASES frame."""
     view = memoryview(payload)
     (n,) = _RELEASES_LEN.unpack_from(view)
     end = _RELEASES_LEN.size + n
-    releases = pickle.loads(view[_RELEASES_LEN.size : end])
+    releases = loads(view[_RELEASES_LEN.size : end])
     if type(releases) is not tuple:
         raise pickle.UnpicklingError("malformed releases")
     return view[end:], releases

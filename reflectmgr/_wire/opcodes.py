@@ -48,7 +48,7 @@ class Op(IntEnum):
     CLAIM = 25  # (token) -> the reference
     ADOPT = 26  # (fork pin token or None, oids inherited through fork) -> oids still alive
     HELLO = 27  # (session token, pid) -> manager pid; the first message of a connection
-    SHUTDOWN = 28  # () -> stop serving
+    SHUTDOWN = 28  # ([owner secret]) -> stop serving
     PING = 29  # () -> None
     CREATE = 30  # (typeid, args, kwargs) -> (reference, exposed names) from the server's registry
     CALLMETHOD_REF = 31  # (name, args, kwargs): CALLMETHOD whose result always goes by reference
