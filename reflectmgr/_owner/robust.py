@@ -72,6 +72,8 @@ class RobustLock:
 
     def _wait(self, channel: Any, blocking: bool, timeout: float) -> bool:
         if not blocking:
+            if timeout != -1:
+                raise ValueError("can't specify a timeout for a non-blocking call")  # as threading.Lock
             return self._lock.acquire(False)
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         while True:

@@ -29,4 +29,5 @@ def test_there_are_examples() -> None:
         "process_pool",
         "interpreter_pool",
         "large_values",
+        "secure_tcp",
     }

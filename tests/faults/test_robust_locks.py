@@ -123,3 +123,7 @@ def test_robust_locks_keep_lock_semantics(manager: reflectmgr.Manager) -> None:
     assert not rlock.locked()
     with pytest.raises(RuntimeError):
         rlock.release()
+    for robust in (lock, manager.Lock()):  # a timeout with blocking=False is an error, as for threading.Lock
+        with pytest.raises(ValueError, match="non-blocking"):
+            robust.acquire(False, 1.0)
+    assert not lock.locked()
