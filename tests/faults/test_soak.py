@@ -5,6 +5,7 @@ are in the README."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,13 @@ def test_a_short_soak_loses_nothing_and_leaks_nothing(tmp_path: Path) -> None:
     # 20 s: a warm-up of 4 s is too short for the manager's allocator to settle, so the RSS bound
     # here only catches a gross leak; the 10-minute run holds it to 5%.
     args = ["--minutes", "0.34", "--clients", "4", "--kill-every", "4", "--rss-bound", "50", "--json", str(out)]
-    proc = subprocess.run([sys.executable, str(SOAK), *args], capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    # A temp directory of its own: managers of tests running alongside make entries in the shared one.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    env = {**os.environ, "TMPDIR": str(private)}
+    proc = subprocess.run(
+        [sys.executable, str(SOAK), *args], capture_output=True, text=True, timeout=200, cwd=tmp_path, env=env
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert report["kills"] >= 3 and report["client_processes"] >= report["clients"] + report["kills"]
