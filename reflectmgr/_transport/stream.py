@@ -279,6 +279,13 @@ class SocketEnd(FramedStream):
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def _apply_timeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self._timeout = seconds
+        self.sock.settimeout(seconds)
+
     def _shut(self) -> None:
         # shutdown() acts on the socket every process shares, close() only on this descriptor: a
         # transport inherited through fork (a Pool worker of the manager, a forked client) must
@@ -334,13 +341,6 @@ class StreamTransport(SocketEnd):
             return self._sock_recv_into(view, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return None
-
-    def _apply_timeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds)
-
-    def set_timeout(self, seconds: float | None) -> None:
-        self._timeout = seconds
-        self.sock.settimeout(seconds)
 
     def drained(self) -> bool:
         """True if no received byte waits in the read-ahead buffer."""

@@ -46,13 +46,6 @@ class TLSTransport(SocketEnd):
             return self._tls.recv_into(view)
         return None
 
-    def _apply_timeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds)
-
-    def set_timeout(self, seconds: float | None) -> None:
-        self._timeout = seconds
-        self.sock.settimeout(seconds)
-
 
 def serve_tls(sock: socket.socket, context: ssl.SSLContext, timeout: float) -> TLSTransport:
     """Manager side, on the connection's own thread: announce, then the TLS handshake (bounded

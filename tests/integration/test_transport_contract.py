@@ -1,7 +1,7 @@
 """The transport contract (``_transport/base.py``), checked the same way for every transport.
 
-Each pair is made by the transport's real code path: a listener and ``connect`` for pipe and
-tcp, the shared-memory switch after connecting (futex wake-ups, and the socket doorbell that
+Each pair is made by the transport's real code path: a listener and ``connect`` for pipe, tcp
+and tcp with TLS, the shared-memory switch after connecting (futex wake-ups, and the socket doorbell that
 platforms without a futex use), and the in-process listener for subinterpreters.
 """
 
@@ -67,6 +67,26 @@ def _shared(futex: bool) -> tuple[Transport, Transport]:
     return shared_client, upgraded[0]
 
 
+def _tls(folder: str) -> tuple[Transport, Transport]:
+    """TCP with TLS: the listener's handshake runs where the manager runs it, on the accepted
+    connection's own thread (certificates made by trustme, from the test extra)."""
+    import trustme
+
+    from reflectmgr import tls
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(f"{folder}/server.pem")
+    ca.cert_pem.write_to_path(f"{folder}/ca.pem")
+    listener = Listener("tcp", None, tls.server_context(f"{folder}/server.pem"))
+    got: list[Transport] = []
+    t = threading.Thread(target=lambda: got.append(listener.establish(listener.accept(), 10.0)))
+    t.start()
+    client = connect(listener.address, 10.0, tls.client_context(f"{folder}/ca.pem"))
+    t.join(10)
+    listener.close()
+    return client, got[0]
+
+
 def _inproc() -> tuple[Transport, Transport]:
     listener = InprocListener()
     client = connect_inproc(listener.address)
@@ -75,9 +95,10 @@ def _inproc() -> tuple[Transport, Transport]:
     return client, server
 
 
-PAIRS: dict[str, Callable[[], tuple[Transport, Transport]]] = {
+PAIRS: dict[str, Callable[..., tuple[Transport, Transport]]] = {
     "pipe": lambda: _stream("pipe"),
     "tcp": lambda: _stream("tcp"),
+    "tls": _tls,
     "shm-futex": lambda: _shared(True),
     "shm-doorbell": lambda: _shared(False),
     "inproc": _inproc,
@@ -85,12 +106,12 @@ PAIRS: dict[str, Callable[[], tuple[Transport, Transport]]] = {
 
 
 @pytest.fixture(params=list(PAIRS))
-def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Transport, Transport]]:
+def pair(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[tuple[Transport, Transport]]:
     if request.param == "shm-futex" and not waiting.FUTEX:
         pytest.skip("no futex on this platform: shared memory uses the socket doorbell (tested too)")
     if request.param.startswith("shm") and not hasattr(socket, "send_fds"):
         pytest.skip("no descriptor passing here: no shared-memory transport")
-    a, b = PAIRS[request.param]()
+    a, b = PAIRS[request.param](str(tmp_path)) if request.param == "tls" else PAIRS[request.param]()
     yield a, b
     for end in (a, b):
         end.dispose()
