@@ -14,6 +14,7 @@ class Stats:
     connections: int  # open connections over all sessions
     rss: int  # resident memory of the manager process, in bytes
     pid: int
+    calls: int = 0  # requests answered since the manager started (two readings give calls/s)
 
 
 def collect(server: Any) -> Stats:
@@ -26,4 +27,5 @@ def collect(server: Any) -> Stats:
         connections=sum(s.connections for s in sessions),
         rss=psutil.Process().memory_info().rss,
         pid=os.getpid(),
+        calls=server.calls(),
     )

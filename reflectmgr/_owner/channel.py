@@ -95,6 +95,7 @@ class Channel:
         # True from sending a request until its whole reply is read: a channel left busy by an
         # interruption is out of step with its peer and must not be reused.
         self.busy = False
+        self.served = 0  # requests answered (stats: calls/s)
 
     def _receive(self) -> Any:
         flags, payload = self.transport.recv()
@@ -224,6 +225,7 @@ class Channel:
             if handle is None:
                 self._send_error(ProtocolError(f"unknown operation {op!r}"))
                 return True
+        self.served += 1
         try:
             if self.restriction is not None:
                 self.restriction.check(op, args)

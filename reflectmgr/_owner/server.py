@@ -154,6 +154,8 @@ class Server:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._transports: set[Transport] = set()
+        self._channels: set[Channel] = set()  # serving now; their calls count in calls()
+        self._calls_before = 0  # calls served by channels that have ended
         self.max_frame = max_frame
         self.channel_class = channel_class
         self._handshakes = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
@@ -169,6 +171,11 @@ class Server:
         if self._stats is None:
             return {"objects": len(self.table), "clients": len(self.sessions)}
         return self._stats(self)
+
+    def calls(self) -> int:
+        """Requests answered since the manager started."""
+        with self._lock:
+            return self._calls_before + sum(channel.served for channel in self._channels)
 
     def stop(self) -> None:
         """Stop accepting and close every connection (clients see EOF: BrokenManagerError)."""
@@ -230,6 +237,7 @@ class Server:
 
     def _connection(self, transport: Transport, listener: Listener) -> None:
         session: Session | None = None
+        channel: Channel | None = None
         pending = True
         try:
             accepted, transport = transport, listener.establish(transport, HANDSHAKE_TIMEOUT)
@@ -247,6 +255,8 @@ class Server:
             pending = False
             channel = self.channel_class(transport, session)
             channel.restriction = self.restriction
+            with self._lock:
+                self._channels.add(channel)
             if shm.dispatched(transport) and self._crowded():
                 self._dispatcher_for().serve(channel, transport)
             else:
@@ -265,6 +275,9 @@ class Server:
             transport.dispose()  # this thread is its only user: unmap shared memory now
             with self._lock:
                 self._transports.discard(transport)
+                if channel is not None:
+                    self._channels.discard(channel)
+                    self._calls_before += channel.served
             if session is not None:
                 self._goodbye(session, transport)
 
@@ -322,6 +335,7 @@ class Server:
             session = self.sessions.get(token)
             if session is None:
                 session = self.sessions[token] = Session(self, token, pid)
+                log.info("client pid %s connected%s (%d clients)", pid, _origin(transport), len(self.sessions))
             session.transports.add(transport)
         transport.send(0, pickle.dumps((Msg.OK, (), os.getpid()), 5))
         return session
@@ -333,6 +347,7 @@ class Server:
             last = not others
             if last:
                 self.sessions.pop(session.token, None)
+                log.info("client pid %s disconnected (%d clients)", session.pid, len(self.sessions))
         if not last and Session.gone(others):
             # Its other connections' threads are blocked in calls (a Queue.get) and will not
             # notice for a while: its robust locks must not wait for them.
@@ -342,3 +357,13 @@ class Server:
             self.table.release_all(session)
             if session.importer is not None:
                 session.importer.disconnect()
+
+
+def _origin(transport: Transport) -> str:
+    """ " from HOST:PORT" for a TCP peer (the log says who connects), else nothing."""
+    sock = getattr(transport, "sock", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        return ""
+    return f" from {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""

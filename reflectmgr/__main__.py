@@ -1,0 +1,7 @@
+"""``python -m reflectmgr``: see :mod:`reflectmgr.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
