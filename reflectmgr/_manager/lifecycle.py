@@ -12,7 +12,9 @@ and a forked child that inherits the ``Manager`` object never shuts it down.
 
 from __future__ import annotations
 
+import _thread
 import array
+import builtins
 import importlib
 import os
 import queue
@@ -20,7 +22,8 @@ import shutil
 import ssl
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cloudpickle
 
@@ -36,6 +39,12 @@ from .client import Client, default_authkey, get_client
 from .namespace import Namespace, identity
 from .stats import Stats
 
+if TYPE_CHECKING:
+    import multiprocessing.pool
+    from concurrent.futures import Executor
+
+T = TypeVar("T")
+
 # Executor kinds -> "module:class". The pools layer sits above this one, so the public package
 # (reflectmgr/__init__.py) fills this in; nothing here imports upward.
 EXECUTORS: dict[str, str] = {}
@@ -50,7 +59,13 @@ TERMINATE_GRACE = 2.0
 
 
 class Factories:
-    """What a connected user can do: shared objects, the root dict, stats."""
+    """What a connected user can do: shared objects, the root dict, stats.
+
+    The factories are typed as the objects they build (``new(Order) -> Order``, ``dict() ->
+    dict``, ``Queue() -> queue.Queue``): the proxy behaves as the object, so a type checker sees
+    its methods. At run time it is a proxy (``reflectmgr.is_proxy(p)``), not an instance of the
+    type; tests/static_types/check_factories.py keeps these types honest.
+    """
 
     _client: Client | None
 
@@ -60,70 +75,74 @@ class Factories:
             raise ManagerClosedError("this manager is not started (use `with Manager() as m:` or m.start())")
         return self._client
 
-    # Any: these return proxies that stand for objects of any type.
-    def new(self, factory: Any, /, *args: Any, **kwargs: Any) -> Any:
+    def new(self, factory: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Build ``factory(*args, **kwargs)`` inside the manager; return a proxy to it."""
-        return self.client.call(Op.NEW, 0, factory, args, kwargs)
+        result: T = self.client.call(Op.NEW, 0, factory, args, kwargs)
+        return result
 
-    def share(self, obj: Any) -> Any:
+    def share(self, obj: T) -> T:
         """Copy ``obj`` into the manager (by value) and return a proxy to the copy."""
-        return self.client.call(Op.NEW, 0, identity, (obj,), {})
+        result: T = self.client.call(Op.NEW, 0, identity, (obj,), {})
+        return result
 
-    def dict(self, *args: Any, **kwargs: Any) -> Any:
-        return self.new(dict, *args, **kwargs)
+    def dict(self, *args: Any, **kwargs: Any) -> builtins.dict[Any, Any]:
+        return self.new(builtins.dict, *args, **kwargs)
 
-    def list(self, sequence: Any = (), /) -> Any:
-        return self.new(list, sequence)
+    def list(self, sequence: Iterable[Any] = (), /) -> builtins.list[Any]:
+        return self.new(builtins.list, sequence)
 
-    def Namespace(self, **kwargs: Any) -> Any:  # noqa: N802 - the stdlib factory's name
+    def Namespace(self, **kwargs: Any) -> Namespace:  # noqa: N802 - the stdlib factory's name
         return self.new(Namespace, **kwargs)
 
     # -- multiprocessing.managers.SyncManager's factories, same signatures ---------------------
     # Each builds the stdlib's own object in the manager; the proxy reflects all of it.
-    def Lock(self, *, robust: bool = False) -> Any:  # noqa: N802
+    def Lock(self, *, robust: bool = False) -> threading.Lock:  # noqa: N802
         """A ``threading.Lock`` in the manager; ``robust=True``: released when its owner dies, the
         next ``acquire()`` raising :class:`LockOwnerDied` (see _owner/robust.py)."""
         if robust:
             from .._owner.robust import RobustLock
 
-            return self.new(RobustLock)
+            return self.new(RobustLock)  # type: ignore[return-value]  # a Lock's API, and more
         return self.new(threading.Lock)
 
-    def RLock(self, *, robust: bool = False) -> Any:  # noqa: N802
+    def RLock(self, *, robust: bool = False) -> _thread.RLock:  # noqa: N802
         """A ``threading.RLock`` in the manager; ``robust=True`` as for :meth:`Lock`."""
         if robust:
             from .._owner.robust import RobustLock
 
-            return self.new(RobustLock, True)
+            return self.new(RobustLock, True)  # type: ignore[return-value]  # an RLock's API, and more
         return self.new(threading.RLock)
 
-    def Semaphore(self, value: int = 1) -> Any:  # noqa: N802
+    def Semaphore(self, value: int = 1) -> threading.Semaphore:  # noqa: N802
         return self.new(threading.Semaphore, value)
 
-    def BoundedSemaphore(self, value: int = 1) -> Any:  # noqa: N802
+    def BoundedSemaphore(self, value: int = 1) -> threading.BoundedSemaphore:  # noqa: N802
         return self.new(threading.BoundedSemaphore, value)
 
-    def Condition(self, lock: Any = None) -> Any:  # noqa: N802
+    def Condition(self, lock: Any = None) -> threading.Condition:  # noqa: N802
         return self.new(threading.Condition, lock)
 
-    def Event(self) -> Any:  # noqa: N802
+    def Event(self) -> threading.Event:  # noqa: N802
         return self.new(threading.Event)
 
-    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:  # noqa: N802
+    def Barrier(  # noqa: N802
+        self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
+    ) -> threading.Barrier:
         return self.new(threading.Barrier, parties, action, timeout)
 
-    def Queue(self, maxsize: int = 0) -> Any:  # noqa: N802
+    def Queue(self, maxsize: int = 0) -> queue.Queue[Any]:  # noqa: N802
         return self.new(queue.Queue, maxsize)
 
-    def JoinableQueue(self, maxsize: int = 0) -> Any:  # noqa: N802
+    def JoinableQueue(self, maxsize: int = 0) -> queue.Queue[Any]:  # noqa: N802
         return self.new(queue.Queue, maxsize)  # queue.Queue has task_done() and join()
 
+    # Any: the stdlib's Value has no type information (a ``.value`` attribute and get()/set()).
     def Value(self, typecode: Any, value: Any, lock: bool = True) -> Any:  # noqa: N802
         import multiprocessing.managers as stdlib
 
         return self.new(stdlib.Value, typecode, value, lock)  # type: ignore[attr-defined]
 
-    def Array(self, typecode: Any, sequence: Any, lock: bool = True) -> Any:  # noqa: N802
+    def Array(self, typecode: str, sequence: Iterable[Any], lock: bool = True) -> array.array[Any]:  # noqa: N802
         return self.new(array.array, typecode, sequence)
 
     def Pool(  # noqa: N802
@@ -133,16 +152,17 @@ class Factories:
         initargs: tuple[Any, ...] = (),
         maxtasksperchild: int | None = None,
         context: Any = None,
-    ) -> Any:
+    ) -> multiprocessing.pool.Pool:
         """A ``multiprocessing.pool.Pool`` living in the manager (its workers are the manager's children)."""
         from multiprocessing.pool import Pool
 
         return self.new(Pool, processes, initializer, initargs, maxtasksperchild, context)
 
     @property
-    def root(self) -> Any:
+    def root(self) -> builtins.dict[str, Any]:
         """A dict every client of this manager sees: publish objects there by name."""
-        return self.client.call(Op.ROOT, 0)
+        root: builtins.dict[str, Any] = self.client.call(Op.ROOT, 0)
+        return root
 
     def executor(
         self,
@@ -153,7 +173,7 @@ class Factories:
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
         mp_context: Any = None,
-    ) -> Any:
+    ) -> Executor:
         """A ``concurrent.futures.Executor`` whose workers are connected to this manager.
 
         ``kind="process"``: a ProcessPoolExecutor (spawn by default); tasks and arguments travel
@@ -164,7 +184,7 @@ class Factories:
             raise ValueError(f"unknown executor kind {kind!r}; choose one of {sorted(EXECUTORS)}")
         module, _, name = target.partition(":")
         factory = getattr(importlib.import_module(module), name)
-        return factory(
+        executor: Executor = factory(
             self.client,
             max_workers,
             initializer=initializer,
@@ -172,6 +192,7 @@ class Factories:
             max_tasks_per_child=max_tasks_per_child,
             mp_context=mp_context,
         )
+        return executor
 
     def _number_of_objects(self) -> int:
         """multiprocessing's: how many objects clients hold references to (CPython's test harness,
