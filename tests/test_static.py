@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,22 @@ def test_ruff_format() -> None:
 def test_mypy_strict() -> None:
     proc = _run("mypy", "--no-error-summary")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_docs_site_builds_strict(tmp_path: Path) -> None:
+    # Broken links, missing anchors and API references that do not resolve fail the build.
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    assert "reflectmgr.Manager" in api and "server_context" in api  # the reference was generated
 
 
 def test_every_test_the_reliability_page_cites_exists() -> None:
