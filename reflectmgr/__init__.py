@@ -33,6 +33,16 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    """``AsyncManager`` and ``aconnect`` (reflectmgr.aio) load asyncio only when first used."""
+    if name in ("AsyncManager", "aconnect"):
+        from . import aio
+
+        return getattr(aio, name)
+    raise AttributeError(f"module 'reflectmgr' has no attribute {name!r}")
+
+
 EXECUTORS.update(
     process="reflectmgr._pools.executor:ManagerExecutor",
     interpreter="reflectmgr._pools.interpreters:InterpreterExecutor",
@@ -58,6 +68,8 @@ def value(obj: Any) -> Any:
 
 
 __all__ = [
+    "AsyncManager",
+    "aconnect",
     "AuthenticationError",
     "BrokenManagerError",
     "Connection",
