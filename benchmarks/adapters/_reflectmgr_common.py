@@ -13,18 +13,22 @@ def setup(transport: str) -> Any:
     address = ("127.0.0.1", 0) if transport == "tcp" else None
     m = reflectmgr.Manager(address, transport=transport)
     m.start()
-    d = m.dict(k=0)
-    q = m.Queue()
-    m.root["d"], m.root["q"] = d, q  # where client processes find them
+    return {"m": m, **shared_objects(m)}
+
+
+def shared_objects(f: Any) -> dict[str, Any]:
+    """The workloads' objects, made through ``f`` (a Manager, or a Connection to it)."""
+    d = f.dict(k=0)
+    q = f.Queue()
+    f.root["d"], f.root["q"] = d, q  # where client processes find them
     return {
-        "m": m,
         "d": d,
-        "lst": m.list(),
-        "ns": m.Namespace(x=1),
-        "obj": m.new(Counter),
-        "nested": m.dict(a={}),
-        "big": m.list(range(BIG)),
-        "sync": (m.Lock(), q, m.Event()),
+        "lst": f.list(),
+        "ns": f.Namespace(x=1),
+        "obj": f.new(Counter),
+        "nested": f.dict(a={}),
+        "big": f.list(range(BIG)),
+        "sync": (f.Lock(), q, f.Event()),
     }
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import trustme  # the bench and test extras have it; without it the runner skips this adapter
-from workloads import BIG, Counter, client_ops, standard_ops
+from workloads import client_ops, standard_ops
 
 import reflectmgr
+from adapters import _reflectmgr_common as common
 from reflectmgr import tls
 
 NAME = "reflectmgr tls"
@@ -27,29 +28,13 @@ def setup(quick: bool) -> Any:
     m.start()
     context = tls.client_context(str(folder / "ca.pem"))
     conn = reflectmgr.connect(m.address, m.authkey, ssl_context=context)
-    d = conn.dict(k=0)
-    q = conn.Queue()
-    conn.root["d"], conn.root["q"] = d, q
-    return {
-        "m": m,
-        "conn": conn,
-        "folder": folder,
-        "context": context,
-        "d": d,
-        "lst": conn.list(),
-        "ns": conn.Namespace(x=1),
-        "obj": conn.new(Counter),
-        "nested": conn.dict(a={}),
-        "big": conn.list(range(BIG)),
-        "sync": (conn.Lock(), q, conn.Event()),
-    }
+    return {"m": m, "conn": conn, "folder": folder, "context": context, **common.shared_objects(conn)}
 
 
 operations = standard_ops
 
 
-def server_pid(s: Any) -> int:
-    return int(s["m"].pid)
+server_pid = common.server_pid
 
 
 def teardown(s: Any) -> None:

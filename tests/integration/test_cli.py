@@ -4,6 +4,7 @@ exit codes scripts can rely on, and an authkey that never comes from the command
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,25 +50,37 @@ class Served:
         return self.proc.returncode, err
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+@contextlib.contextmanager
+def _running(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -m reflectmgr *args`` in the background; killed and reaped if still running."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reflectmgr", "serve", "--address", "127.0.0.1:0"],
+        [sys.executable, "-m", "reflectmgr", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
     )
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # the manager prints its address once it listens
-        found = re.search(r"serving at (\S+),", line)
-        assert found, line + (proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
-        yield Served(proc, found.group(1))
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=DEATH)
+
+
+def _serving_line(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """The address ``serve`` prints once it listens, and the whole line."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    found = re.search(r"serving at (\S+),", line)
+    assert found, line + (proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
+    return found.group(1), line
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with _running("serve", "--address", "127.0.0.1:0") as proc:
+        yield Served(proc, _serving_line(proc)[0])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -104,24 +117,13 @@ def test_stats_prints_a_reading_and_json(served: Served) -> None:
 
 
 def test_stats_watch_refreshes_until_interrupted(served: Served) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reflectmgr", "stats", served.address, "--watch", "--interval", "0.1", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    try:
+    with _running("stats", served.address, "--watch", "--interval", "0.1", "--json") as proc:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]  # three refreshes
         assert all(json.loads(line)["pid"] == served.proc.pid for line in lines)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=PROMPT)
         assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=DEATH)
 
 
 def test_failures_have_exit_code_one_and_say_why(served: Served) -> None:
@@ -168,18 +170,9 @@ def test_serve_restricted_with_tls(tmp_path: Path) -> None:
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     command = ["serve", "--address", "127.0.0.1:0", "--restricted", "--tls-cert", str(tmp_path / "server.pem")]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reflectmgr", *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
+    with _running(*command) as proc:
+        address, line = _serving_line(proc)
         assert "(TLS, restricted)" in line, line
-        address = re.search(r"serving at (\S+),", line).group(1)  # type: ignore[union-attr]
         plain = _cli("stats", address)
         assert plain.returncode == 1 and "requires TLS" in plain.stderr
         secure = _cli("stats", address, "--tls-ca", str(tmp_path / "ca.pem"), "--json")
@@ -188,10 +181,6 @@ def test_serve_restricted_with_tls(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=DEATH)
         assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=DEATH)
 
 
 @pytest.mark.slow
