@@ -45,7 +45,7 @@ def test_the_wheel_installs_in_a_fresh_environment_and_runs_the_quickstart(tmp_p
     assert re.match(rf"reflectmgr-{re.escape(reflectmgr.__version__)}-py3-none-any\.whl", wheel.name), wheel.name
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
-    assert "reflectmgr/py.typed" in names and "reflectmgr/cli.py" in names
+    assert "reflectmgr/py.typed" in names and "reflectmgr/cli.py" in names and "reflectmgr_pytest.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     with tarfile.open(sdist) as tf:
         assert any(n.endswith("reflectmgr/py.typed") for n in tf.getnames())

@@ -20,12 +20,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    proc = _run("ruff", "check", "reflectmgr", "tests", "examples", "benchmarks")
+    proc = _run("ruff", "check", "reflectmgr", "reflectmgr_pytest.py", "tests", "examples", "benchmarks")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_ruff_format() -> None:
-    proc = _run("ruff", "format", "--check", "reflectmgr", "tests", "examples", "benchmarks")
+    proc = _run("ruff", "format", "--check", "reflectmgr", "reflectmgr_pytest.py", "tests", "examples", "benchmarks")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

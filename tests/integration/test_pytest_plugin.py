@@ -1,4 +1,4 @@
-"""Issue 13: the pytest-xdist plugin (reflectmgr/pytest_plugin.py), run on a sample project with
+"""Issue 13: the pytest-xdist plugin (reflectmgr_pytest.py), run on a sample project with
 ``pytest -n 4``: the once-only helper runs once, the counter is exact, the dict and the lock are
 the same in every worker, and nothing is left running. Without the option the plugin does nothing."""
 
@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 SAMPLE_CONFTEST = """
 import os
 import pytest
-from reflectmgr.pytest_plugin import shared
+from reflectmgr_pytest import shared
 
 def pytest_sessionfinish(session):
     if hasattr(session.config, "workerinput"):

@@ -1,5 +1,8 @@
 """A pytest plugin: session objects shared by every pytest-xdist worker, through one manager.
 
+A module of its own, outside the ``reflectmgr`` package: pytest loads every installed plugin at
+start, and this one imports reflectmgr (and its dependencies) only when it is enabled.
+
 Enabled with ``--reflectmgr-shared`` (or ``reflectmgr_shared = true`` in the ini file); it is
 installed with reflectmgr but does nothing unless enabled. The manager starts in the controller
 process (the one that runs ``pytest -n 4``) and shuts down with the session; each worker connects
@@ -23,11 +26,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-import reflectmgr
+if TYPE_CHECKING:
+    import reflectmgr
 
 OPTION = "reflectmgr_shared"
 _ADDRESS, _AUTHKEY = "reflectmgr_address", "reflectmgr_authkey"
@@ -72,6 +76,8 @@ class _Session:
     """This process's side: the manager (controller) or a connection to it (worker)."""
 
     def __init__(self, config: pytest.Config) -> None:
+        import reflectmgr  # only now: the plugin is enabled
+
         self.manager: reflectmgr.Manager | None = None
         self.connection: reflectmgr.Connection | None = None
         workerinput = getattr(config, "workerinput", None)
@@ -171,6 +177,8 @@ def run_once(pytestconfig: pytest.Config, shared_lock: Callable[[str], Any]) -> 
     """``run_once(key, fn, *args, **kwargs)``: ``fn`` runs once per session across all workers;
     every call with that key returns its result (a value: it is copied into the manager), or
     raises what it raised."""
+    import reflectmgr
+
     results = shared(pytestconfig).objects["results"]
 
     def once(key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
