@@ -55,6 +55,7 @@ RING_SIZE = 1 << 20
 _CTL = 384
 _HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP, _DIRECT, _WOKEN_AT = 0, 8, 16, 24, 32, 40
 _READER_CPU = 17  # on the "reader asleep" line: the CPU the reader last ran on, plus one
+_CLOSED = 41  # on the writer's last line: its side closed the connection (its reader stops waiting)
 SEGMENT_SIZE = 2 * (_CTL + RING_SIZE)
 # A blocked side looks at its ring, and at the socket for EOF, at least this often.
 SAFETY_MS = 200
@@ -369,7 +370,9 @@ class ShmTransport(SocketEnd):
             _acquire()  # FULL (Dekker): the flag is visible before we look at the head again
             _release()
             try:
-                if ctl[_HEAD] == pos:
+                if ctl[_CLOSED] and ctl[_HEAD] == pos:  # the writer closed, after its last publish
+                    self._eof = True
+                elif ctl[_HEAD] == pos:
                     self._sleep(0, pos, limit)
             finally:
                 ctl[_READER_ASLEEP] = 0
@@ -538,6 +541,13 @@ class ShmTransport(SocketEnd):
     def _shut(self) -> None:
         # The peer sees EOF on the socket; then wake every sleeper on the rings, theirs (to look at
         # the socket now, not at their next SAFETY_MS) and ours (a thread of ours blocked here).
+        # The closed flag first: a reader about to sleep (its flag not yet up when we wake) sees it,
+        # as it sees a head we publish (the same Dekker pair), so no close goes unnoticed. Never in
+        # a forked child: the connection is its parent's.
+        if os.getpid() == self._owner_pid:
+            self._out_ctl[_CLOSED] = 1
+            _acquire()
+            _release()
         super()._shut()
         if self.futex and self._anchor is not None:
             for address in self._words:

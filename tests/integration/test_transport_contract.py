@@ -197,6 +197,24 @@ def test_a_close_ends_a_blocked_receive(pair: tuple[Transport, Transport], close
     assert (a.closed, b.closed) == ((True, False) if closer == "the peer" else (False, True))
 
 
+def test_a_receive_after_the_peer_closed_ends_at_once(
+    pair: tuple[Transport, Transport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer closed before we began to wait, so its wake-up found nobody asleep: a shared-memory
+    reader must still see it at once (the writer's closed flag), not at its next safety wake-up,
+    made an hour long here."""
+    monkeypatch.setattr(shm, "SAFETY_MS", 3_600_000)
+    a, b = pair
+    _authenticate(a, b)
+    a.send(0, b"last words")
+    a.close()
+    assert b.recv() == (0, b"last words")  # what was sent before the close still arrives
+    t, out = in_thread(b.recv)
+    t.join(PROMPT)
+    assert not t.is_alive(), "a receive after the peer closed waited for the safety wake-up"
+    assert isinstance(out[0], (EOFError, OSError))
+
+
 def test_liveness_without_blocking(pair: tuple[Transport, Transport]) -> None:
     a, b = pair
     _authenticate(a, b)
