@@ -30,7 +30,9 @@ ANNOUNCE_FRAME = pack_header(len(ANNOUNCE), 0) + ANNOUNCE
 class TLSTransport(SocketEnd):
     """Frames over a TLS socket. Unlike the other transports, a send and a receive must not run
     at once from two threads (one OpenSSL connection is not safe for that); reflectmgr's channels
-    never do it: each connection is used by one thread at a time, on both sides. Bytes may wait decrypted in the TLS layer (``pending()``) or
+    never do it: each connection is used by one thread at a time, on both sides.
+
+    Bytes may wait decrypted in the TLS layer (``pending()``) or
     encrypted in the kernel (the socket polls readable); the reader's short spin (see
     :class:`waiting.SpinPolicy`) looks at both, and reads once either has something: the rest of
     a record that has begun to arrive follows at once."""
