@@ -34,6 +34,7 @@ from .._wire.codec import (
     split_releases,
     swap_encoding,
 )
+from .._wire.memo_guard import check as check_memo
 from .._wire.opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES, Msg
 from .._wire.tracebacks import capture, render
 from ..errors import ProtocolError, ReflectmgrError, RemoteError
@@ -46,6 +47,11 @@ _getrefcount = sys.getrefcount
 _loads = pickle.loads
 _REQUEST, _OK, _ERR, _REF = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR), int(Msg.REF)
 _tls = threading.local()
+
+
+def _guarded_loads(payload: Any) -> Any:
+    check_memo(payload)
+    return _loads(payload)
 
 
 def serving() -> Channel | None:
@@ -87,6 +93,9 @@ class Channel:
 
     # A restricted manager's allow-lists (restricted.py), set on its channels; None: trusted peers.
     restriction: Restriction | None = None
+    # Set on a manager's channels: what arrives is checked against the C unpickler's memo
+    # allocation (memo_guard.py). A client trusts its manager, as it trusts its callbacks.
+    guarded = False
 
     def __init__(self, transport: Transport, peer: ChannelSide) -> None:
         self.transport = transport
@@ -121,10 +130,16 @@ class Channel:
             if self.restriction is not None:
                 return self._decode_restricted(self.restriction, flags, payload, buffers, held)
             if not flags:
+                if self.guarded:
+                    check_memo(payload)
                 return _loads(payload)
             if flags & FLAG_RELEASES:
-                rest, releases = split_releases(payload)
+                rest, releases = split_releases(payload, _guarded_loads if self.guarded else _loads)
+                if self.guarded:
+                    check_memo(rest)
                 return decode(flags, rest, self.peer.load_ref, buffers)
+            if self.guarded:
+                check_memo(payload)
             return decode(flags, payload, self.peer.load_ref, buffers)
         except _GARBAGE_ERRORS as exc:
             raise ProtocolError(f"malformed message from the peer: {exc!r}") from exc

@@ -43,6 +43,8 @@ from typing import Any
 
 from .._wire import codec
 from .._wire.dunders import INDEX
+from .._wire.memo_guard import check as check_memo
+from .._wire.memo_guard import needed as memo_needed
 from .._wire.opcodes import Msg, Op
 from ..errors import RestrictedError
 
@@ -142,6 +144,8 @@ class Restriction:
         return obj
 
     def loads(self, payload: Any, persistent_load: Callable[[Any], Any] | None = None, buffers: Any = None) -> Any:
+        if memo_needed():
+            check_memo(payload)
         return _Unpickler(io.BytesIO(payload), self, persistent_load, buffers).load()
 
     def check(self, op: int, args: tuple[Any, ...]) -> None:

@@ -25,6 +25,8 @@ from .._transport import shm, waiting
 from .._transport.auth import serve_handshake
 from .._transport.base import Transport
 from .._wire.framing import MAX_FRAME, MAX_PREAUTH
+from .._wire.memo_guard import check as check_memo
+from .._wire.memo_guard import needed as memo_needed
 from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError, RestrictedError
 from . import robust
@@ -255,6 +257,7 @@ class Server:
             pending = False
             channel = self.channel_class(transport, session)
             channel.restriction = self.restriction
+            channel.guarded = memo_needed()
             with self._lock:
                 self._channels.add(channel)
             if shm.dispatched(transport) and self._crowded():
@@ -320,7 +323,12 @@ class Server:
 
     def _hello(self, transport: Transport, payload: bytes | bytearray) -> Session:
         # Authenticated: the peer is trusted from here on, unless the manager is restricted.
-        msg = pickle.loads(payload) if self.restriction is None else self.restriction.loads(payload)
+        if self.restriction is not None:
+            msg = self.restriction.loads(payload)
+        else:
+            if memo_needed():
+                check_memo(payload)
+            msg = pickle.loads(payload)
         if (
             type(msg) is not tuple
             or len(msg) != 5

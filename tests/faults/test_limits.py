@@ -135,6 +135,32 @@ def test_a_frame_over_the_limit_drops_that_connection_before_allocating() -> Non
         assert m.stats().clients == 1
 
 
+def test_a_pickle_naming_a_huge_memo_index_is_dropped_without_allocating(m: reflectmgr.Manager) -> None:
+    # CPython's C unpickler sizes its memo by the largest index named (gh-115952): unguarded,
+    # these 70 bytes made the manager allocate and zero 2.7 GB, stalling everyone for seconds.
+    from ..unit.test_memo_guard import FLIPPED
+
+    status = Path(f"/proc/{m.pid}/status")
+    if not status.exists():
+        pytest.skip("the manager's peak memory is read from /proc (Linux)")
+
+    def peak() -> int:  # VmHWM: the most the manager ever had resident, in kB
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM"))
+
+    d = m.dict(a=1)
+    before = peak()
+    t = _authenticated_raw(m)
+    try:
+        t.sock.sendall(pack_header(len(FLIPPED), 0) + FLIPPED)
+        with pytest.raises((EOFError, OSError)):  # dropped as garbage
+            while True:
+                t.recv()
+    finally:
+        t.close()
+    assert peak() - before < (64 << 10), f"the manager's peak grew by {(peak() - before) >> 10} MiB"
+    assert d["a"] == 1 and m.dict(b=2)["b"] == 2
+
+
 def test_a_stalled_frame_body_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stream, "BODY_TIMEOUT", 0.2)
     a, b = socket.socketpair()
