@@ -48,3 +48,13 @@ def test_executor_and_interpreter_benchmarks_run() -> None:
 def test_version_comparison_runs_quiet_and_loaded() -> None:
     text = _run(str(BENCH / "versions.py"), "--quick", "--load", "1")
     assert "1 busy processes" in text and "Event set+wait" in text
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+@pytest.mark.timeout(300)
+def test_ray_benchmark_runs() -> None:
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    text = _run(str(BENCH / "ray_bench.py"), "--smoke")
+    for line in ("quiet, 1 task:", "tasks at once:", "busy loops beside:", "reused workers:", "ratio p50"):
+        assert line in text, line

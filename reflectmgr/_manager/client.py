@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import ssl
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any
@@ -64,6 +65,7 @@ def get_client(address: Address, authkey: bytes | None = None, *, implicit: bool
             and client.ssl_context is registry.tls.get(registry.key(address))  # TLS asked for: TLS given
         ):
             client.implicit |= implicit
+            client.touched = True
             return client
     client = Client(address, authkey if authkey is not None else default_authkey())
     client.implicit = implicit
@@ -100,6 +102,15 @@ class Client(Transfers, ForkHandling, Link):
         # Where a proxy pickled here can be rebuilt: this process's route first, then everyone's.
         self.routes: tuple[Address, ...] = tuple(dict.fromkeys([address, self.public_address]))
         self.authkey = bytes(authkey)
+        # Pickled with this client's proxies instead of the key, when the receiver cannot have
+        # inherited it (see registry.KeySource); None: receivers use the key they inherited.
+        self.key_source: registry.KeySource | None = None
+        # An implicit client (nobody's connection) with no proxy alive for this long closes, and
+        # its manager drops the session: for processes that are reused for other work (Ray's
+        # workers). None: never. ``touched`` is set whenever the registry hands the client out.
+        self.idle_timeout: float | None = None
+        self.touched = False
+        self._idle_since: float | None = None
         self.ssl_context = registry.tls.get(registry.key(address))
         self.closed = False
         self._pool: deque[Channel] = deque()
@@ -285,7 +296,33 @@ class Client(Transfers, ForkHandling, Link):
     # -- releases ----------------------------------------------------------------------------
     def _start_flusher(self) -> None:
         anchor = self._anchor
-        self._flusher = ReleaseFlusher(lambda: self.cache.has_releases, lambda: anchor.call(int(Op.RELEASE), 0, ()))
+        self._flusher = ReleaseFlusher(
+            lambda: self.cache.has_releases, lambda: anchor.call(int(Op.RELEASE), 0, ()), self.reap_if_idle
+        )
+
+    def reap_if_idle(self) -> bool:
+        """Close this client if it has been idle for ``idle_timeout``: implicit, no connection
+        using it, no proxy alive, nothing to release, and not handed out by the registry since
+        the last look. Runs on the flusher's thread every RELEASE_INTERVAL; True once closed."""
+        if self.idle_timeout is None or not self.implicit or self.handles > 0 or self.closed:
+            return False
+        cache = self.cache
+        if len(cache) or cache.has_releases or cache.has_acquires:
+            self._idle_since = None
+            return False
+        now = time.monotonic()
+        with registry.lock:
+            if self.touched:  # handed out since the last look: a proxy may be on its way in
+                self.touched = False
+                self._idle_since = None
+                return False
+            if self._idle_since is None:
+                self._idle_since = now
+            if now - self._idle_since < self.idle_timeout:
+                return False
+            self._unregister()
+        self.close()
+        return True
 
     def _stop_flusher(self) -> None:
         if self._flusher is not None:
@@ -304,8 +341,13 @@ class Client(Transfers, ForkHandling, Link):
         _close_transports(self._transports)
         self._pool.clear()
         with registry.lock:
-            if registry.clients.get(registry.key(self.address)) is self:
-                del registry.clients[registry.key(self.address)]
+            self._unregister()
+
+    def _unregister(self) -> None:
+        """Forget this client under every address it is registered by (registry.lock held)."""
+        for address, client in list(registry.clients.items()):
+            if client is self:
+                del registry.clients[address]
 
 
 def _close_transports(transports: list[Any]) -> None:

@@ -16,12 +16,14 @@ RELEASE_INTERVAL = 0.2
 
 
 class ReleaseFlusher:
-    """Calls ``send()`` every RELEASE_INTERVAL while ``pending()``; stops when ``send`` raises
-    (the manager is gone or closed: nothing is left to release) or on :meth:`stop`."""
+    """Calls ``send()`` every RELEASE_INTERVAL while ``pending()``, else ``idle()``; stops when
+    ``send`` raises (the manager is gone or closed: nothing is left to release), when ``idle()``
+    says the client closed itself, or on :meth:`stop`."""
 
-    def __init__(self, pending: Callable[[], bool], send: Callable[[], None]) -> None:
+    def __init__(self, pending: Callable[[], bool], send: Callable[[], None], idle: Callable[[], bool] = bool) -> None:
         self._pending = pending
         self._send = send
+        self._idle = idle  # asked every interval; True: the client closed itself, so stop
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reflectmgr-release")
         # A daemon where allowed; isolated subinterpreters forbid daemon threads: there stop()
@@ -42,6 +44,8 @@ class ReleaseFlusher:
                     self._send()
                 except Exception:
                     return
+            elif self._idle():
+                return
 
     def stop(self) -> None:
         """Stop the thread; joins it when it is not a daemon (and not the caller)."""

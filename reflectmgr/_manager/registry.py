@@ -5,6 +5,8 @@
                                             unpickled here, is the object itself (no self-connect)
     tls             address -> SSLContext   TCP managers this process reaches over TLS (connect(...,
                                             ssl_context=...)): every connection to them uses it
+    A client may be registered under several addresses (a manager's TCP address and the local
+    socket this process reaches it by: see KeySource).
     generation      bumped in every forked child; a client of another generation was inherited
 
 Everything here is guarded by ``lock``, which the fork hooks hold across ``fork``.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._transport.sockets import Address
 
@@ -27,6 +29,15 @@ tls: dict[Any, Any] = {}
 lock = threading.Lock()
 # A list so that modules holding a reference see the child's bump (see forking.py).
 generation = [0]
+
+
+class KeySource(Protocol):
+    """Where a proxy's receiver finds the authkey of its manager, when the process did not inherit
+    it: pickled with the proxy instead of the key (reflectmgr.ray resolves it from the cluster).
+    ``client(routes)`` returns this process's client for the manager at ``routes``, connecting
+    (and registering it) on first use."""
+
+    def client(self, routes: tuple[Address, ...]) -> Client: ...
 
 
 def key(address: Address) -> Any:
@@ -56,7 +67,10 @@ def default_authkey() -> bytes:
 
 
 def lookup(address: Address) -> Client | None:
-    """This process's open client for ``address``, if it has one."""
+    """This process's open client for ``address``, if it has one (marked as just used, so that
+    an idle client is not closed under the caller: see Client.reap_if_idle)."""
     with lock:
         client = clients.get(key(address))
+        if client is not None:
+            client.touched = True
     return client if client is not None and not client.closed else None

@@ -38,6 +38,7 @@ class Transfers:
 
     routes: tuple[Address, ...]
     authkey: bytes
+    key_source: registry.KeySource | None
     address: Address
     cache: Any
 
@@ -55,8 +56,9 @@ class Transfers:
             return (_borrowed, (self.routes, proxy._rm_oid, proxy._rm_desc))
         token = self.call(Op.PIN, 0, [proxy._rm_oid])
         # Like multiprocessing: the authkey travels inside the pickle only to a child being spawned
-        # (through its private pipe); any other receiver uses the authkey it inherited.
-        authkey = self.authkey if _spawning() else None
+        # (through its private pipe); any other receiver uses the authkey it inherited, or the key
+        # source of this client says where to find it (reflectmgr.ray).
+        authkey = self.authkey if _spawning() else self.key_source
         return (_rebuild, (self.routes, authkey, proxy._rm_oid, token))
 
     def pickle_task(self, task: Any, keep: list[Any]) -> bytes:
@@ -109,7 +111,7 @@ def _spawning() -> bool:
     return mp_spawning() is not None
 
 
-def _route(routes: tuple[Address, ...], authkey: bytes | None) -> Any:
+def _route(routes: tuple[Address, ...], authkey: bytes | registry.KeySource | None) -> Any:
     """The object table (inside the manager itself) or the client to use for ``routes``."""
     for address in routes:
         table = registry.local_tables.get(registry.key(address))
@@ -120,6 +122,8 @@ def _route(routes: tuple[Address, ...], authkey: bytes | None) -> Any:
         if client is not None:
             client.implicit = True  # a proxy of this process now relies on it: no close() may end it
             return client
+    if authkey is not None and not isinstance(authkey, bytes):
+        return authkey.client(routes)
     from .client import get_client  # the client layer builds on this module, not the reverse
 
     usable = [a for a in routes if not is_inproc(a) or a.startswith(f"inproc:{os.getpid()}:")]  # type: ignore[union-attr]
@@ -133,7 +137,7 @@ def _borrowed(routes: tuple[Address, ...], oid: int, desc: Any) -> Any:
     return route.resolve(oid)
 
 
-def _rebuild(routes: tuple[Address, ...], authkey: bytes | None, oid: int, token: bytes) -> Any:
+def _rebuild(routes: tuple[Address, ...], authkey: bytes | registry.KeySource | None, oid: int, token: bytes) -> Any:
     """Unpickling a proxy in another process: connect (once per process) and claim the pin."""
     route = _route(routes, authkey)
     if isinstance(route, Transfers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ RUN_TIMEOUT = 50.0  # below pytest-timeout, so a hang reports as this test's fai
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs(path: Path) -> None:
+    if path.stem.startswith("ray_") and importlib.util.find_spec("ray") is None:
+        pytest.skip("the ray extra is not installed (pip install -e '.[ray]')")
     proc = subprocess.run(
         [sys.executable, str(path)], capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=path.parent
     )
@@ -30,4 +33,5 @@ def test_there_are_examples() -> None:
         "interpreter_pool",
         "large_values",
         "secure_tcp",
+        "ray_shared_state",
     }
