@@ -124,3 +124,24 @@ def test_the_walk_knows_every_opcode() -> None:
         stepped = code in table.counted or code in table.lines or code == 0x72
         run = table.run.match(bytes([code, 0]) + bytes(8))
         assert stepped or (run is not None and run.end() > 0), opcode.name
+
+
+def test_small_pickles_that_passed_are_remembered_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reflectmgr._wire import memo_guard
+
+    monkeypatch.setattr(memo_guard, "_passed", {})
+    monkeypatch.setattr(memo_guard, "_REMEMBERED", 3)
+    request = pickle.dumps((0, (), 5, 7, ("acquire", (), {})), 5)
+    walks: list[bytes] = []
+    walk = memo_guard._walk
+    monkeypatch.setattr(memo_guard, "_walk", lambda data: (walks.append(bytes(data)), walk(data)))
+    check(request)
+    check(bytearray(request))  # the same bytes: looked up, not walked again
+    assert walks == [request]
+    for _ in range(2):  # a refused pickle is never remembered
+        with pytest.raises(pickle.UnpicklingError):
+            check(FLIPPED)
+    assert len(walks) == 3 and FLIPPED not in memo_guard._passed
+    for i in range(5):
+        check(pickle.dumps(("release", i), 5))
+    assert len(memo_guard._passed) <= 3
