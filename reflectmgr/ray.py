@@ -208,6 +208,17 @@ class Manager(Factories):
         self._client: Client | None = None
         self._stopped = False
 
+    @property
+    def client(self) -> Client:
+        """The connection every proxy of this process uses; the first use starts the manager
+        (``m = reflectmgr.ray.Manager(); m.dict()`` works, as with :class:`reflectmgr.Manager`)."""
+        if self._client is None:
+            if self._stopped:
+                raise ManagerClosedError("this manager was shut down")
+            self.start()
+        assert self._client is not None
+        return self._client
+
     def start(self) -> None:
         if self.actor is not None or self._stopped:
             raise ManagerClosedError("this manager was already started")

@@ -302,3 +302,17 @@ def test_tls_contexts_must_travel_as_files(cluster: None) -> None:
 
     with pytest.raises(TypeError, match="server_context"):
         reflectmgr.ray.Manager(ssl_context=ssl.create_default_context(), client_ssl_context=None)
+
+
+def test_first_use_starts_the_manager_and_shutdown_is_final(cluster: None) -> None:
+    m = reflectmgr.ray.Manager()
+    try:
+        d = m.dict(a=1)  # no with, no start(): the first use starts it
+        assert d["a"] == 1 and m.pid is not None
+    finally:
+        m.shutdown()
+    pid = m.pid
+    wait_until(lambda: not psutil.pid_exists(pid), DEATH, "the owner actor's process to exit")
+    with pytest.raises(reflectmgr.ManagerClosedError):
+        m.dict()
+    m.shutdown()  # idempotent
