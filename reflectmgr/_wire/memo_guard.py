@@ -105,8 +105,9 @@ def check(data: Any) -> None:
 
 # Small pickles that passed, by their bytes: a request repeated as it is (a lock's acquire and
 # release, a queue's put of the same item) is looked up instead of walked again (~60 ns against
-# ~500 ns). At most _REMEMBERED of _REMEMBERED_SIZE bytes or less (about 1 MiB), emptied when full.
-_REMEMBERED, _REMEMBERED_SIZE = 4096, 256
+# ~500 ns). At most _REMEMBERED of _REMEMBERED_SIZE bytes or less (under 0.3 MiB with the dict),
+# emptied when full: a method call on one object is about 40 bytes.
+_REMEMBERED, _REMEMBERED_SIZE = 1024, 128
 _passed: dict[bytes, None] = {}
 
 
