@@ -109,7 +109,8 @@ class Client(Transfers, ForkHandling, Link):
         # its manager drops the session: for processes that are reused for other work (Ray's
         # workers). None: never. ``touched`` is set whenever the registry hands the client out.
         self.idle_timeout: float | None = None
-        self.touched = False
+        self.touched = True  # a new client is about to be used: at least one look passes first
+        self.claims = 0  # proxies being unpickled through this client now (under registry.lock)
         self._idle_since: float | None = None
         self.ssl_context = registry.tls.get(registry.key(address))
         self.closed = False
@@ -302,8 +303,9 @@ class Client(Transfers, ForkHandling, Link):
 
     def reap_if_idle(self) -> bool:
         """Close this client if it has been idle for ``idle_timeout``: implicit, no connection
-        using it, no proxy alive, nothing to release, and not handed out by the registry since
-        the last look. Runs on the flusher's thread every RELEASE_INTERVAL; True once closed."""
+        using it, no proxy alive or being unpickled (``claims``), nothing to release, and not
+        handed out by the registry since the last look. Runs on the flusher's thread every
+        RELEASE_INTERVAL; True once closed."""
         if self.idle_timeout is None or not self.implicit or self.handles > 0 or self.closed:
             return False
         cache = self.cache
@@ -312,7 +314,7 @@ class Client(Transfers, ForkHandling, Link):
             return False
         now = time.monotonic()
         with registry.lock:
-            if self.touched:  # handed out since the last look: a proxy may be on its way in
+            if self.touched or self.claims:  # handed out since the last look, or a proxy on its way in
                 self.touched = False
                 self._idle_since = None
                 return False

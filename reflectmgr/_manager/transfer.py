@@ -39,6 +39,7 @@ class Transfers:
     routes: tuple[Address, ...]
     authkey: bytes
     key_source: registry.KeySource | None
+    claims: int
     address: Address
     cache: Any
 
@@ -112,28 +113,43 @@ def _spawning() -> bool:
 
 
 def _route(routes: tuple[Address, ...], authkey: bytes | registry.KeySource | None) -> Any:
-    """The object table (inside the manager itself) or the client to use for ``routes``."""
+    """The object table (inside the manager itself) or the client to use for ``routes``. A
+    client comes back counted in ``claims`` (a proxy on its way in: an idle client is not closed
+    under it, see Client.reap_if_idle); the caller gives it back with :func:`_claimed`."""
     for address in routes:
         table = registry.local_tables.get(registry.key(address))
         if table is not None:
             return table
+    client = None
     for address in routes:
         client = registry.lookup(address)
         if client is not None:
             client.implicit = True  # a proxy of this process now relies on it: no close() may end it
-            return client
-    if authkey is not None and not isinstance(authkey, bytes):
-        return authkey.client(routes)
-    from .client import get_client  # the client layer builds on this module, not the reverse
+            break
+    if client is None and (authkey is None or isinstance(authkey, bytes)):
+        from .client import get_client  # the client layer builds on this module, not the reverse
 
-    usable = [a for a in routes if not is_inproc(a) or a.startswith(f"inproc:{os.getpid()}:")]  # type: ignore[union-attr]
-    return get_client(usable[0], authkey)
+        usable = [a for a in routes if not is_inproc(a) or a.startswith(f"inproc:{os.getpid()}:")]  # type: ignore[union-attr]
+        client = get_client(usable[0], authkey)
+    elif client is None:
+        client = authkey.client(routes)  # type: ignore[union-attr]  # a KeySource: not None, not bytes
+    with registry.lock:
+        client.claims += 1
+    return client
+
+
+def _claimed(client: Any) -> None:
+    with registry.lock:
+        client.claims -= 1
 
 
 def _borrowed(routes: tuple[Address, ...], oid: int, desc: Any) -> Any:
     route = _route(routes, None)
     if isinstance(route, Transfers):
-        return route.borrow(oid, desc)
+        try:
+            return route.borrow(oid, desc)
+        finally:
+            _claimed(route)
     return route.resolve(oid)
 
 
@@ -141,5 +157,8 @@ def _rebuild(routes: tuple[Address, ...], authkey: bytes | registry.KeySource | 
     """Unpickling a proxy in another process: connect (once per process) and claim the pin."""
     route = _route(routes, authkey)
     if isinstance(route, Transfers):
-        return route.call(Op.CLAIM, oid, token)
+        try:
+            return route.call(Op.CLAIM, oid, token)
+        finally:
+            _claimed(route)
     return route.claim(token, oid)

@@ -44,6 +44,10 @@ def test_a_client_is_kept_while_a_proxy_lives_or_it_was_just_handed_out(m: refle
     client.flush()
     client.touched = True  # the registry handed it out: a proxy may be arriving
     assert client.reap_if_idle() is False and not client.closed
+    client.claims = 1  # a proxy being unpickled through it, however long its claim takes
+    for _ in range(3):
+        assert client.reap_if_idle() is False and not client.closed
+    client.claims = 0
     assert client.reap_if_idle() is True and client.closed
 
 
@@ -91,3 +95,29 @@ def test_a_key_source_travels_with_a_proxy_instead_of_the_key(m: reflectmgr.Mana
             registry.clients[registry.key(m.address)] = saved
         del again
         other.close()
+
+
+def test_unpickling_a_proxy_counts_a_claim_until_it_is_done(m: reflectmgr.Manager) -> None:
+    client = _client(m)
+    client._stop_flusher()
+    d = client.call(Op.NEW, 0, dict, (), {"a": 1})
+    blob = pickle.dumps(d)
+    seen: list[int] = []
+    call = client.call
+
+    def spy(op: int, oid: int, *args: Any) -> Any:
+        seen.append(client.claims)  # during the claim's round trip
+        return call(op, oid, *args)
+
+    with registry.lock:  # this process's route to the manager is the test's client
+        saved = registry.clients[registry.key(m.address)]
+        registry.clients[registry.key(m.address)] = client
+    try:
+        client.call = spy  # type: ignore[method-assign]
+        again = pickle.loads(blob)
+    finally:
+        with registry.lock:
+            registry.clients[registry.key(m.address)] = saved
+    assert seen == [1] and client.claims == 0 and again["a"] == 1
+    del again, d
+    client.close()
