@@ -55,15 +55,19 @@ DIRECT_IDLE = 0.05
 DIRECT_STREAK = 32
 OTHERS_NS = 1_000_000
 IDLE_SAFETY = 2.0
-# After this many rounds in a row with requests from one connection only, the dispatcher hands
+# After this many rounds in a row with requests from one connection only, and none served from
+# another connection (by the dispatcher or by its own thread) for OTHERS_NS, the dispatcher hands
 # that connection to its thread (one active client: no dispatcher between it and its thread).
+# Without the second condition, two active clients ended up each on its own thread, taking turns
+# at the GIL (a client waiting for its wake-up leaves the other alone for dozens of rounds):
+# 23-27k calls/s against 41-49k.
 SOLO_ROUNDS = 64
 # What the dispatcher hands over: a decoded request (op, oid, args), or a whole frame to read.
 _READ_FRAME = object()
 
 
 class _Connection:
-    __slots__ = ("channel", "handoff", "mine", "pending", "transport", "turn", "wake_r", "wake_w")
+    __slots__ = ("channel", "handoff", "mine", "pending", "served_at", "transport", "turn", "wake_r", "wake_w")
 
     def __init__(self, channel: Channel, transport: ShmTransport) -> None:
         self.channel = channel
@@ -73,6 +77,7 @@ class _Connection:
         self.wake_r, self.wake_w = os.pipe()
         self.handoff: BaseException | None = None  # a failure of this connection seen by the dispatcher
         self.mine = False  # the connection's thread holds the turn
+        self.served_at = 0  # when a request of this connection was last served, by either thread
 
     def close(self) -> None:
         for fd in (self.wake_r, self.wake_w):
@@ -163,7 +168,8 @@ class Dispatcher:
 
         def done(msg: tuple[Any, ...]) -> bool:
             nonlocal streak
-            if _now() - self._served_at >= OTHERS_NS:
+            conn.served_at = now = _now()
+            if not self._others_active(conn, now):
                 streak = 0  # no other client is active: this thread serves its ring best
                 return False
             streak = streak + 1 if inline_handler(channel.peer, (), msg[2], msg[3], msg[4]) else 0
@@ -175,6 +181,11 @@ class Dispatcher:
         self._handed -= 1
         conn.turn.release()
         self.bell.ring()  # a request that came after the last look (the dispatcher may sleep)
+
+    def _others_active(self, conn: _Connection, now: int) -> bool:
+        """Has a connection other than ``conn`` been served (by the dispatcher or by its own
+        thread) within OTHERS_NS?"""
+        return any(other is not conn and now - other.served_at < OTHERS_NS for other in self._connections)
 
     def _alone(self) -> bool:
         """May a connection's thread spin? Only if it is the one holding a ring and the dispatcher
@@ -220,6 +231,9 @@ class Dispatcher:
                     bell.sleep(safety)
             finally:
                 bell.awake()
+            # A request soon after the sleep began reopens the window (without this, five misses
+            # in a row closed it for good, and every request then cost a wake-up).
+            spin.slept(bell.arrival())
 
     def _anything(self) -> bool:
         for conn in self._connections:
@@ -233,7 +247,11 @@ class Dispatcher:
     def _serve_round(self) -> bool:
         """One request from every connection that has one; True if any was found."""
         served = 0
-        solo = self._solo if self._solo_rounds >= SOLO_ROUNDS else None
+        now = _now()
+        solo = None
+        if self._solo_rounds >= SOLO_ROUNDS and self._solo is not None:
+            if not self._others_active(self._solo, now):
+                solo = self._solo
         last: _Connection | None = None
         for conn in self._connections:
             transport = conn.transport
@@ -244,6 +262,7 @@ class Dispatcher:
                 continue
             served += 1
             last = conn
+            conn.served_at = now
             try:
                 ready = transport.frame_ready()  # again, now that the turn is ours
                 if ready is None:
@@ -256,7 +275,7 @@ class Dispatcher:
                 conn.handoff = exc if isinstance(exc, Exception) else ReflectmgrError(repr(exc))
                 self._hand_over(conn, _READ_FRAME)
         if served:
-            self._served_at = _now()
+            self._served_at = now
             if served == 1 and last is self._solo:
                 self._solo_rounds += 1
             else:

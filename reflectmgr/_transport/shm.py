@@ -64,8 +64,9 @@ SAFETY_MS = 200
 # manager's dispatcher sleeps while no ring has a request (see _owner/dispatcher.py).
 WAKE_FUTEX, WAKE_SOCKET = b"F", b"S"
 BELL_SIZE = 4096
-_BELL_WORD, _BELL_ASLEEP, _BELL_CPU = 0, 8, 9  # u64 indices: the futex word; "the dispatcher
-# sleeps" (its own line) and the CPU it last ran on, plus one
+# u64 indices: the futex word; "the dispatcher sleeps" (its own line), the CPU it last ran on plus
+# one, when it began its last sleep and when a client last rang it (perf_counter_ns)
+_BELL_WORD, _BELL_ASLEEP, _BELL_CPU, _BELL_SINCE, _BELL_RUNG_AT = 0, 8, 9, 10, 11
 
 # The fences. Python has no atomics, but a lock's acquire has acquire semantics and its release has
 # release semantics on every platform CPython supports (pthread mutexes or futexes: a locked
@@ -153,6 +154,7 @@ class Bell:
         try:
             words = self.words
             if words[_BELL_ASLEEP]:
+                words[_BELL_RUNG_AT] = _now()  # CLOCK_MONOTONIC: the same clock in every process
                 words[_BELL_WORD] = 1
                 waiting.futex_wake(self.address)
         except ValueError:  # closed: the manager is stopping, or the client is leaving
@@ -167,6 +169,7 @@ class Bell:
         words = self.words
         words[_BELL_WORD] = 0
         words[_BELL_CPU] = waiting.current_cpu() + 1
+        words[_BELL_SINCE] = _now()
         words[_BELL_ASLEEP] = 1
         _acquire()  # FULL (Dekker): the flag is visible before the dispatcher's last look
         _release()
@@ -184,6 +187,14 @@ class Bell:
 
     def awake(self) -> None:
         self.words[_BELL_ASLEEP] = 0
+
+    def arrival(self) -> int:
+        """How long after the dispatcher's last :meth:`prepare` a client rang (ns); if none rang
+        since, how long ago that was. The ringer's stamp, not when the sleeper woke: a wake-up of an
+        idle virtual CPU alone can take longer than a spin."""
+        words = self.words
+        since, rung = words[_BELL_SINCE], words[_BELL_RUNG_AT]
+        return (rung if rung > since else _now()) - since
 
     def close(self) -> None:
         self.words.release()
