@@ -42,6 +42,7 @@ from .._transport import waiting
 from .._transport.shm import Bell, RingFull, ShmTransport
 from ..errors import ReflectmgrError
 from .channel import Channel
+from .colocate import Colocation
 from .dispatch import NO_CALL
 from .inline import inline_handler
 
@@ -90,8 +91,9 @@ class _Connection:
 class Dispatcher:
     """Serves the shared-memory connections registered with :meth:`serve`."""
 
-    def __init__(self, stopping: Callable[[], bool]) -> None:
+    def __init__(self, stopping: Callable[[], bool], colocation: Colocation | None = None) -> None:
         self.bell = Bell.create()
+        self._colocation = colocation or Colocation()
         self._stopping = stopping
         self._connections: tuple[_Connection, ...] = ()  # replaced, never mutated: iterated unlocked
         self._lock = threading.Lock()
@@ -120,13 +122,14 @@ class Dispatcher:
             self._connections += (conn,)
         self.bell.ring()  # a request may be in the ring already
         try:
-            while not self._stopping():
-                for fd, _ in poll.poll():
-                    if fd == conn.wake_r:
-                        os.read(conn.wake_r, 64)
-                        self._take_over(conn)
-                    else:
-                        transport.check_peer()  # raises EOFError when the peer is gone
+            with self._colocation.hold():
+                while not self._stopping():
+                    for fd, _ in poll.poll():
+                        if fd == conn.wake_r:
+                            os.read(conn.wake_r, 64)
+                            self._take_over(conn)
+                        else:
+                            transport.check_peer()  # raises EOFError when the peer is gone
         finally:
             with self._lock:
                 self._connections = tuple(c for c in self._connections if c is not conn)
@@ -195,11 +198,12 @@ class Dispatcher:
     # -- the dispatcher's thread ----------------------------------------------------------------
     def _run(self) -> None:
         try:
-            while not self._stopping():
-                try:
-                    self._loop()
-                except Exception:  # a bug here must not leave every client without a server
-                    log.exception("the dispatcher failed; it goes on")
+            with self._colocation.hold():  # one of the serving threads: pinned with them
+                while not self._stopping():
+                    try:
+                        self._loop()
+                    except Exception:  # a bug here must not leave every client without a server
+                        log.exception("the dispatcher failed; it goes on")
         finally:
             self.bell.close()  # the connections' threads end too: nothing rings it after this
 

@@ -31,6 +31,7 @@ from .._wire.opcodes import Msg, Op
 from ..errors import ReflectmgrError, RestrictedError
 from . import robust
 from .channel import Channel
+from .colocate import Colocation
 from .dispatcher import Dispatcher
 from .export import Describer
 from .restricted import Restriction
@@ -161,12 +162,13 @@ class Server:
         self.max_frame = max_frame
         self.channel_class = channel_class
         self._handshakes = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
-        # One thread serves the shared-memory clients (dispatcher.py) once they outnumber the cores;
-        # REFLECTMGR_DISPATCHER=0 never, =always from the first one (for measuring and testing).
+        # A thread per connection, kept on one CPU while several clients keep them busy
+        # (colocate.py). REFLECTMGR_DISPATCHER=always: one thread serves every shared-memory client
+        # instead (dispatcher.py); it measured slower for any number of clients once the threads
+        # were colocated (benchmarks/README.md), and stays for measuring.
         self._dispatcher: Dispatcher | None = None
-        mode = os.environ.get("REFLECTMGR_DISPATCHER", "auto")
-        self._use_dispatcher = waiting.FUTEX and mode != "0"
-        self._always_dispatch = mode == "always"
+        self._colocation = Colocation()
+        self._dispatch = waiting.FUTEX and os.environ.get("REFLECTMGR_DISPATCHER") == "always"
 
     # -- services used by dispatch ----------------------------------------------------------
     def stats(self) -> Any:
@@ -260,12 +262,10 @@ class Server:
             channel.guarded = memo_needed()
             with self._lock:
                 self._channels.add(channel)
-            if shm.dispatched(transport) and self._crowded():
+            if shm.dispatched(transport):  # it rings the bell: REFLECTMGR_DISPATCHER=always
                 self._dispatcher_for().serve(channel, transport)
             else:
-                if shm.dispatched(transport):
-                    transport.set_direct(True)  # its client wakes this thread, never the bell
-                channel.serve_forever(self._stopping.is_set)
+                self._colocation.serve(channel, self._stopping.is_set)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
         except ReflectmgrError as exc:  # a wrong authkey, garbage: the peer's problem, not ours
@@ -289,10 +289,9 @@ class Server:
         _, payload = transport.recv(MAX_PREAUTH)
         if payload != shm.REQUEST:
             return transport, payload
-        # The bell (and the dispatcher's thread) only where the dispatcher may serve this client:
-        # below the threshold a client never maps it, and nothing waits on it.
-        belled = self._use_dispatcher and self._crowded(joining=1)
-        shared = shm.upgrade_server(transport, self._dispatcher_for().bell if belled else None)
+        # The bell (and the dispatcher's thread) only where the dispatcher serves: otherwise a
+        # client never maps it, and nothing waits on it.
+        shared = shm.upgrade_server(transport, self._dispatcher_for().bell if self._dispatch else None)
         with self._lock:
             self._transports.discard(transport)
             self._transports.add(shared)
@@ -307,18 +306,10 @@ class Server:
                 self._transports.discard(shared)
             raise
 
-    def _crowded(self, joining: int = 0) -> bool:
-        """Do client processes outnumber the cores (counting one for the owner, and ``joining``
-        for one whose hello has not come yet)? Then one thread serving them all beats a thread
-        each; with fewer, a thread per connection measured better (benchmarks: CPU-bound workers
-        on every core)."""
-        with self._lock:
-            return self._always_dispatch or len(self.sessions) + joining > waiting.CORES + 1
-
     def _dispatcher_for(self) -> Dispatcher:
         with self._lock:
             if self._dispatcher is None:
-                self._dispatcher = Dispatcher(self._stopping.is_set)
+                self._dispatcher = Dispatcher(self._stopping.is_set, self._colocation)
             return self._dispatcher
 
     def _hello(self, transport: Transport, payload: bytes | bytearray) -> Session:

@@ -37,8 +37,8 @@ def _hammer(d: Any, stop: threading.Event, errors: list[BaseException]) -> None:
 
 @pytest.fixture
 def m(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A manager whose dispatcher serves every shared-memory client (by default it waits until
-    clients outnumber the cores, which a test in one process does not reach)."""
+    """A manager whose dispatcher serves every shared-memory client (by default none is: each
+    connection has its own thread)."""
     monkeypatch.setenv("REFLECTMGR_DISPATCHER", "always")  # the spawned manager reads it
     with reflectmgr.Manager() as mgr:
         yield mgr
@@ -145,9 +145,9 @@ def test_shutdown_while_a_connection_is_served_by_its_thread(monkeypatch: pytest
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_clients_beyond_the_cores_are_served_by_the_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default: a thread per connection for the first clients, the dispatcher once client
-    processes outnumber the cores; both kinds at once serve the same objects."""
+def test_by_default_every_client_has_a_thread_of_its_own_beyond_the_cores_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default: a thread per connection for any number of clients (the dispatcher measured
+    slower once the threads were colocated); no client is handed the dispatcher's bell."""
     monkeypatch.delenv("REFLECTMGR_DISPATCHER", raising=False)
     with reflectmgr.Manager() as mgr:
         sessions = [second_session(mgr) for _ in range(waiting.CORES + 2)]
@@ -159,9 +159,20 @@ def test_clients_beyond_the_cores_are_served_by_the_dispatcher(monkeypatch: pyte
                 view[i] = i
             assert d == {i: i for i in range(len(views))}
             assert mgr.stats().clients >= len(sessions)
+            transports = [s._client._local.mine.channel.transport for s in sessions]
+            assert all(t.bell is None for t in transports)
         finally:
             for s in sessions:
                 s.close()
+
+
+def test_with_the_dispatcher_asked_for_every_client_rings_its_bell(m: reflectmgr.Manager) -> None:
+    other = second_session(m)
+    try:
+        assert other.dict(a=1)["a"] == 1
+        assert other._client._local.mine.channel.transport.bell is not None
+    finally:
+        other.close()
 
 
 @pytest.mark.parametrize("op", [None, "GETATTR", 999], ids=repr)

@@ -1,0 +1,230 @@
+"""Colocation of the manager's serving threads: when they are pinned to one CPU, when they get
+their affinity back, and what a forked child inherits. Real threads, decisions fed by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from reflectmgr._owner import colocate
+from reflectmgr._owner.colocate import HIGH, LOW, MAX_BUSY, PERIOD_NS, REPROBE, Colocation
+from reflectmgr._transport import waiting
+
+from ..helpers import PROMPT
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(
+        not hasattr(os, "sched_setaffinity") or waiting.current_cpu() < 0 or waiting.CORES < 2,
+        reason="colocation needs Linux thread affinity, sched_getcpu and two usable cores",
+    ),
+]
+
+
+class _Thread:
+    """A thread registered as a serving thread until the test ends."""
+
+    def __init__(self, colocation: Colocation) -> None:
+        self.ready, self.stop = threading.Event(), threading.Event()
+        self.tid = 0
+        self._t = threading.Thread(target=self._run, args=(colocation,), daemon=True)
+        self._t.start()
+        assert self.ready.wait(PROMPT)
+
+    def _run(self, colocation: Colocation) -> None:
+        self.tid = threading.get_native_id()
+        with colocation.hold():
+            self.ready.set()
+            self.stop.wait()
+
+    def affinity(self) -> set[int]:
+        return os.sched_getaffinity(self.tid)
+
+    def end(self) -> None:
+        self.stop.set()
+        self._t.join(PROMPT)
+        assert not self._t.is_alive()
+
+
+@pytest.fixture
+def colocation(monkeypatch: pytest.MonkeyPatch) -> Iterator[Colocation]:
+    monkeypatch.delenv("REFLECTMGR_COLOCATE", raising=False)
+    mask = os.sched_getaffinity(0)
+    c = Colocation()
+    assert c.enabled
+    yield c
+    os.sched_setaffinity(0, mask)  # whatever a failing test left on this thread
+
+
+def _period(c: Colocation, busy: float, *active: int) -> None:
+    """One period of ``busy`` CPUs' worth of process time, with requests served by ``active``."""
+    now = c._at + PERIOD_NS
+    c._seen.update(active)
+    c.decide(now, c._cpu + int(busy * PERIOD_NS))
+
+
+def test_two_busy_serving_threads_are_pinned_to_one_cpu_and_freed_when_quiet(colocation: Colocation) -> None:
+    mask = os.sched_getaffinity(0)
+    a, b = _Thread(colocation), _Thread(colocation)
+    try:
+        _period(colocation, HIGH, a.tid, b.tid)
+        cpu = colocation.pinned
+        assert cpu in mask
+        assert a.affinity() == b.affinity() == {cpu}
+        _period(colocation, (HIGH + LOW) / 2, a.tid, b.tid)  # between the thresholds: no change
+        assert a.affinity() == {cpu}
+        late = _Thread(colocation)  # a connection that comes while they are pinned joins them
+        assert late.affinity() == {cpu}
+        late.end()
+        _period(colocation, LOW / 2, a.tid, b.tid)
+        assert colocation.pinned == -1
+        assert a.affinity() == b.affinity() == mask
+    finally:
+        a.end()
+        b.end()
+
+
+def test_one_busy_thread_alone_is_never_pinned(colocation: Colocation) -> None:
+    # One client's thread hands the GIL to nobody: nothing to gain, and its client may be
+    # the CPU-bound one whose CPU the answer should use.
+    a, b = _Thread(colocation), _Thread(colocation)
+    try:
+        _period(colocation, 1.0, a.tid)
+        assert colocation.pinned == -1
+        assert a.affinity() == os.sched_getaffinity(0)
+    finally:
+        a.end()
+        b.end()
+
+
+def test_several_clients_that_leave_the_manager_mostly_idle_are_not_pinned(colocation: Colocation) -> None:
+    # CPU-bound workers calling between slices of work: the manager is far from busy.
+    a, b = _Thread(colocation), _Thread(colocation)
+    try:
+        _period(colocation, 0.25, a.tid, b.tid)
+        assert colocation.pinned == -1
+    finally:
+        a.end()
+        b.end()
+
+
+def test_calls_that_run_in_parallel_are_never_put_on_one_cpu(colocation: Colocation) -> None:
+    # More than one CPU's worth of process time: calls release the GIL (numpy, hashing, I/O)
+    # and run at once; one CPU would serialize them.
+    a, b = _Thread(colocation), _Thread(colocation)
+    try:
+        _period(colocation, MAX_BUSY + 0.25, a.tid, b.tid)
+        assert colocation.pinned == -1
+        assert a.affinity() == os.sched_getaffinity(0)
+    finally:
+        a.end()
+        b.end()
+
+
+def test_pinned_threads_are_freed_now_and_then_to_look_again(colocation: Colocation) -> None:
+    # Pinned, a process cannot show that its calls would run in parallel: it is freed for a
+    # period every REPROBE periods, and pinned again if it still looks GIL-bound.
+    mask = os.sched_getaffinity(0)
+    a, b = _Thread(colocation), _Thread(colocation)
+    try:
+        _period(colocation, 1.0, a.tid, b.tid)
+        for _ in range(REPROBE - 1):
+            _period(colocation, 1.0, a.tid, b.tid)
+            assert colocation.pinned >= 0
+        _period(colocation, 1.0, a.tid, b.tid)
+        assert colocation.pinned == -1
+        assert a.affinity() == mask
+        _period(colocation, 1.0, a.tid, b.tid)
+        assert colocation.pinned >= 0
+        assert a.affinity() == {colocation.pinned}
+    finally:
+        a.end()
+        b.end()
+
+
+def test_pinned_threads_go_back_to_one_client_and_are_freed(colocation: Colocation) -> None:
+    a, b = _Thread(colocation), _Thread(colocation)
+    try:
+        _period(colocation, 1.0, a.tid, b.tid)
+        assert colocation.pinned >= 0
+        _period(colocation, 1.0, a.tid)  # the other client stopped calling
+        assert colocation.pinned == -1
+        assert b.affinity() == os.sched_getaffinity(0)
+    finally:
+        a.end()
+        b.end()
+
+
+def test_a_thread_leaving_while_pinned_gets_its_affinity_back(colocation: Colocation) -> None:
+    mask = os.sched_getaffinity(0)
+    a = _Thread(colocation)
+    try:
+        with colocation.hold():
+            me = threading.get_native_id()
+            _period(colocation, 1.0, a.tid, me)
+            assert os.sched_getaffinity(0) == {colocation.pinned}
+        assert os.sched_getaffinity(0) == mask
+    finally:
+        a.end()
+
+
+def test_a_process_forked_from_a_pinned_thread_gets_the_whole_affinity(colocation: Colocation) -> None:
+    mask = os.sched_getaffinity(0)
+    a = _Thread(colocation)
+    try:
+        with colocation.hold():
+            _period(colocation, 1.0, a.tid, threading.get_native_id())
+            assert os.sched_getaffinity(0) == {colocation.pinned}
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: report its affinity and whether it thinks it is pinned
+                try:
+                    os.write(w, json.dumps([sorted(os.sched_getaffinity(0)), colocation.pinned]).encode())
+                finally:
+                    os._exit(0)
+            os.close(w)
+            with os.fdopen(r) as f:
+                cpus, pinned = json.loads(f.read())
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        assert cpus == sorted(mask)
+        assert pinned == -1
+    finally:
+        a.end()
+
+
+def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFLECTMGR_COLOCATE", "0")
+    c = Colocation()
+    assert not c.enabled
+    served: list[Any] = []
+
+    class _Channel:
+        def serve_forever(self, stopping: Any) -> None:
+            served.append(stopping)
+
+    c.serve(_Channel(), lambda: True)
+    assert len(served) == 1  # served as before, with nothing counted
+    assert colocate._available() is False
+
+
+def test_the_cpu_counted_is_the_serving_threads_own_and_never_goes_back(colocation: Colocation) -> None:
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    before = colocation.cpu_time()
+    burn(0.02)  # this thread is not a serving thread: not counted
+    assert colocation.cpu_time() - before < 10_000_000
+    with colocation.hold():
+        burn(0.05)
+        during = colocation.cpu_time()
+        assert during - before >= 40_000_000
+    assert colocation.cpu_time() >= during  # a thread that left keeps what it used
