@@ -8,13 +8,13 @@ the kernel at every request (measured on 2 cores, 2 clients: 25-35k calls/s, aga
 client). Kept on one CPU, the threads hand the GIL over where they are, and the clients have the
 other CPUs: 114-125k calls/s for 2 clients, 89-109k for 4.
 
-So while the serving threads used at least ``HIGH`` of a CPU between them (and at most
-``MAX_BUSY``: more means calls that release the GIL run in parallel) over the last ``PERIOD_NS`` and at least two
-connections were served in it, its serving threads are pinned to the CPU of the thread that
-decides; below ``LOW``, or with one connection left, they get their affinity back, and every
-``REPROBE`` periods they are freed for one period to look again. A manager
-under CPU-bound workers stays below ``HIGH`` (its clients compute between calls, and the CPU a
-waiting client leaves is the best place for its answer), so it is never pinned.
+So while the serving threads used between ``HIGH`` and ``MAX_BUSY`` of a CPU over the last
+``PERIOD_NS`` (more means that calls releasing the GIL ran in parallel, which one CPU would
+serialize) and at least two connections were served in it, they are pinned to the CPU of the
+thread that decides. Below ``LOW``, or with one connection left, they get their affinity back;
+and every ``REPROBE`` periods they are freed for one period, to look again. A manager under
+CPU-bound workers stays below ``HIGH`` (its clients compute between calls, and the CPU a waiting
+client leaves is the best place for its answer), so it is never pinned.
 
 A process forked from a pinned thread (``multiprocessing``, ``os.fork``) gets the manager's whole
 affinity back at once. A thread, or a process started without a fork handler (``subprocess``),
