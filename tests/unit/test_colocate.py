@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -197,6 +198,12 @@ def test_a_process_forked_from_a_pinned_thread_gets_the_whole_affinity(colocatio
         assert pinned == -1
     finally:
         a.end()
+
+
+def test_a_free_threaded_python_never_pins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a GIL the serving threads do run at once: one CPU would serialize them.
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert Colocation().enabled is False
 
 
 def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
