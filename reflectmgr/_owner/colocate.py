@@ -137,6 +137,7 @@ class Colocation:
             self._at, self._cpu, self._seen = now, cpu, set()
             if self.pinned < 0:
                 if HIGH <= busy <= MAX_BUSY and active >= 2:
+                    self._mask = os.sched_getaffinity(0)  # unpinned now: what to give back later
                     here = waiting.current_cpu()
                     if here in self._mask:
                         self.pinned, self._held = here, 0
