@@ -63,6 +63,15 @@ def colocation(monkeypatch: pytest.MonkeyPatch) -> Iterator[Colocation]:
     os.sched_setaffinity(0, mask)  # whatever a failing test left on this thread
 
 
+@pytest.fixture
+def threads(colocation: Colocation) -> Iterator[tuple[_Thread, _Thread]]:
+    """Two serving threads (as two busy connections would have), ended after the test."""
+    a, b = _Thread(colocation), _Thread(colocation)
+    yield a, b
+    a.end()
+    b.end()
+
+
 def _period(c: Colocation, busy: float, *active: int) -> None:
     """One period of ``busy`` CPUs' worth of process time, with requests served by ``active``."""
     now = c._at + PERIOD_NS
@@ -70,96 +79,82 @@ def _period(c: Colocation, busy: float, *active: int) -> None:
     c.decide(now, c._cpu + int(busy * PERIOD_NS))
 
 
-def test_two_busy_serving_threads_are_pinned_to_one_cpu_and_freed_when_quiet(colocation: Colocation) -> None:
+def test_two_busy_serving_threads_are_pinned_to_one_cpu_and_freed_when_quiet(
+    colocation: Colocation, threads: tuple[_Thread, _Thread]
+) -> None:
     mask = os.sched_getaffinity(0)
-    a, b = _Thread(colocation), _Thread(colocation)
-    try:
-        _period(colocation, HIGH, a.tid, b.tid)
-        cpu = colocation.pinned
-        assert cpu in mask
-        assert a.affinity() == b.affinity() == {cpu}
-        _period(colocation, (HIGH + LOW) / 2, a.tid, b.tid)  # between the thresholds: no change
-        assert a.affinity() == {cpu}
-        late = _Thread(colocation)  # a connection that comes while they are pinned joins them
-        assert late.affinity() == {cpu}
-        late.end()
-        _period(colocation, LOW / 2, a.tid, b.tid)
-        assert colocation.pinned == -1
-        assert a.affinity() == b.affinity() == mask
-    finally:
-        a.end()
-        b.end()
+    a, b = threads
+    _period(colocation, HIGH, a.tid, b.tid)
+    cpu = colocation.pinned
+    assert cpu in mask
+    assert a.affinity() == b.affinity() == {cpu}
+    _period(colocation, (HIGH + LOW) / 2, a.tid, b.tid)  # between the thresholds: no change
+    assert a.affinity() == {cpu}
+    late = _Thread(colocation)  # a connection that comes while they are pinned joins them
+    assert late.affinity() == {cpu}
+    late.end()
+    _period(colocation, LOW / 2, a.tid, b.tid)
+    assert colocation.pinned == -1
+    assert a.affinity() == b.affinity() == mask
 
 
-def test_one_busy_thread_alone_is_never_pinned(colocation: Colocation) -> None:
+def test_one_busy_thread_alone_is_never_pinned(colocation: Colocation, threads: tuple[_Thread, _Thread]) -> None:
     # One client's thread hands the GIL to nobody: nothing to gain, and its client may be
     # the CPU-bound one whose CPU the answer should use.
-    a, b = _Thread(colocation), _Thread(colocation)
-    try:
-        _period(colocation, 1.0, a.tid)
-        assert colocation.pinned == -1
-        assert a.affinity() == os.sched_getaffinity(0)
-    finally:
-        a.end()
-        b.end()
+    a, _ = threads
+    _period(colocation, 1.0, a.tid)
+    assert colocation.pinned == -1
+    assert a.affinity() == os.sched_getaffinity(0)
 
 
-def test_several_clients_that_leave_the_manager_mostly_idle_are_not_pinned(colocation: Colocation) -> None:
+def test_several_clients_that_leave_the_manager_mostly_idle_are_not_pinned(
+    colocation: Colocation, threads: tuple[_Thread, _Thread]
+) -> None:
     # CPU-bound workers calling between slices of work: the manager is far from busy.
-    a, b = _Thread(colocation), _Thread(colocation)
-    try:
-        _period(colocation, 0.25, a.tid, b.tid)
-        assert colocation.pinned == -1
-    finally:
-        a.end()
-        b.end()
+    a, b = threads
+    _period(colocation, 0.25, a.tid, b.tid)
+    assert colocation.pinned == -1
 
 
-def test_calls_that_run_in_parallel_are_never_put_on_one_cpu(colocation: Colocation) -> None:
+def test_calls_that_run_in_parallel_are_never_put_on_one_cpu(
+    colocation: Colocation, threads: tuple[_Thread, _Thread]
+) -> None:
     # More than one CPU's worth of process time: calls release the GIL (numpy, hashing, I/O)
     # and run at once; one CPU would serialize them.
-    a, b = _Thread(colocation), _Thread(colocation)
-    try:
-        _period(colocation, MAX_BUSY + 0.25, a.tid, b.tid)
-        assert colocation.pinned == -1
-        assert a.affinity() == os.sched_getaffinity(0)
-    finally:
-        a.end()
-        b.end()
+    a, b = threads
+    _period(colocation, MAX_BUSY + 0.25, a.tid, b.tid)
+    assert colocation.pinned == -1
+    assert a.affinity() == os.sched_getaffinity(0)
 
 
-def test_pinned_threads_are_freed_now_and_then_to_look_again(colocation: Colocation) -> None:
+def test_pinned_threads_are_freed_now_and_then_to_look_again(
+    colocation: Colocation, threads: tuple[_Thread, _Thread]
+) -> None:
     # Pinned, a process cannot show that its calls would run in parallel: it is freed for a
     # period every REPROBE periods, and pinned again if it still looks GIL-bound.
     mask = os.sched_getaffinity(0)
-    a, b = _Thread(colocation), _Thread(colocation)
-    try:
-        _period(colocation, 1.0, a.tid, b.tid)
-        for _ in range(REPROBE - 1):
-            _period(colocation, 1.0, a.tid, b.tid)
-            assert colocation.pinned >= 0
-        _period(colocation, 1.0, a.tid, b.tid)
-        assert colocation.pinned == -1
-        assert a.affinity() == mask
+    a, b = threads
+    _period(colocation, 1.0, a.tid, b.tid)
+    for _ in range(REPROBE - 1):
         _period(colocation, 1.0, a.tid, b.tid)
         assert colocation.pinned >= 0
-        assert a.affinity() == {colocation.pinned}
-    finally:
-        a.end()
-        b.end()
+    _period(colocation, 1.0, a.tid, b.tid)
+    assert colocation.pinned == -1
+    assert a.affinity() == mask
+    _period(colocation, 1.0, a.tid, b.tid)
+    assert colocation.pinned >= 0
+    assert a.affinity() == {colocation.pinned}
 
 
-def test_pinned_threads_go_back_to_one_client_and_are_freed(colocation: Colocation) -> None:
-    a, b = _Thread(colocation), _Thread(colocation)
-    try:
-        _period(colocation, 1.0, a.tid, b.tid)
-        assert colocation.pinned >= 0
-        _period(colocation, 1.0, a.tid)  # the other client stopped calling
-        assert colocation.pinned == -1
-        assert b.affinity() == os.sched_getaffinity(0)
-    finally:
-        a.end()
-        b.end()
+def test_pinned_threads_go_back_to_one_client_and_are_freed(
+    colocation: Colocation, threads: tuple[_Thread, _Thread]
+) -> None:
+    a, b = threads
+    _period(colocation, 1.0, a.tid, b.tid)
+    assert colocation.pinned >= 0
+    _period(colocation, 1.0, a.tid)  # the other client stopped calling
+    assert colocation.pinned == -1
+    assert b.affinity() == os.sched_getaffinity(0)
 
 
 def test_a_thread_leaving_while_pinned_gets_its_affinity_back(colocation: Colocation) -> None:
