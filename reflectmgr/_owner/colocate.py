@@ -24,12 +24,13 @@ until it sets its own. ``REFLECTMGR_COLOCATE=0`` turns the whole thing off.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._transport import waiting
@@ -94,9 +95,18 @@ class Colocation:
         with self.hold():
             channel.serve_while(more, done)
 
-    def hold(self) -> _Held:
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
         """A context in which this thread is one of the serving threads (pinned with them)."""
-        return _Held(self)
+        if not self.enabled:
+            yield
+            return
+        tid = threading.get_native_id()
+        self._join(tid)
+        try:
+            yield
+        finally:
+            self._leave(tid)
 
     def cpu_time(self) -> int:
         """CPU time (ns) the serving threads have used while registered: theirs, not the rest of
@@ -118,7 +128,10 @@ class Colocation:
 
     def _leave(self, tid: int) -> None:
         with self._lock:
-            clock, start = self._threads.pop(tid)
+            entry = self._threads.pop(tid, None)
+            if entry is None:  # a forked child leaving its parent's block: nothing of it is here
+                return
+            clock, start = entry
             self._gone += time.clock_gettime_ns(clock) - start
             if self.pinned >= 0:
                 _set_affinity(tid, self._mask)  # a thread that goes on (the dispatcher's) is freed
@@ -151,23 +164,6 @@ class Colocation:
                         _set_affinity(tid, self._mask)
         finally:
             self._lock.release()
-
-
-class _Held:
-    __slots__ = ("_colocation", "_tid")
-
-    def __init__(self, colocation: Colocation) -> None:
-        self._colocation = colocation
-        self._tid = 0
-
-    def __enter__(self) -> None:
-        if self._colocation.enabled:
-            self._tid = threading.get_native_id()
-            self._colocation._join(self._tid)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._tid:
-            self._colocation._leave(self._tid)
 
 
 def _set_affinity(tid: int, cpus: set[int]) -> None:

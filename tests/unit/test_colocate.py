@@ -3,6 +3,7 @@ their affinity back, and what a forked child inherits. Real threads, decisions f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -199,6 +200,31 @@ def test_a_free_threaded_python_never_pins(monkeypatch: pytest.MonkeyPatch) -> N
     # Without a GIL the serving threads do run at once: one CPU would serialize them.
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
     assert Colocation().enabled is False
+
+
+def test_a_forked_child_leaving_a_pinned_block_goes_on(colocation: Colocation) -> None:
+    # User code that forks from a call: the child returns through the serving thread's block,
+    # where nothing of its parent's registration is left; it must not fail there.
+    r, w = os.pipe()
+    block = contextlib.ExitStack()
+    block.enter_context(colocation.hold())
+    pid = os.fork()
+    if pid == 0:  # the child always ends here, whatever leaving the block does
+        try:
+            block.close()
+            os.write(w, json.dumps([colocation.pinned, len(colocation._threads)]).encode())
+        except BaseException as exc:
+            os.write(w, json.dumps(repr(exc)).encode())
+        finally:
+            os._exit(0)
+    block.close()
+    os.close(w)
+    with os.fdopen(r) as f:
+        report = json.loads(f.read())
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert report == [-1, 0]
+    assert colocation._threads == {}  # the parent left its block as well
 
 
 def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
