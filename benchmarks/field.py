@@ -8,6 +8,11 @@
 (c) busy cores  one client while every core runs an unrelated busy loop: p50 and p99 latency.
 (d) CPU         CPU time per call, client plus server (from the one-client run of (b), and
                 from (c)): what a call costs a machine that has other work to do.
+(e) one core    one client, with the server's threads and the client on one CPU: nothing
+                overlaps, so a call takes its whole cost (both sides' work, two kernel
+                wake-ups and two switches). The quiet, repeatable twin of (a) and (c), where
+                every call pays the same; set beside the kernel's own round trip on one core
+                (physical.py).
 
 Client processes are spawned by the adapter's own process (the one that owns the server), all
 start on one signal, and report their counts, wall and CPU times and per-call latencies.
@@ -30,6 +35,8 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 CLIENT_COUNTS = (1, 2, 4, 8)
 FIELD_OPS = ("d[k]", "d[k] = v", "Queue put+get", MISS)
 SLICE = 200e-6  # the compute between two calls in (a)
+# (e): the CPU that the server and its client share (the last one this process may use)
+ONE_CORE = sorted(os.sched_getaffinity(0))[-1:] if hasattr(os, "sched_getaffinity") else []
 BLOCKS = 10  # (a): blocks of compute-only rounds alternating with blocks of compute+call rounds
 
 
@@ -55,6 +62,8 @@ def calibrate(seconds: float = SLICE) -> int:
 
 def _client(adapter: str, info: Any, plan: dict[str, Any], ready: Any, start: Any, results: Any) -> None:
     """A client process: connect, wait for the signal, then run the plan and report."""
+    if plan.get("cpu") is not None:
+        os.sched_setaffinity(0, {plan["cpu"]})
     mod = importlib.import_module(f"adapters.{adapter}")
     ops, close = mod.client(info)
     op = ops[plan["op"]]
@@ -105,6 +114,7 @@ def run_clients(adapter: str, info: Any, server_pid: int, clients: int, plan: di
     for p in procs:
         p.start()
     server = psutil.Process(server_pid)
+    confined = _confine(server, plan["cpu"]) if plan.get("cpu") is not None else {}
     try:
         for _ in procs:
             if not ready.acquire(timeout=60):
@@ -118,6 +128,7 @@ def run_clients(adapter: str, info: Any, server_pid: int, clients: int, plan: di
             p.join(30)
             if p.is_alive():
                 p.kill()
+        _release(confined)
     calls = sum(r["n"] for r in reports)
     lat = array("q")
     for r in reports:
@@ -134,6 +145,28 @@ def run_clients(adapter: str, info: Any, server_pid: int, clients: int, plan: di
         out["p50"] = ordered[len(ordered) // 2] / 1e9
         out["p99"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e9
     return out
+
+
+def _confine(server: Any, cpu: int) -> dict[int, set[int]]:
+    """Put every thread of the server process on ``cpu`` (threads it starts later inherit it);
+    returns what each had, for :func:`_release`."""
+    before: dict[int, set[int]] = {}
+    for thread in server.threads():
+        try:
+            before[thread.id] = os.sched_getaffinity(thread.id)
+            os.sched_setaffinity(thread.id, {cpu})
+        except OSError:  # ended meanwhile
+            continue
+    return before
+
+
+def _release(before: dict[int, set[int]]) -> None:
+    everything = set().union(*before.values()) if before else set()
+    for tid in before:
+        try:
+            os.sched_setaffinity(tid, before[tid] or everything)
+        except OSError:
+            continue
 
 
 def _spin(stop: Any) -> None:
@@ -187,6 +220,12 @@ def run(children: list[Any], quick: bool, smoke: bool) -> dict[str, dict[str, An
             for c in turns(rep):
                 res = c.ask(field={"clients": n, "plan": {"op": "d[k]", "work": 0, "seconds": seconds}})
                 put(c, f"clients {n}", res)
+    # (e) one core: the server and its client on one CPU (Linux: the others cannot confine)
+    if ONE_CORE:
+        for rep in range(reps):
+            for c in turns(rep):
+                plan = {"op": "d[k]", "work": 0, "seconds": seconds, "cpu": ONE_CORE[0]}
+                put(c, "one core", c.ask(field={"clients": 1, "plan": plan}))
     # (c) every core busy with unrelated processes, and (d) the CPU per call there
     with busy_cores():
         for rep in range(reps):
@@ -208,8 +247,9 @@ def _median(values: list[Any]) -> Any:
 ANCHOR = "stdlib"
 
 
-def report(runs: list[dict[str, Any]], fmt: Any) -> str:
-    """The field table: rows are scenarios, a column per system, ratios against the stdlib."""
+def report(runs: list[dict[str, Any]], fmt: Any, floor: float | None = None) -> str:
+    """The field table: rows are scenarios, a column per system, ratios against the stdlib;
+    ``floor``: the kernel's round trip on one core (physical.py), the least (e) can take."""
     anchor = next((r for r in runs if r["adapter"] == ANCHOR and r.get("field")), None)
     rows: list[tuple[str, str, str]] = []  # (label, key, what)
     for op in FIELD_OPS:
@@ -221,6 +261,7 @@ def report(runs: list[dict[str, Any]], fmt: Any) -> str:
         rows.append((f"(c) cores busy: {op} p50/p99", f"busy {op}", "p50/p99"))
     rows.append(("(d) CPU/call quiet (d[k])", "clients 1", "cpu"))
     rows.append(("(d) CPU/call cores busy", "busy d[k]", "cpu"))
+    rows.append(("(e) one core: d[k] p50/p99", "one core", "p50/p99"))
     width = 26
     lines = [f"{'scenario':<34}" + "".join(f"{r['name']:>{width}}" for r in runs)]
     lines.append("-" * len(lines[0]))
@@ -235,8 +276,14 @@ def report(runs: list[dict[str, Any]], fmt: Any) -> str:
     lines.append(
         "(a) wall time a call adds to a CPU-bound worker, one worker per core; (b) aggregate over the "
         "clients; (c) one client, every core running an unrelated busy loop; (d) client + server CPU "
-        "per call. Nx = how many times better than the stdlib (>1: better)."
+        "per call; (e) one client, it and the server confined to one CPU (a call's whole cost, "
+        "nothing overlapping). Nx = how many times better than the stdlib (>1: better)."
     )
+    if floor is not None:
+        lines.append(
+            f"(e)'s floor: a one-byte pipe round trip between two processes on that one CPU takes "
+            f"{fmt(floor)}; a call costs that plus both sides' work."
+        )
     return "\n".join(lines)
 
 
@@ -251,6 +298,7 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     rows += [(f"(b) {n} clients calls/s", f"clients {n}", "rate") for n in CLIENT_COUNTS[1:]]
     rows += [(f"(c) busy: {op} p50", f"busy {op}", "p50") for op in FIELD_OPS]
     rows += [("(c) busy: d[k] p99", "busy d[k]", "p99"), ("(d) CPU/call, busy", "busy d[k]", "cpu")]
+    rows += [("(e) one core: d[k] p50", "one core", "p50")]
     for label, key, what in rows:
         for r in runs:
             fig, ref = (r.get("field") or {}).get(key), base.get(key)

@@ -319,7 +319,10 @@ def main() -> None:
         return
     adapters = args.only or [a for a in ADAPTERS if _available(a)]
     started = time.time()
-    limits = {} if args.field_only else physical.measure(rounds=50 if args.smoke else physical.ROUNDS)
+    rounds = 50 if args.smoke else physical.ROUNDS
+    limits = {} if args.field_only else physical.measure(rounds=rounds)
+    if args.field_only and physical.ONE_CORE:  # the floor under field scenario (e)
+        limits["pipe ping-pong, one core"] = physical.pipe_pingpong(rounds, physical.ONE_CORE[0])
     runs = run_all(adapters, args.quick, args.smoke, args.field_only)
     print(
         f"reflectmgr benchmarks, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
@@ -327,7 +330,7 @@ def main() -> None:
     )
     print(table(runs, limits))
     print("\nfield: the same systems under load (benchmarks/field.py)")
-    print(field.report(runs, fmt))
+    print(field.report(runs, fmt, limits.get("pipe ping-pong, one core")))
     print(f"\n(took {time.time() - started:.0f} s)")
     if args.json:
         report = {"python": platform.python_version(), "limits": limits, "runs": runs}

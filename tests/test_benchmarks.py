@@ -3,6 +3,7 @@ asserted: numbers are read by people, in a full run (benchmarks/README.md)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,10 @@ def test_benchmark_suite_runs(tmp_path: Path) -> None:
     )
     assert "reflectmgr shm" in text and "reflectmgr pipe" in text and "physical limits" in text
     # the field scenarios run in the same command, against the same anchor
-    for scenario in ("workers: d[k]", "(b) 8 clients: calls/s", "(c) cores busy: Queue put+get", "(d) CPU/call"):
+    scenarios = ["workers: d[k]", "(b) 8 clients: calls/s", "(c) cores busy: Queue put+get", "(d) CPU/call"]
+    if hasattr(os, "sched_setaffinity"):  # (e) confines the server and its client to one CPU
+        scenarios += ["(e) one core: d[k]", "(e)'s floor", "pipe ping-pong, one core"]
+    for scenario in scenarios:
         assert scenario in text, scenario
     assert out.read_text().startswith("{")
 
