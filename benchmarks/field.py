@@ -161,11 +161,10 @@ def _confine(server: Any, cpu: int) -> dict[int, set[int]]:
 
 
 def _release(before: dict[int, set[int]]) -> None:
-    everything = set().union(*before.values()) if before else set()
-    for tid in before:
+    for tid, cpus in before.items():
         try:
-            os.sched_setaffinity(tid, before[tid] or everything)
-        except OSError:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # ended meanwhile
             continue
 
 
