@@ -29,14 +29,13 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
+from physical import ONE_CORE  # (e): the CPU the server and its client share
 from workloads import MISS
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 CLIENT_COUNTS = (1, 2, 4, 8)
 FIELD_OPS = ("d[k]", "d[k] = v", "Queue put+get", MISS)
 SLICE = 200e-6  # the compute between two calls in (a)
-# (e): the CPU that the server and its client share (the last one this process may use)
-ONE_CORE = sorted(os.sched_getaffinity(0))[-1:] if hasattr(os, "sched_getaffinity") else []
 BLOCKS = 10  # (a): blocks of compute-only rounds alternating with blocks of compute+call rounds
 
 
@@ -128,7 +127,7 @@ def run_clients(adapter: str, info: Any, server_pid: int, clients: int, plan: di
             p.join(30)
             if p.is_alive():
                 p.kill()
-        _release(confined)
+        _release(server, confined)
     calls = sum(r["n"] for r in reports)
     lat = array("q")
     for r in reports:
@@ -160,10 +159,15 @@ def _confine(server: Any, cpu: int) -> dict[int, set[int]]:
     return before
 
 
-def _release(before: dict[int, set[int]]) -> None:
-    for tid, cpus in before.items():
+def _release(server: Any, before: dict[int, set[int]]) -> None:
+    """Give each thread of the server back what it had; one started while confined gets what
+    the process's main thread had (it would otherwise stay on the one CPU for later scenarios)."""
+    if not before:
+        return
+    default = before.get(server.pid) or next(iter(before.values()))
+    for thread in server.threads():
         try:
-            os.sched_setaffinity(tid, cpus)
+            os.sched_setaffinity(thread.id, before.get(thread.id, default))
         except OSError:  # ended meanwhile
             continue
 
