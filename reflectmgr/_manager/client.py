@@ -204,10 +204,19 @@ class Client(Transfers, ForkHandling, Link):
         if self.closed:
             raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
         mine = getattr(self._local, "mine", None)
-        if mine is not None and not mine.channel.busy and not mine.channel.transport.closed:
-            channel, spare = mine.channel, False  # the common case, inline
-        else:
-            channel, spare = self._checkout()
+        if mine is not None:
+            channel = mine.channel
+            if not channel.busy and not channel.transport.closed:
+                # The common case: this thread's own channel, free. _call_on, inline.
+                try:
+                    result = channel.call(op, oid, args)
+                except BaseException as exc:
+                    self._failed(channel, False, op, args, exc)
+                    raise
+                if self.closed:  # _checkin: closed by another thread meanwhile
+                    channel.transport.close()
+                return result
+        channel, spare = self._checkout()
         return self._call_on(channel, spare, op, oid, args)
 
     def call_within(self, timeout: float | None, op: int, oid: int, *args: Any) -> Any:

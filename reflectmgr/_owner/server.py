@@ -46,10 +46,14 @@ HANDSHAKE_TIMEOUT = 10.0
 MAX_PENDING_HANDSHAKES = 64
 
 
+def _no_releases() -> tuple[tuple[int, int], ...]:
+    return ()
+
+
 class Session(Account):
     """One client process as the owner sees it: its references and its connections."""
 
-    __slots__ = ("describer", "importer", "pid", "server", "table", "token", "transports")
+    __slots__ = ("describer", "importer", "pid", "server", "table", "take_releases", "token", "transports")
 
     def __init__(self, server: Server, token: bytes, pid: int) -> None:
         super().__init__(f"client pid {pid}")
@@ -63,6 +67,11 @@ class Session(Account):
         if server.restriction is not None and not server.restriction.allow_callbacks:
             make = None  # a restricted manager calls no client back unless allowed
         self.importer: Any = make(self) if make is not None else None
+        # The releases to send with the next reply (our proxies of the client's callbacks that
+        # died): the importer's own method, bound once (every reply asks).
+        self.take_releases: Callable[[], tuple[tuple[int, int], ...]] = (
+            self.importer.take_releases if self.importer is not None else _no_releases
+        )
 
     @property
     def connections(self) -> int:
@@ -100,9 +109,6 @@ class Session(Account):
                 )
             raise ReflectmgrError("this manager does not accept references from clients")
         return self.importer.load_ref(pid)
-
-    def take_releases(self) -> tuple[tuple[int, int], ...]:
-        return self.importer.take_releases() if self.importer is not None else ()
 
     def apply_releases(self, releases: tuple[tuple[int, int], ...]) -> None:
         self.table.release(self, releases)

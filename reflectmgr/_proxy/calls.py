@@ -60,7 +60,7 @@ class CallingChannel(Channel):
         releases = peer.take_releases()
         if not releases:
             for x in args:
-                if not _atoms(x):
+                if type(x) not in SCALARS and not _atoms(x):
                     break
             else:
                 # Nothing here can reference an object (the common small call): no encoding context.

@@ -10,6 +10,7 @@ session, for the callbacks that client passed with ``byref``. Subclasses say how
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .._owner.export import Describer
@@ -25,6 +26,8 @@ class Link:
 
     def __init__(self, name: str) -> None:
         self.cache = ProxyCache()
+        # What the next message out carries: the cache's own method, bound once (every call asks).
+        self.take_releases: Callable[[], Releases] = self.cache.take_releases
         self.classes: dict[int, type[Proxy]] = {}
         self.table = ObjectTable()
         self.account = Account(name)
@@ -65,9 +68,6 @@ class Link:
         if cls is None or cls._rm_desc != desc:
             cls = self.classes[desc[0]] = proxy_class(desc)
         return cls
-
-    def take_releases(self) -> Releases:
-        return self.cache.take_releases()
 
     def return_releases(self, releases: Releases) -> None:
         self.cache.return_releases(releases)

@@ -142,7 +142,7 @@ class Bell:
         self._mm = mmap.mmap(fd, BELL_SIZE)
         self.words = memoryview(self._mm).cast("Q")
         self._anchor = ctypes.c_char.from_buffer(self._mm)
-        self.address = ctypes.addressof(self._anchor) + 8 * _BELL_WORD + waiting.low_word_offset()
+        self.address = waiting.word(ctypes.addressof(self._anchor) + 8 * _BELL_WORD + waiting.low_word_offset())
 
     @classmethod
     def create(cls) -> Bell:
@@ -311,14 +311,17 @@ class ShmTransport(SocketEnd):
         if futex:  # the words a sleeper waits on: the low halves of our in-ring head, our out-ring tail
             self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self._mm)
             base, low = ctypes.addressof(self._anchor), waiting.low_word_offset()
-            self._head_word = base + in_base + 8 * _HEAD + low
-            self._tail_word = base + out_base + 8 * _TAIL + low
+            head_word = base + in_base + 8 * _HEAD + low
+            tail_word = base + out_base + 8 * _TAIL + low
             # The words a peer or a local closer wakes: the peer's in-ring head and out-ring tail too.
-            self._words = (
-                self._head_word,
-                self._tail_word,
-                base + out_base + 8 * _HEAD + low,
-                base + in_base + 8 * _TAIL + low,
+            self._words = tuple(
+                waiting.word(address)
+                for address in (
+                    head_word,
+                    tail_word,
+                    base + out_base + 8 * _HEAD + low,
+                    base + in_base + 8 * _TAIL + low,
+                )
             )
 
     # -- receiving ------------------------------------------------------------------------------
@@ -360,20 +363,26 @@ class ShmTransport(SocketEnd):
         if ctl[_HEAD] != pos:
             return
         spin = self._spin
-        cpu = waiting.current_cpu() + 1
-        ctl[_READER_CPU] = cpu  # where we wait: a peer on this CPU must not spin against us
-        running, here = self._peer_state(cpu)
-        window = spin.begin(running, here)
-        if window:
-            caught = False
-            try:
-                deadline = _now() + window
-                while _now() < deadline:
-                    if ctl[_HEAD] != pos:
-                        caught = True
-                        return
-            finally:
-                spin.end(caught)
+        if spin.rest:  # refused a spin lately, or cannot spin: to sleep without looking
+            spin.rest -= 1
+        else:
+            cpu = waiting.current_cpu() + 1
+            ctl[_READER_CPU] = cpu  # where we wait: a peer on this CPU must not spin against us
+            if not spin.window:  # backed off, or never spins: tell where we are now and then
+                spin.rest = waiting.REST_WAITS
+            else:
+                running, here = self._peer_state(cpu)
+                window = spin.begin(running, here)
+                if window:
+                    caught = False
+                    try:
+                        deadline = _now() + window
+                        while _now() < deadline:
+                            if ctl[_HEAD] != pos:
+                                caught = True
+                                return
+                    finally:
+                        spin.end(caught)
         began = _now()
         limit = None if self._bound is None else time.monotonic() + self._bound
         while ctl[_HEAD] == pos and not self._eof:
@@ -387,10 +396,11 @@ class ShmTransport(SocketEnd):
                     self._sleep(0, pos, limit)
             finally:
                 ctl[_READER_ASLEEP] = 0
-        # How soon after we began to wait the data came (not when we woke: a wake-up on an idle
-        # virtual CPU alone can take longer than a spin).
-        woken_at = ctl[_WOKEN_AT]
-        spin.slept((woken_at if woken_at > began else _now()) - began)
+        if spin.max_ns:
+            # How soon after we began to wait the data came (not when we woke: a wake-up on an
+            # idle virtual CPU alone can take longer than a spin).
+            woken_at = ctl[_WOKEN_AT]
+            spin.slept((woken_at if woken_at > began else _now()) - began)
 
     def _peer_state(self, cpu: int) -> tuple[bool, bool]:
         """(Is the side that will write to us awake?, did it last wait on our CPU, ``cpu``?)
@@ -488,7 +498,7 @@ class ShmTransport(SocketEnd):
 
     def _wait_space(self) -> None:
         """Block until the reader frees space in our full out ring (it wakes us when it does)."""
-        if self._closed:
+        if self.closed:
             raise BrokenPipeError("the connection was closed")
         ctl = self._out_ctl
         full = self._head - RING_SIZE
@@ -510,7 +520,7 @@ class ShmTransport(SocketEnd):
     def _sleep(self, word: int, seen: int, deadline: float | None) -> None:
         """Block until woken, EOF, or SAFETY_MS; ``word`` 0 is our in-ring head, 1 our out-ring
         tail, ``seen`` the value we wait to change. Sets ``_eof`` when the peer is gone."""
-        if self._closed:
+        if self.closed:
             raise EOFError("the channel was closed")
         timeout = SAFETY_MS / 1000
         if deadline is not None:
@@ -524,7 +534,7 @@ class ShmTransport(SocketEnd):
                     self._drain()
             return
         waiting.futex_wait(self._words[word], seen, timeout)
-        if self._closed:
+        if self.closed:
             raise EOFError("the channel was closed")
         if (self._in_ctl[_HEAD] if word == 0 else self._out_ctl[_TAIL]) == seen:
             self._drain()  # woken for nothing, or timed out: is the peer still there?
@@ -634,7 +644,7 @@ class ShmTransport(SocketEnd):
     def check_peer(self) -> None:
         """Raise EOFError if the peer is gone (its end of the socket closed); never blocks."""
         self._drain()
-        if self._eof or self._closed:
+        if self._eof or self.closed:
             raise EOFError("peer closed the connection")
 
     def has_data(self) -> bool:

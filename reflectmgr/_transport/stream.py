@@ -58,7 +58,7 @@ class FramedStream:
         self._buf = bytearray(PREAUTH_CHUNK)
         self._view = memoryview(self._buf)
         self._start = self._end = 0
-        self._closed = False
+        self.closed = False
         self._spin = SpinPolicy(spin)
         # The largest payload or buffer accepted; MAX_PREAUTH until authenticated().
         self.max_frame = MAX_PREAUTH
@@ -103,10 +103,6 @@ class FramedStream:
 
     def _block_recv_into(self, view: memoryview) -> int:
         raise NotImplementedError
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         raise NotImplementedError
@@ -251,9 +247,9 @@ class FramedStream:
     def close(self) -> None:
         """Shut the connection: the peer sees EOF, a thread blocked on it here wakes up. Safe from
         any thread."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self._shut()
 
     def dispose(self) -> None:
@@ -264,7 +260,7 @@ class FramedStream:
     def __del__(self) -> None:
         # A transport dropped without close() (its client was garbage-collected): close it here,
         # quietly, rather than leave the socket to warn about it.
-        if not getattr(self, "_closed", True):
+        if not getattr(self, "closed", True):
             self.close()
 
 
@@ -301,7 +297,7 @@ class SocketEnd(FramedStream):
     def check_peer(self) -> None:
         """Raise EOFError if the peer closed its end; never blocks, consumes nothing. Linux tells
         it even while unread data waits (POLLRDHUP); elsewhere a peek sees it after the data."""
-        if self._closed:
+        if self.closed:
             raise EOFError("the connection was closed")
         if _RDHUP:
             poller = select.poll()
@@ -319,7 +315,7 @@ class SocketEnd(FramedStream):
 
     def detach_after_fork(self) -> None:
         """Forget the socket without shutting it down: the parent still uses the connection."""
-        self._closed = True
+        self.closed = True
         try:
             self.sock.close()
         except OSError:
@@ -348,5 +344,5 @@ class StreamTransport(SocketEnd):
 
     def detach(self) -> socket.socket:
         """Hand the socket over to another transport (shared memory); this one is done."""
-        self._closed = True
+        self.closed = True
         return self.sock

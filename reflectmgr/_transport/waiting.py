@@ -16,7 +16,9 @@ nothing, and comes back when data arrives within its reach), never while the pee
 CPU (queued behind us), and then either for the window when the kernel's count of runnable
 tasks (``/proc/loadavg``) is at most the cores we may use, or, with every core taken, for a few
 microseconds when the caller knows the peer is running right now (awake, not asleep in the
-kernel: it will answer before a sleep and a wake-up would even complete).
+kernel: it will answer before a sleep and a wake-up would even complete). Looking costs too (our
+CPU, the peer's state, the load: about 1 us a wait once a context switch has cooled the caches),
+so a wait refused a spin lets the next ones sleep without looking (``SpinPolicy.rest``).
 
 The futex is the Linux system call on a 32-bit word of the shared mapping (the low half of a
 ring position): the sleeper passes the value it saw, so a publish between its last look and the
@@ -55,47 +57,52 @@ def _load_futex() -> Any:
         syscall = ctypes.CDLL(None, use_errno=True).syscall  # ctypes releases the GIL around the call
     except (OSError, AttributeError):
         return None
+    # No argtypes: converting five declared arguments doubles the cost of a call (0.8 us against
+    # 0.4 us here). Every argument is passed as what the C side takes without conversion: the
+    # addresses as c_void_p made once (word()), small ints as C ints (the expected value is
+    # masked to 32 bits, which is what the kernel compares), None as NULL.
     syscall.restype = ctypes.c_long
-    syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
     probe = ctypes.c_uint32(0)
-    if syscall(number, ctypes.addressof(probe), _FUTEX_WAKE, 1, None) < 0:  # seccomp or an old kernel
+    if syscall(number, ctypes.c_void_p(ctypes.addressof(probe)), _FUTEX_WAKE, 1, None) < 0:  # seccomp, old kernel
         return None
-    global _NUMBER, _timespec, _addressof
+    global _NUMBER, _timespec
 
     class Timespec(ctypes.Structure):
         _fields_: ClassVar[list[tuple[str, Any]]] = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
-    _NUMBER, _timespec, _addressof = number, Timespec, ctypes.addressof
+    _NUMBER, _timespec = number, Timespec
     return syscall
 
 
 _NUMBER = 0
-_keep: list[Any] = []
 _timespec: Any = None
-_addressof: Any = None
 _syscall = _load_futex()
 FUTEX = _syscall is not None
 
 
-_timeouts: dict[float, int] = {}  # seconds -> address of a timespec kept for reuse
+_timeouts: dict[float, Any] = {}  # seconds -> a timespec passed by reference (it keeps it alive)
 
 
-def futex_wait(address: int, expected: int, seconds: float) -> None:
-    """Sleep while the u32 at ``address`` holds ``expected``, at most ``seconds``; returns early
-    when woken, when the word differs, or on a signal. The caller looks again either way."""
+def word(address: int) -> Any:
+    """What futex_wait and futex_wake take for the u32 at ``address`` (made once per word)."""
+    return ctypes.c_void_p(address) if ctypes is not None else address
+
+
+def futex_wait(address: Any, expected: int, seconds: float) -> None:
+    """Sleep while the u32 at ``address`` (a :func:`word`) holds ``expected``, at most
+    ``seconds``; returns early when woken, when the word differs, or on a signal. The caller
+    looks again either way."""
     ts = _timeouts.get(seconds)
     if ts is None:
-        spec = _timespec(int(seconds), int((seconds % 1) * 1e9))
-        ts = _addressof(spec)
-        if len(_timeouts) < 8:  # the usual bounds (SAFETY_MS...), kept alive with their address
+        ts = ctypes.byref(_timespec(int(seconds), int((seconds % 1) * 1e9)))
+        if len(_timeouts) < 8:  # the usual bounds (SAFETY_MS...), kept for reuse
             _timeouts[seconds] = ts
-            _keep.append(spec)
     _syscall(_NUMBER, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, ts)
 
 
-def futex_wake(address: int) -> None:
+def futex_wake(address: Any) -> None:
     _syscall(_NUMBER, address, _FUTEX_WAKE, 0x7FFFFFFF, None)
-    load.stale()  # the task we woke wants a core now: the next look at the load must see it
+    load.woke()  # the task we woke wants a core now: the next look at the load must count it
 
 
 def low_word_offset() -> int:
@@ -146,6 +153,7 @@ class _Load:
             self._fd = None
         self._at = 0
         self._running = 0
+        self._sampled = 0  # the last sample's count (_running adds the task we woke since)
         os.register_at_fork(after_in_child=self._reopen)
 
     def _reopen(self) -> None:
@@ -156,6 +164,12 @@ class _Load:
         """Forget the last sample: something (a wake-up we made) changed the count."""
         self._at = 0
 
+    def woke(self) -> None:
+        """We woke a task: count it runnable until the next sample (a sample costs ~1 us, and a
+        wake-up per call would take one per call). Once per sample: the task we wake each call is
+        most often the same one, back asleep by our next wake-up."""
+        self._running = self._sampled + 1
+
     def cores_free(self) -> bool:
         """True if every runnable task on the machine can have a core (counting the caller)."""
         if self._fd is None or CORES < 2:
@@ -164,9 +178,9 @@ class _Load:
         if now - self._at > SAMPLE_NS:
             self._at = now
             try:
-                self._running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
+                self._running = self._sampled = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
             except (OSError, ValueError, IndexError):
-                self._running = 0
+                self._running = self._sampled = 0
         return self._running <= CORES
 
 
@@ -180,6 +194,12 @@ MIN_SPIN_NS = 5_000  # a window halved below this is no window: the reader has b
 # With no core free, a spin while the peer runs (optimistic spinning) lasts at most this: a small
 # call's service time on the other side.
 SHORT_SPIN_NS = 20_000
+
+# After waits that could not spin (the peer on our CPU, or no core free and the peer asleep), up
+# to this many go straight to sleep without looking (where we are, where the peer is, the load:
+# ~1 us a wait with cold caches, which a loaded call pays twice). The rest doubles from one wait
+# with each refusal in a row: a passing refusal costs a quiet caller one sleep, not sixteen.
+REST_WAITS = 16
 
 # One spinner per interpreter: threads spinning at once fight over the GIL, and in a manager
 # serving many clients a spinner would starve the thread that has work to do.
@@ -200,14 +220,20 @@ class SpinPolicy:
     down to nothing (it has backed off), and comes back whole only when data arrives within a
     window's reach of a wait's start: a spin that catches it, or a sleeper that learns (from the
     writer's stamp) how soon the data came. Backing off takes several misses, coming back one
-    short wait: quick to spin again once both sides run, slow to give up on a peer that does."""
+    short wait: quick to spin again once both sides run, slow to give up on a peer that does.
 
-    __slots__ = ("allowed", "max_ns", "window")
+    A wait refused a spin by the conditions (not by the window) sets ``rest``: the caller skips
+    that many looks (``if spin.rest: spin.rest -= 1``, inline). Refusals in a row double it, up to
+    REST_WAITS: conditions that hold stay cheap, a passing one costs little."""
+
+    __slots__ = ("_next_rest", "allowed", "max_ns", "rest", "window")
 
     def __init__(self, enabled: bool) -> None:
         self.allowed: Callable[[], bool] | None = None  # another condition of its owner's
         self.max_ns = SPIN_NS if enabled and CORES > 1 else 0
         self.window = self.max_ns
+        self.rest = 0  # waits left that go to sleep without looking
+        self._next_rest = 1
 
     def begin(self, peer_running: bool = False, peer_here: bool = False) -> int:
         """How long this wait may spin, in ns (0: not at all). Never when the peer waits on this
@@ -217,13 +243,21 @@ class SpinPolicy:
         microseconds, and sleeping would cost two context switches). Nonzero means the caller
         holds the interpreter's spinner and must call :meth:`end`."""
         window = self.window
-        if not window or peer_here or (self.allowed is not None and not self.allowed()):
+        if not window:
             return 0
+        if peer_here or (self.allowed is not None and not self.allowed()):
+            return self._refused()
         if not load.cores_free():
             if not peer_running:
-                return 0
+                return self._refused()
             window = min(window, SHORT_SPIN_NS)
+        self._next_rest = 1
         return window if _spinner.acquire(False) else 0
+
+    def _refused(self) -> int:
+        self.rest = rest = self._next_rest
+        self._next_rest = min(rest * 2, REST_WAITS)
+        return 0
 
     def end(self, caught: bool) -> None:
         _spinner.release()

@@ -23,7 +23,7 @@ needs_futex = pytest.mark.skipif(
 @needs_futex
 def test_a_futex_sleeper_wakes_on_futex_wake_alone() -> None:
     word = ctypes.c_uint32(0)
-    address = ctypes.addressof(word)
+    address = waiting.word(ctypes.addressof(word))
     began = time.monotonic()
     t = threading.Thread(target=waiting.futex_wait, args=(address, 0, 30.0))
     t.start()
@@ -37,10 +37,10 @@ def test_a_futex_sleeper_wakes_on_futex_wake_alone() -> None:
 def test_a_futex_wait_returns_at_once_when_the_word_moved_and_at_its_bound_otherwise() -> None:
     word = ctypes.c_uint32(7)
     started = time.monotonic()
-    waiting.futex_wait(ctypes.addressof(word), 6, 30.0)  # not the value we saw: no sleep
+    waiting.futex_wait(waiting.word(ctypes.addressof(word)), 6, 30.0)  # not the value we saw: no sleep
     assert time.monotonic() - started < PROMPT
     started = time.monotonic()
-    waiting.futex_wait(ctypes.addressof(word), 7, 0.05)
+    waiting.futex_wait(waiting.word(ctypes.addressof(word)), 7, 0.05)
     assert time.monotonic() - started >= 0.04
 
 
@@ -49,6 +49,18 @@ def test_the_load_sample_counts_runnable_tasks() -> None:
     assert isinstance(waiting.load.cores_free(), bool)
     running = waiting.load._running
     assert waiting.load.cores_free() is (running <= waiting.CORES)
+
+
+def test_a_wake_up_counts_the_woken_task_once_until_the_next_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    load = waiting._Load()
+    load.stale()
+    load.cores_free()  # a fresh sample
+    sampled = load._running
+    monkeypatch.setattr(waiting, "SAMPLE_NS", 10**18)  # no new sample during the test
+    load.woke()
+    load.woke()  # the same task, most often: one more runnable task, not two
+    assert load._running == sampled + 1
+    assert load.cores_free() is (sampled + 1 <= waiting.CORES)
 
 
 @pytest.fixture
@@ -118,3 +130,20 @@ def test_one_spinner_per_interpreter(cores: list[bool]) -> None:
     finally:
         first.end(True)
     assert _spins(second) > 0
+
+
+def test_refusals_in_a_row_rest_longer_and_a_granted_spin_starts_over(cores: list[bool]) -> None:
+    policy = SpinPolicy(True)
+    rests = []
+    for _ in range(8):
+        assert policy.begin(peer_here=True) == 0
+        rests.append(policy.rest)
+        policy.rest = 0  # the caller slept through them
+    assert rests == [1, 2, 4, 8, 16, 16, 16, 16] and rests[-1] == waiting.REST_WAITS
+    cores[0] = False
+    assert policy.begin() == 0 and policy.rest == waiting.REST_WAITS, "no core free, the peer asleep"
+    policy.rest = 0
+    cores[0] = True
+    assert _spins(policy) == SPIN_NS
+    policy.begin(peer_here=True)
+    assert policy.rest == 1, "a passing refusal costs one wait"
