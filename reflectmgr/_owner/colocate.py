@@ -11,8 +11,9 @@ other CPUs: 114-125k calls/s for 2 clients, 89-109k for 4.
 So while the serving threads used between ``HIGH`` and ``MAX_BUSY`` of a CPU over the last
 ``PERIOD_NS`` (more means that calls releasing the GIL ran in parallel, which one CPU would
 serialize) and at least two connections were served in it, they are pinned to the CPU of the
-thread that decides. Below ``LOW``, or with one connection left, they get their affinity back;
-and every ``REPROBE`` periods they are freed for one period, to look again. A manager under
+thread that decides. Below ``LOW``, or with one connection left, they get their affinity back
+(with none left, at once: the next connection starts free); and every ``REPROBE`` periods they
+are freed for one period, to look again. A manager under
 CPU-bound workers stays below ``HIGH`` (its clients compute between calls, and the CPU a waiting
 client leaves is the best place for its answer), so it is never pinned.
 
@@ -74,6 +75,7 @@ class Colocation:
         self._at = _now()
         self._cpu = 0
         self._seen: set[int] = set()  # the threads that served a request in this period
+        self._main_serves = False  # the main thread registered once (a test's, an embedding's)
 
     def serve(self, channel: Any, stopping: Callable[[], bool]) -> None:
         """``channel.serve_forever(stopping)`` on this thread, counted for the decision."""
@@ -122,6 +124,8 @@ class Colocation:
     def _join(self, tid: int) -> None:
         clock = time.pthread_getcpuclockid(threading.get_ident())
         with self._lock:
+            if tid == threading.main_thread().native_id:
+                self._main_serves = True
             self._threads[tid] = (clock, time.clock_gettime_ns(clock))
             if self.pinned >= 0:
                 _set_affinity(tid, {self.pinned})
@@ -134,7 +138,20 @@ class Colocation:
             clock, start = entry
             self._gone += time.clock_gettime_ns(clock) - start
             if self.pinned >= 0:
-                _set_affinity(tid, self._mask)  # a thread that goes on (the dispatcher's) is freed
+                _set_affinity(tid, self._free_mask())  # a thread that goes on (the dispatcher's) is freed
+                if not self._threads:  # the last one: the next connection starts free, not pinned
+                    self.pinned = -1
+
+    def _free_mask(self) -> set[int]:
+        """The CPUs a freed thread gets: the main thread's now (it serves nothing, so it shows
+        what the process may use, confined since we pinned or not), else what we saw then."""
+        main = threading.main_thread().native_id
+        if not main or self._main_serves:
+            return self._mask
+        try:
+            return os.sched_getaffinity(main) or self._mask
+        except OSError:  # the main thread has ended (a daemon manager thread outlives it)
+            return self._mask
 
     def decide(self, now: int, cpu: int) -> None:
         """End a period at ``now`` (perf_counter_ns) with the serving threads' CPU time ``cpu``
@@ -160,8 +177,9 @@ class Colocation:
                 self._held += 1
                 if busy < LOW or active < 2 or self._held >= REPROBE:
                     self.pinned = -1
+                    mask = self._free_mask()
                     for tid in self._threads:
-                        _set_affinity(tid, self._mask)
+                        _set_affinity(tid, mask)
         finally:
             self._lock.release()
 

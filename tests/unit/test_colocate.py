@@ -171,6 +171,37 @@ def test_a_thread_leaving_while_pinned_gets_its_affinity_back(colocation: Coloca
         a.end()
 
 
+def test_when_the_last_pinned_thread_leaves_the_next_connection_starts_free(colocation: Colocation) -> None:
+    mask = os.sched_getaffinity(0)
+    a, b = _Thread(colocation), _Thread(colocation)
+    _period(colocation, 1.0, a.tid, b.tid)
+    assert colocation.pinned >= 0
+    a.end()
+    assert colocation.pinned >= 0, "one connection left: its next period decides"
+    b.end()
+    assert colocation.pinned == -1
+    late = _Thread(colocation)  # one client alone, later (with its CPU of choice)
+    try:
+        assert late.affinity() == mask
+    finally:
+        late.end()
+
+
+def test_freed_threads_get_what_the_process_may_use_now(
+    colocation: Colocation, threads: tuple[_Thread, _Thread]
+) -> None:
+    # The process was confined while they were pinned (taskset -a, a benchmark): freeing them
+    # must not undo that by giving back the CPUs they had before.
+    a, b = threads
+    _period(colocation, 1.0, a.tid, b.tid)
+    assert colocation.pinned >= 0
+    confined = {min(os.sched_getaffinity(0))}
+    os.sched_setaffinity(0, confined)  # this test's thread is the main one (the fixture restores it)
+    _period(colocation, LOW / 2, a.tid, b.tid)
+    assert colocation.pinned == -1
+    assert a.affinity() == b.affinity() == confined
+
+
 def test_a_process_forked_from_a_pinned_thread_gets_the_whole_affinity(colocation: Colocation) -> None:
     mask = os.sched_getaffinity(0)
     a = _Thread(colocation)
