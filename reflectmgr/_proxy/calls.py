@@ -35,7 +35,8 @@ _REQUEST, _OK, _ERR, _REF = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR), int(Msg
 
 
 def _atoms(x: Any) -> bool:
-    """True for atoms and short tuples of atoms, except buffers large enough to go out of band."""
+    """True for atoms, and short tuples of atoms or dicts of them by str keys (a method call's
+    arguments and keyword arguments), except buffers large enough to go out of band."""
     t = type(x)
     if t in SCALARS:
         return True
@@ -44,6 +45,13 @@ def _atoms(x: Any) -> bool:
     if t is tuple and len(x) <= 4:
         for item in x:
             if type(item) not in SCALARS and (type(item) is not bytes or len(item) >= OOB_MIN):
+                return False
+        return True
+    if t is dict and len(x) <= 4:
+        for key, item in x.items():
+            if type(key) is not str or (
+                type(item) not in SCALARS and (type(item) is not bytes or len(item) >= OOB_MIN)
+            ):
                 return False
         return True
     return False

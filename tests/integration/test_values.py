@@ -79,3 +79,21 @@ def test_share_copies_a_local_object_in(m: reflectmgr.Manager) -> None:
     shared = m.share(local)
     shared.add("pear", 1)
     assert local.items["pear"]["qty"] == 2 and shared.total() == 3
+
+
+def test_keyword_arguments_arrive_as_given_by_value_or_by_reference(m: reflectmgr.Manager) -> None:
+    # Small keyword arguments of atoms take the plain-pickle path; anything else is encoded (a
+    # proxy goes home as the real object): both must reach the method as the caller gave them.
+    inv = m.new(Inventory)
+    inv.add(name="pear", qty=2)
+    inv.add(name="pear", qty=1, tags=("ripe",))
+    assert inv.items["pear"]["qty"] == 3 and inv.items["pear"]["tags"] == {"ripe"}
+    d = m.dict()
+    shared = m.list([1])
+    d.update(n=1, s="x", b=b"y")
+    d.update(shared=shared)
+    assert reflectmgr.value(d) == {"n": 1, "s": "x", "b": b"y", "shared": [1]}
+    assert d["shared"] is shared  # the manager stored the list itself, not a copy
+    q = m.Queue()
+    q.put("x", block=True, timeout=5.0)
+    assert q.get(timeout=5.0) == "x"
