@@ -363,26 +363,21 @@ class ShmTransport(SocketEnd):
         if ctl[_HEAD] != pos:
             return
         spin = self._spin
-        if spin.rest:  # refused a spin lately, or cannot spin: to sleep without looking
-            spin.rest -= 1
-        else:
-            cpu = waiting.current_cpu() + 1
-            ctl[_READER_CPU] = cpu  # where we wait: a peer on this CPU must not spin against us
-            if not spin.window:  # backed off, or never spins: tell where we are now and then
-                spin.rest = waiting.REST_WAITS
-            else:
-                running, here = self._peer_state(cpu)
-                window = spin.begin(running, here)
-                if window:
-                    caught = False
-                    try:
-                        deadline = _now() + window
-                        while _now() < deadline:
-                            if ctl[_HEAD] != pos:
-                                caught = True
-                                return
-                    finally:
-                        spin.end(caught)
+        cpu = waiting.current_cpu() + 1
+        ctl[_READER_CPU] = cpu  # where we wait: a peer on this CPU must not spin against us
+        if spin.window:  # a reader that backed off (or never spins) goes straight to sleep
+            running, here = self._peer_state(cpu)
+            window = spin.begin(running, here)
+            if window:
+                caught = False
+                try:
+                    deadline = _now() + window
+                    while _now() < deadline:
+                        if ctl[_HEAD] != pos:
+                            caught = True
+                            return
+                finally:
+                    spin.end(caught)
         began = _now()
         limit = None if self._bound is None else time.monotonic() + self._bound
         while ctl[_HEAD] == pos and not self._eof:

@@ -16,10 +16,7 @@ nothing, and comes back when data arrives within its reach), never while the pee
 CPU (queued behind us), and then either for the window when the kernel's count of runnable
 tasks (``/proc/loadavg``) is at most the cores we may use, or, with every core taken, for a few
 microseconds when the caller knows the peer is running right now (awake, not asleep in the
-kernel: it will answer before a sleep and a wake-up would even complete). Looking costs too (our
-CPU, the peer's state, the load: about 1 us a wait once a context switch has cooled the caches),
-so a wait refused a spin because the peer shares its CPU lets the next ones sleep without
-looking (``SpinPolicy.rest``).
+kernel: it will answer before a sleep and a wake-up would even complete).
 
 The futex is the Linux system call on a 32-bit word of the shared mapping (the low half of a
 ring position): the sleeper passes the value it saw, so a publish between its last look and the
@@ -103,7 +100,7 @@ def futex_wait(address: Any, expected: int, seconds: float) -> None:
 
 def futex_wake(address: Any) -> None:
     _syscall(_NUMBER, address, _FUTEX_WAKE, 0x7FFFFFFF, None)
-    load.woke()  # the task we woke wants a core now: the next look at the load must count it
+    load.stale()  # the task we woke wants a core now: the next look at the load must see it
 
 
 def low_word_offset() -> int:
@@ -154,7 +151,6 @@ class _Load:
             self._fd = None
         self._at = 0
         self._running = 0
-        self._sampled = 0  # the last sample's count (_running adds the task we woke since)
         os.register_at_fork(after_in_child=self._reopen)
 
     def _reopen(self) -> None:
@@ -165,12 +161,6 @@ class _Load:
         """Forget the last sample: something (a wake-up we made) changed the count."""
         self._at = 0
 
-    def woke(self) -> None:
-        """We woke a task: count it runnable until the next sample (a sample costs ~1 us, and a
-        wake-up per call would take one per call). Once per sample: the task we wake each call is
-        most often the same one, back asleep by our next wake-up."""
-        self._running = self._sampled + 1
-
     def cores_free(self) -> bool:
         """True if every runnable task on the machine can have a core (counting the caller)."""
         if self._fd is None or CORES < 2:
@@ -179,9 +169,9 @@ class _Load:
         if now - self._at > SAMPLE_NS:
             self._at = now
             try:
-                self._running = self._sampled = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
+                self._running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
             except (OSError, ValueError, IndexError):
-                self._running = self._sampled = 0
+                self._running = 0
         return self._running <= CORES
 
 
@@ -195,15 +185,6 @@ MIN_SPIN_NS = 5_000  # a window halved below this is no window: the reader has b
 # With no core free, a spin while the peer runs (optimistic spinning) lasts at most this: a small
 # call's service time on the other side.
 SHORT_SPIN_NS = 20_000
-
-# After waits that could not spin because the peer waits on our CPU, up to this many go straight
-# to sleep without looking (where we are, where the peer is, the load: ~1 us a wait with cold
-# caches, which a call on a shared CPU pays twice). The rest doubles from one wait with each
-# refusal in a row: a passing refusal costs a quiet caller one sleep, not sixteen. A refusal for
-# the load does not rest: with several clients on few cores whether the peer runs changes from
-# one wait to the next, and a short spin while it runs is worth the look (measured: resting
-# there halved 4 clients' calls/s, 80-90k -> 36-41k, and gained nothing with every core busy).
-REST_WAITS = 16
 
 # One spinner per interpreter: threads spinning at once fight over the GIL, and in a manager
 # serving many clients a spinner would starve the thread that has work to do.
@@ -224,20 +205,14 @@ class SpinPolicy:
     down to nothing (it has backed off), and comes back whole only when data arrives within a
     window's reach of a wait's start: a spin that catches it, or a sleeper that learns (from the
     writer's stamp) how soon the data came. Backing off takes several misses, coming back one
-    short wait: quick to spin again once both sides run, slow to give up on a peer that does.
+    short wait: quick to spin again once both sides run, slow to give up on a peer that does."""
 
-    A wait refused a spin because the peer is on its CPU sets ``rest``: the caller skips that many
-    looks (``if spin.rest: spin.rest -= 1``, inline). Refusals in a row double it, up to
-    REST_WAITS: two sides that share a CPU stay cheap, a passing refusal costs little."""
-
-    __slots__ = ("_next_rest", "allowed", "max_ns", "rest", "window")
+    __slots__ = ("allowed", "max_ns", "window")
 
     def __init__(self, enabled: bool) -> None:
         self.allowed: Callable[[], bool] | None = None  # another condition of its owner's
         self.max_ns = SPIN_NS if enabled and CORES > 1 else 0
         self.window = self.max_ns
-        self.rest = 0  # waits left that go to sleep without looking
-        self._next_rest = 1
 
     def begin(self, peer_running: bool = False, peer_here: bool = False) -> int:
         """How long this wait may spin, in ns (0: not at all). Never when the peer waits on this
@@ -247,23 +222,13 @@ class SpinPolicy:
         microseconds, and sleeping would cost two context switches). Nonzero means the caller
         holds the interpreter's spinner and must call :meth:`end`."""
         window = self.window
-        if not window:
-            return 0
-        if peer_here:
-            return self._refused()
-        if self.allowed is not None and not self.allowed():
+        if not window or peer_here or (self.allowed is not None and not self.allowed()):
             return 0
         if not load.cores_free():
             if not peer_running:
                 return 0
             window = min(window, SHORT_SPIN_NS)
-        self._next_rest = 1
         return window if _spinner.acquire(False) else 0
-
-    def _refused(self) -> int:
-        self.rest = rest = self._next_rest
-        self._next_rest = min(rest * 2, REST_WAITS)
-        return 0
 
     def end(self, caught: bool) -> None:
         _spinner.release()

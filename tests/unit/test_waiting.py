@@ -51,18 +51,6 @@ def test_the_load_sample_counts_runnable_tasks() -> None:
     assert waiting.load.cores_free() is (running <= waiting.CORES)
 
 
-def test_a_wake_up_counts_the_woken_task_once_until_the_next_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    load = waiting._Load()
-    load.stale()
-    load.cores_free()  # a fresh sample
-    sampled = load._running
-    monkeypatch.setattr(waiting, "SAMPLE_NS", 10**18)  # no new sample during the test
-    load.woke()
-    load.woke()  # the same task, most often: one more runnable task, not two
-    assert load._running == sampled + 1
-    assert load.cores_free() is (sampled + 1 <= waiting.CORES)
-
-
 @pytest.fixture
 def cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
     """Whether a core is free, as the policy will see it (the test sets it)."""
@@ -130,20 +118,3 @@ def test_one_spinner_per_interpreter(cores: list[bool]) -> None:
     finally:
         first.end(True)
     assert _spins(second) > 0
-
-
-def test_refusals_in_a_row_rest_longer_and_a_granted_spin_starts_over(cores: list[bool]) -> None:
-    policy = SpinPolicy(True)
-    rests = []
-    for _ in range(8):
-        assert policy.begin(peer_here=True) == 0
-        rests.append(policy.rest)
-        policy.rest = 0  # the caller slept through them
-    assert rests == [1, 2, 4, 8, 16, 16, 16, 16] and rests[-1] == waiting.REST_WAITS
-    cores[0] = False
-    assert policy.begin() == 0 and policy.rest == 0, "no core free: whether the peer runs may change"
-    assert 0 < _spins(policy, peer_running=True) <= SHORT_SPIN_NS
-    cores[0] = True
-    assert _spins(policy) == SPIN_NS
-    policy.begin(peer_here=True)
-    assert policy.rest == 1, "a passing refusal costs one wait"
