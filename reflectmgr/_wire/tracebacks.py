@@ -55,34 +55,32 @@ def _frames(tb: Any) -> tuple[Frame, ...]:
     out = []
     while tb is not None:
         code = tb.tb_frame.f_code
-        line, end_line, col, end_col = _position(code, tb.tb_lasti, tb.tb_lineno)
-        # The source line as in the file (not stripped): the markers' columns count from its start.
-        source = linecache.getline(code.co_filename, line) if line else ""
-        out.append((code.co_filename, line or 0, code.co_name, source, end_line, col, end_col))
+        frame = _seen.get((code, tb.tb_lasti))
+        out.append(frame if frame is not None else _frame(code, tb.tb_lasti, tb.tb_lineno))
         tb = tb.tb_next
     return tuple(out)
 
 
-# (code, instruction offset) -> its source position; a raise point is met again and again (a
-# missing key, a StopIteration), and finding it walks the code's position table from the start.
-_positions: dict[tuple[Any, int], tuple[Any, Any, Any, Any]] = {}
-_POSITIONS_KEPT = 4096
+# (code, instruction offset) -> the frame as captured. A raise point is met again and again (a
+# missing key, a StopIteration): its position (found by walking the code's position table from
+# the start) and its source line are looked up once.
+_seen: dict[tuple[Any, int], Frame] = {}
+_SEEN_KEPT = 4096
 
 
-def _position(code: Any, lasti: int, lineno: int | None) -> tuple[Any, Any, Any, Any]:
-    if lasti < 0:
-        return lineno, None, None, None
-    key = (code, lasti)
-    found = _positions.get(key)
-    if found is None:
-        found = (lineno, None, None, None)
-        for line, end_line, col, end_col in itertools.islice(code.co_positions(), lasti // 2, None):
-            found = (line, end_line, col, end_col)
-            break
-        if len(_positions) >= _POSITIONS_KEPT:
-            _positions.clear()
-        _positions[key] = found
-    return found
+def _frame(code: Any, lasti: int, lineno: int | None) -> Frame:
+    line, end_line, col, end_col = next(
+        itertools.islice(code.co_positions(), lasti // 2, None) if lasti >= 0 else iter(()),
+        (lineno, None, None, None),
+    )
+    # The source line as in the file (not stripped): the markers' columns count from its start.
+    source = linecache.getline(code.co_filename, line) if line else ""
+    frame = (code.co_filename, line or 0, code.co_name, source, end_line, col, end_col)
+    if lasti >= 0:
+        if len(_seen) >= _SEEN_KEPT:
+            _seen.clear()
+        _seen[(code, lasti)] = frame
+    return frame
 
 
 def _last_lines(exc: BaseException) -> tuple[str, ...]:
