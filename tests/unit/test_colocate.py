@@ -80,6 +80,13 @@ def _period(c: Colocation, busy: float, *active: int) -> None:
     c.decide(now, c._cpu + int(busy * PERIOD_NS))
 
 
+def _pin(c: Colocation, *active: int) -> int:
+    """A busy period served by ``active``: they are pinned; returns the CPU."""
+    _period(c, 1.0, *active)
+    assert c.pinned >= 0
+    return c.pinned
+
+
 def test_two_busy_serving_threads_are_pinned_to_one_cpu_and_freed_when_quiet(
     colocation: Colocation, threads: tuple[_Thread, _Thread]
 ) -> None:
@@ -151,8 +158,7 @@ def test_pinned_threads_go_back_to_one_client_and_are_freed(
     colocation: Colocation, threads: tuple[_Thread, _Thread]
 ) -> None:
     a, b = threads
-    _period(colocation, 1.0, a.tid, b.tid)
-    assert colocation.pinned >= 0
+    _pin(colocation, a.tid, b.tid)
     _period(colocation, 1.0, a.tid)  # the other client stopped calling
     assert colocation.pinned == -1
     assert b.affinity() == os.sched_getaffinity(0)
@@ -174,8 +180,7 @@ def test_a_thread_leaving_while_pinned_gets_its_affinity_back(colocation: Coloca
 def test_when_the_last_pinned_thread_leaves_the_next_connection_starts_free(colocation: Colocation) -> None:
     mask = os.sched_getaffinity(0)
     a, b = _Thread(colocation), _Thread(colocation)
-    _period(colocation, 1.0, a.tid, b.tid)
-    assert colocation.pinned >= 0
+    _pin(colocation, a.tid, b.tid)
     a.end()
     assert colocation.pinned >= 0, "one connection left: its next period decides"
     b.end()
@@ -193,8 +198,7 @@ def test_freed_threads_get_what_the_process_may_use_now(
     # The process was confined while they were pinned (taskset -a, a benchmark): freeing them
     # must not undo that by giving back the CPUs they had before.
     a, b = threads
-    _period(colocation, 1.0, a.tid, b.tid)
-    assert colocation.pinned >= 0
+    _pin(colocation, a.tid, b.tid)
     confined = {min(os.sched_getaffinity(0))}
     os.sched_setaffinity(0, confined)  # this test's thread is the main one (the fixture restores it)
     _period(colocation, LOW / 2, a.tid, b.tid)
