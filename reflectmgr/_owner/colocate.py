@@ -13,9 +13,10 @@ So while the serving threads used between ``HIGH`` and ``MAX_BUSY`` of a CPU ove
 serialize) and at least two connections were served in it, they are pinned to the CPU of the
 thread that decides. Below ``LOW``, or with one connection left, they get their affinity back
 (with none left, at once: the next connection starts free); and every ``REPROBE`` periods they
-are freed for one period, to look again. A manager under
-CPU-bound workers stays below ``HIGH`` (its clients compute between calls, and the CPU a waiting
-client leaves is the best place for its answer), so it is never pinned.
+are freed for one period, to look again. Freed, they get the CPUs the main thread may use now
+(it serves nothing), so a confinement made while they were pinned (``taskset -a``) holds. A
+manager under CPU-bound workers stays below ``HIGH`` (its clients compute between calls, and
+the CPU a waiting client leaves is the best place for its answer), so it is never pinned.
 
 A process forked from a pinned thread (``multiprocessing``, ``os.fork``) gets the manager's whole
 affinity back at once. A thread, or a process started without a fork handler (``subprocess``),
