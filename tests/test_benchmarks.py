@@ -4,6 +4,7 @@ asserted: numbers are read by people, in a full run (benchmarks/README.md)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,20 @@ def test_ray_benchmark_runs() -> None:
     text = _run(str(BENCH / "ray_bench.py"), "--smoke")
     for line in ("quiet, 1 task:", "tasks at once:", "busy loops beside:", "reused workers:", "ratio p50"):
         assert line in text, line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt install valgrind)")
+def test_instruction_counts_come_out_for_both_systems() -> None:
+    text = _run(str(BENCH / "instructions.py"), "--calls", "50")
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith(("stdlib ", "reflectmgr ")) and "/" not in line:  # the table, not the ratio
+            name, *cells = line.split()
+            rows[name] = [int(cell.replace(",", "")) for cell in cells]
+    assert set(rows) == {"stdlib", "reflectmgr"}, text
+    for client, manager, total in rows.values():
+        assert client > 0 and manager > 0, text
+        assert abs(total - client - manager) <= 1, text  # each cell rounded on its own
+    assert "reflectmgr / stdlib:" in text

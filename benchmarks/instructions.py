@@ -1,0 +1,99 @@
+"""Instructions per call, client and manager, counted by callgrind: the repeatable measure.
+
+Wall times on this shared VM move 10-30% between runs, and a one-core run has a slow state in
+about one run in three; an instruction count does not move (the same code gives the same count
+within about 1%, whatever else the machine does). So a change to the call path is judged here
+first, then on the clock (run.py's field scenarios).
+
+    python3 benchmarks/instructions.py              # reflectmgr shm and the stdlib, d[k]
+    python3 benchmarks/instructions.py --calls 500  # fewer calls (the smoke test)
+
+Each system runs twice under ``valgrind --tool=callgrind --trace-children=yes``, pinned to one CPU
+(so nobody spins: with one usable core reflectmgr never does), making ``calls`` and then
+``5 * calls`` calls of ``d[k]``; the difference divided by the extra calls is what one call costs
+each process, start-up and shutdown cancelled out. User space only: the kernel's part is not
+counted. Needs valgrind (Debian: ``apt install valgrind``); without it, says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_REFS = re.compile(r"==(\d+)== I\s+refs:\s+([\d,]+)")
+_COMMAND = re.compile(r"==(\d+)== Command: (.*)")
+
+
+def _loop(kind: str, calls: int) -> None:
+    """The measured program: a manager, one dict, ``calls`` reads (run under valgrind)."""
+    if kind == "reflectmgr":
+        import reflectmgr
+
+        manager = reflectmgr.Manager(transport="shm")
+        manager.start()
+    else:
+        import multiprocessing
+
+        manager = multiprocessing.Manager()
+    d = manager.dict(k=0)
+    for _ in range(calls):
+        d["k"]
+    manager.shutdown()
+
+
+def _count(kind: str, calls: int, folder: Path) -> dict[str, int]:
+    """Instructions per process (client, manager) of one run of ``calls`` calls."""
+    log = folder / f"{kind}.{calls}.log"
+    cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={folder}/cg.%p"]
+    if hasattr(os, "sched_setaffinity") and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
+    cmd += [sys.executable, __file__, "--child", kind, str(calls)]
+    with log.open("w") as out:
+        subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1800)
+    text = log.read_text()
+    commands = dict(_COMMAND.findall(text))
+    counts: dict[str, int] = {}
+    for pid, refs in _REFS.findall(text):
+        command = commands.get(pid, "")
+        if "resource_tracker" in command:
+            continue  # multiprocessing's helper: neither side of a call
+        role = "client" if "--child" in command else "manager"
+        counts[role] = counts.get(role, 0) + int(refs.replace(",", ""))
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=2000, help="calls in the short run (the long one makes 5x)")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _loop(args.child[0], int(args.child[1]))
+        return
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: no instruction counts (apt install valgrind)")
+        return
+    short, long = args.calls, 5 * args.calls
+    per_call: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="reflectmgr-callgrind-") as tmp:
+        for kind in ("stdlib", "reflectmgr"):
+            a, b = _count(kind, short, Path(tmp)), _count(kind, long, Path(tmp))
+            per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
+    print(f"instructions per d[k] call (callgrind, user space, {long - short} calls, one CPU)")
+    print(f"{'':12s}{'client':>10s}{'manager':>10s}{'total':>10s}")
+    for kind, roles in per_call.items():
+        total = roles["client"] + roles["manager"]
+        print(f"{kind:12s}{roles['client']:10,.0f}{roles['manager']:10,.0f}{total:10,.0f}")
+    ours, theirs = per_call["reflectmgr"], per_call["stdlib"]
+    ratio = (ours["client"] + ours["manager"]) / (theirs["client"] + theirs["manager"])
+    print(f"reflectmgr / stdlib: {ratio:.2f}x the instructions")
+
+
+if __name__ == "__main__":
+    main()
