@@ -34,7 +34,7 @@ def test_the_wheel_installs_in_a_fresh_environment_and_runs_the_quickstart(tmp_p
         ROOT,
         src,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".coverage*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+            ".git", ".venv", ".coverage*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "*.so"
         ),
     )
     dist = tmp_path / "dist"
@@ -42,13 +42,17 @@ def test_the_wheel_installs_in_a_fresh_environment_and_runs_the_quickstart(tmp_p
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = dist.glob("reflectmgr-*.whl")
     (sdist,) = dist.glob("reflectmgr-*.tar.gz")
-    assert re.match(rf"reflectmgr-{re.escape(reflectmgr.__version__)}-py3-none-any\.whl", wheel.name), wheel.name
+    # A platform wheel: it carries the compiled futex module (_futex.c) where a C compiler is.
+    assert re.match(rf"reflectmgr-{re.escape(reflectmgr.__version__)}-cp3\d+-.+\.whl", wheel.name), wheel.name
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
+    if sys.platform == "linux" and shutil.which("cc"):
+        assert any(re.fullmatch(r"reflectmgr/_transport/_futex\..+\.so", n) for n in names), names
     assert "reflectmgr/py.typed" in names and "reflectmgr/cli.py" in names and "reflectmgr_pytest.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     with tarfile.open(sdist) as tf:
         assert any(n.endswith("reflectmgr/py.typed") for n in tf.getnames())
+        assert any(n.endswith("reflectmgr/_transport/_futex.c") for n in tf.getnames()), "the sdist builds it"
 
     venv = tmp_path / "venv"
     made = _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)

@@ -20,7 +20,10 @@ kernel: it will answer before a sleep and a wake-up would even complete).
 
 The futex is the Linux system call on a 32-bit word of the shared mapping (the low half of a
 ring position): the sleeper passes the value it saw, so a publish between its last look and the
-call returns at once; the waker calls FUTEX_WAKE only when the sleeper's flag says it sleeps.
+call returns at once; the waker calls FUTEX_WAKE only when the sleeper's flag says it sleeps. It
+is called from C (``_futex.c``, built with the package where a C compiler was; ~0.3 us a call
+here) or else through ctypes (~1.4 us: argument conversion and libffi around the same syscall);
+``REFLECTMGR_NATIVE=0`` forces ctypes.
 Other platforms, or ``REFLECTMGR_WAKE=socket``, use the socket as doorbell (one byte per wake-up).
 """
 
@@ -44,9 +47,19 @@ try:
 except ImportError:  # a build without ctypes (or an interpreter that cannot load it): the doorbell
     ctypes = None  # type: ignore[assignment]
 
+try:  # the same calls in C (_futex.c), built with the package where a C compiler was
+    from . import _futex as _native
+except ImportError:
+    _native = None  # type: ignore[assignment]
+
+
+def _wanted() -> bool:
+    return sys.platform == "linux" and os.environ.get("REFLECTMGR_WAKE", "futex") == "futex"
+
 
 def _load_futex() -> Any:
-    if sys.platform != "linux" or ctypes is None or os.environ.get("REFLECTMGR_WAKE", "futex") != "futex":
+    """The libc syscall function through ctypes, or None where the futex cannot be had."""
+    if not _wanted() or ctypes is None:
         return None
     number = _SYSCALL_NUMBERS.get(platform.machine().lower())
     if number is None:
@@ -72,10 +85,21 @@ def _load_futex() -> Any:
     return syscall
 
 
+def _native_works() -> bool:
+    """The C module is there, wanted (REFLECTMGR_NATIVE=0 turns it off) and allowed to make the call."""
+    if _native is None or not hasattr(_native, "wake") or not _wanted() or ctypes is None:
+        return False
+    if os.environ.get("REFLECTMGR_NATIVE", "1") == "0":
+        return False
+    probe = ctypes.c_uint32(0)
+    return bool(_native.wake(ctypes.addressof(probe)) >= 0)  # seccomp, old kernel: -errno
+
+
 _NUMBER = 0
 _timespec: Any = None
-_syscall = _load_futex()
-FUTEX = _syscall is not None
+NATIVE = _native_works()
+_syscall = _load_futex()  # also where the C module is: the fallback stays tested
+FUTEX = NATIVE or _syscall is not None
 
 
 _timeouts: dict[float, Any] = {}  # seconds -> a timespec passed by reference (it keeps it alive)
@@ -83,13 +107,12 @@ _timeouts: dict[float, Any] = {}  # seconds -> a timespec passed by reference (i
 
 def word(address: int) -> Any:
     """What futex_wait and futex_wake take for the u32 at ``address`` (made once per word)."""
-    return ctypes.c_void_p(address) if ctypes is not None else address
+    if NATIVE or ctypes is None:
+        return address
+    return ctypes.c_void_p(address)
 
 
-def futex_wait(address: Any, expected: int, seconds: float) -> None:
-    """Sleep while the u32 at ``address`` (a :func:`word`) holds ``expected``, at most
-    ``seconds``; returns early when woken, when the word differs, or on a signal. The caller
-    looks again either way."""
+def _ctypes_futex_wait(address: Any, expected: int, seconds: float) -> None:
     ts = _timeouts.get(seconds)
     if ts is None:
         ts = ctypes.byref(_timespec(int(seconds), int((seconds % 1) * 1e9)))
@@ -98,8 +121,19 @@ def futex_wait(address: Any, expected: int, seconds: float) -> None:
     _syscall(_NUMBER, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, ts)
 
 
-def futex_wake(address: Any) -> None:
+def _ctypes_futex_wake(address: Any) -> None:
     _syscall(_NUMBER, address, _FUTEX_WAKE, 0x7FFFFFFF, None)
+
+
+# futex_wait(address, expected, seconds): sleep while the u32 at ``address`` (a :func:`word`)
+# holds ``expected``, at most ``seconds``; returns early when woken, when the word differs, or on
+# a signal. The caller looks again either way.
+futex_wait: Callable[[Any, int, float], object] = _native.wait if NATIVE else _ctypes_futex_wait
+_futex_wake: Callable[[Any], object] = _native.wake if NATIVE else _ctypes_futex_wake
+
+
+def futex_wake(address: Any) -> None:
+    _futex_wake(address)
     load.stale()  # the task we woke wants a core now: the next look at the load must see it
 
 
@@ -120,12 +154,12 @@ def _load_getcpu() -> Any:
     return fn
 
 
-_getcpu = _load_getcpu()
+def _no_cpu() -> int:
+    return -1
 
 
-def current_cpu() -> int:
-    """The CPU this thread runs on now, or -1 where that cannot be known."""
-    return _getcpu() if _getcpu is not None else -1
+# current_cpu(): the CPU this thread runs on now, or -1 where that cannot be known.
+current_cpu: Callable[[], int] = _native.cpu if NATIVE and hasattr(_native, "cpu") else (_load_getcpu() or _no_cpu)
 
 
 # -- is a core free? ---------------------------------------------------------------------------

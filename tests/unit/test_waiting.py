@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -15,32 +17,65 @@ from reflectmgr._transport.waiting import SHORT_SPIN_NS, SPIN_NS, SpinPolicy
 from ..helpers import PROMPT
 
 pytestmark = pytest.mark.timeout(60)
-needs_futex = pytest.mark.skipif(
-    not waiting.FUTEX, reason="no futex here (not Linux, or no ctypes): the doorbell is used"
-)
 
 
-@needs_futex
-def test_a_futex_sleeper_wakes_on_futex_wake_alone() -> None:
+def _futex_implementations() -> list[object]:
+    """(wait, wake, address of a u32) for each way this process can reach the futex: the C module
+    and ctypes (the fallback where the module was not built)."""
+    ways: list[object] = []
+    if waiting._native is not None and hasattr(waiting._native, "wake") and waiting.FUTEX:
+        ways.append(pytest.param((waiting._native.wait, waiting._native.wake, int), id="native"))
+    if waiting._syscall is not None:
+        ways.append(
+            pytest.param((waiting._ctypes_futex_wait, waiting._ctypes_futex_wake, ctypes.c_void_p), id="ctypes")
+        )
+    return ways or [pytest.param(None, marks=pytest.mark.skip(reason="no futex here: the doorbell is used"))]
+
+
+@pytest.fixture(params=_futex_implementations())
+def futex(request: pytest.FixtureRequest) -> tuple[Any, Any, Any]:
+    wait, wake, as_address = request.param
+    return wait, wake, lambda word: as_address(ctypes.addressof(word))
+
+
+def test_the_futex_calls_are_native_where_the_module_was_built() -> None:
+    if waiting._native is None or not waiting.FUTEX:
+        pytest.skip("the C module was not built here, or there is no futex: ctypes or the doorbell is used")
+    assert waiting.NATIVE is (os.environ.get("REFLECTMGR_NATIVE", "1") != "0")
+    wanted = waiting.NATIVE
+    assert (waiting.futex_wait is waiting._native.wait) is wanted
+    assert (waiting.current_cpu is waiting._native.cpu) is wanted
+    assert waiting.current_cpu() in range(os.cpu_count() or 1)
+
+
+def test_a_futex_sleeper_wakes_on_futex_wake_alone(futex: tuple[Any, Any, Any]) -> None:
+    wait, wake, address_of = futex
     word = ctypes.c_uint32(0)
-    address = waiting.word(ctypes.addressof(word))
+    address = address_of(word)
     began = time.monotonic()
-    t = threading.Thread(target=waiting.futex_wait, args=(address, 0, 30.0))
+    t = threading.Thread(target=wait, args=(address, 0, 30.0))
     t.start()
     while t.is_alive() and time.monotonic() - began < PROMPT:
-        waiting.futex_wake(address)  # the word never changes: only a wake-up can end the wait
+        wake(address)  # the word never changes: only a wake-up can end the wait
         t.join(0.01)
     assert not t.is_alive(), "futex_wake did not wake the sleeper"
 
 
-@needs_futex
-def test_a_futex_wait_returns_at_once_when_the_word_moved_and_at_its_bound_otherwise() -> None:
+def test_a_futex_wait_returns_at_once_when_the_word_moved_and_at_its_bound_otherwise(
+    futex: tuple[Any, Any, Any],
+) -> None:
+    wait, _, address_of = futex
     word = ctypes.c_uint32(7)
     started = time.monotonic()
-    waiting.futex_wait(waiting.word(ctypes.addressof(word)), 6, 30.0)  # not the value we saw: no sleep
+    wait(address_of(word), 6, 30.0)  # not the value we saw: no sleep
     assert time.monotonic() - started < PROMPT
     started = time.monotonic()
-    waiting.futex_wait(waiting.word(ctypes.addressof(word)), 7, 0.05)
+    wait(address_of(word), 7, 0.05)
+    assert time.monotonic() - started >= 0.04
+    # Only the low 32 bits are compared (a ring position's low word): a higher value that matches
+    # there sleeps too.
+    started = time.monotonic()
+    wait(address_of(word), (1 << 32) | 7, 0.05)
     assert time.monotonic() - started >= 0.04
 
 
