@@ -106,6 +106,14 @@ os.register_at_fork(
 )
 _now = time.perf_counter_ns
 
+# The ring's common case in C (_native.c: a whole frame in or out, the sleep), where it was built
+# for this very layout; the Python below does the same on the same bytes, so the two sides of a
+# connection may differ. REFLECTMGR_NATIVE=0 runs the Python.
+_native = waiting.NATIVE_MODULE
+_LAYOUT = (_HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP, _DIRECT, _WOKEN_AT, _CLOSED, HEADER_SIZE)
+if getattr(_native, "LAYOUT", None) != _LAYOUT:
+    _native = None  # built for another layout (a stale build): the Python path
+
 
 def is_shm(address: object) -> bool:
     return isinstance(address, str) and address.startswith(PREFIX)
@@ -303,6 +311,7 @@ class ShmTransport(SocketEnd):
         self._poll.register(sock.fileno(), select.POLLIN)
         self._bell = threading.Lock()  # one sleeper on the socket at a time
         self.futex = futex
+        self._native = _native if futex else None  # its send wakes with the futex
         self.bell: Bell | None = None  # a client's: the manager's dispatcher sleeps on it
         # Set while the manager's dispatcher sends on this ring: a frame that does not fit in the
         # free space raises RingFull instead of waiting (the connection's own thread sends it).
@@ -328,7 +337,17 @@ class ShmTransport(SocketEnd):
     def recv(self, max_size: int = 0) -> tuple[int, bytes | bytearray]:
         # Fast path: the whole frame lies unwrapped in the ring; copy its payload out once.
         max_size = max_size or self.max_frame
-        if self._start == self._end:
+        native = self._native
+        if native is not None and self._start == self._end:
+            got = native.recv(self._in_ctl, self._in, self._tail, max_size)
+            if got is None and self._in_ctl[_HEAD] == self._tail:  # nothing there yet
+                self._await()
+                got = native.recv(self._in_ctl, self._in, self._tail, max_size)
+            if got is not None:
+                flags, payload = got
+                self._tail += HEADER_SIZE + len(payload)
+                return flags, payload
+        elif self._start == self._end:
             ctl = self._in_ctl
             tail = self._tail
             avail = ctl[_HEAD] - tail
@@ -380,6 +399,13 @@ class ShmTransport(SocketEnd):
                     spin.end(caught)
         began = _now()
         limit = None if self._bound is None else time.monotonic() + self._bound
+        native = self._native
+        while native is not None and ctl[_HEAD] == pos and not self._eof:
+            woke = native.sleep(ctl, pos, self._sleep_bound(limit))  # 0: data, 2: closed, 1: look around
+            if woke == 2:
+                self._eof = True
+            elif woke:
+                self._looked_around()
         while ctl[_HEAD] == pos and not self._eof:
             ctl[_READER_ASLEEP] = 1
             _acquire()  # FULL (Dekker): the flag is visible before we look at the head again
@@ -445,10 +471,20 @@ class ShmTransport(SocketEnd):
         n = len(payload)
         total = HEADER_SIZE + n
         head = self._head
-        start = head % RING_SIZE
         ctl = self._out_ctl
         if self.refuse_wait and _frame_size(total, buffers) > RING_SIZE - (head - ctl[_TAIL]):
             raise RingFull(flags, payload, buffers)
+        native = self._native
+        if native is not None and not buffers:
+            woke = native.send(ctl, self._out, head, flags, payload)  # 1: woke the reader, -1: no room
+            if woke >= 0:
+                self._head = head + total
+                if woke:
+                    waiting.load.stale()  # as futex_wake does: the task we woke wants a core
+                elif self.bell is not None and not ctl[_DIRECT]:  # the manager's dispatcher reads it
+                    self.bell.ring()
+                return
+        start = head % RING_SIZE
         if not buffers and start + total <= RING_SIZE and head + total - ctl[_TAIL] <= RING_SIZE:
             self._publish_head(head + write_frame(self._out, start, flags, payload))
             return
@@ -512,9 +548,9 @@ class ShmTransport(SocketEnd):
             ctl[_WRITER_ASLEEP] = 0
 
     # -- sleeping and waking ------------------------------------------------------------------
-    def _sleep(self, word: int, seen: int, deadline: float | None) -> None:
-        """Block until woken, EOF, or SAFETY_MS; ``word`` 0 is our in-ring head, 1 our out-ring
-        tail, ``seen`` the value we wait to change. Sets ``_eof`` when the peer is gone."""
+    def _sleep_bound(self, deadline: float | None) -> float:
+        """How long the next sleep may last (seconds): SAFETY_MS, or less to meet ``deadline``;
+        raises EOFError if we closed, TimeoutError past the deadline."""
         if self.closed:
             raise EOFError("the channel was closed")
         timeout = SAFETY_MS / 1000
@@ -523,16 +559,29 @@ class ShmTransport(SocketEnd):
             if left <= 0:
                 raise TimeoutError("timed out waiting for the peer")
             timeout = min(timeout, left)
+        return timeout
+
+    def _looked_around(self) -> None:
+        """After a sleep that ended with nothing new (woken for nothing, or its bound): did we
+        close meanwhile (EOFError), is the peer still there (``_eof``)?"""
+        if self.closed:
+            raise EOFError("the channel was closed")
+        self._drain()
+
+    def _sleep(self, word: int, seen: int, deadline: float | None) -> None:
+        """Block until woken, EOF, or SAFETY_MS; ``word`` 0 is our in-ring head, 1 our out-ring
+        tail, ``seen`` the value we wait to change. Sets ``_eof`` when the peer is gone."""
+        timeout = self._sleep_bound(deadline)
         if not self.futex:
             with self._bell:
                 if self._poll.poll(int(timeout * 1000) + 1):
                     self._drain()
             return
         waiting.futex_wait(self._words[word], seen, timeout)
-        if self.closed:
-            raise EOFError("the channel was closed")
         if (self._in_ctl[_HEAD] if word == 0 else self._out_ctl[_TAIL]) == seen:
-            self._drain()  # woken for nothing, or timed out: is the peer still there?
+            self._looked_around()  # woken for nothing, or timed out
+        elif self.closed:
+            raise EOFError("the channel was closed")
 
     def _wake(self, word: int) -> None:
         """Wake the peer sleeping on ``word`` (2: its in-ring head, 3: its out-ring tail)."""

@@ -21,7 +21,7 @@ kernel: it will answer before a sleep and a wake-up would even complete).
 The futex is the Linux system call on a 32-bit word of the shared mapping (the low half of a
 ring position): the sleeper passes the value it saw, so a publish between its last look and the
 call returns at once; the waker calls FUTEX_WAKE only when the sleeper's flag says it sleeps. It
-is called from C (``_futex.c``, built with the package where a C compiler was; ~0.3 us a call
+is called from C (``_native.c``, built with the package where a C compiler was; ~0.3 us a call
 here) or else through ctypes (~1.4 us: argument conversion and libffi around the same syscall);
 ``REFLECTMGR_NATIVE=0`` forces ctypes.
 Other platforms, or ``REFLECTMGR_WAKE=socket``, use the socket as doorbell (one byte per wake-up).
@@ -47,8 +47,8 @@ try:
 except ImportError:  # a build without ctypes (or an interpreter that cannot load it): the doorbell
     ctypes = None  # type: ignore[assignment]
 
-try:  # the same calls in C (_futex.c), built with the package where a C compiler was
-    from . import _futex as _native
+try:  # the same calls in C (_native.c), built with the package where a C compiler was
+    from . import _native
 except ImportError:
     _native = None  # type: ignore[assignment]
 
@@ -99,6 +99,7 @@ _NUMBER = 0
 _timespec: Any = None
 NATIVE = _native_works()
 _syscall = _load_futex()  # also where the C module is: the fallback stays tested
+NATIVE_MODULE = _native if NATIVE else None  # for shm.py: the ring's common case in C
 FUTEX = NATIVE or _syscall is not None
 
 

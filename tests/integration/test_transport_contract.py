@@ -45,7 +45,9 @@ def _stream(kind: str) -> tuple[Transport, Transport]:
     return _accepting(Listener(kind, None))
 
 
-def _shared(futex: bool) -> tuple[Transport, Transport]:
+def _shared(futex: bool, native: tuple[bool, bool] = (True, True)) -> tuple[Transport, Transport]:
+    """A shared-memory pair; ``native``: which ends (client, manager) run the ring's common case in
+    C (_native.c, where it was built) rather than in Python; the two must interoperate."""
     client, server = _stream("pipe")
     upgraded: list[Any] = []
 
@@ -64,6 +66,9 @@ def _shared(futex: bool) -> tuple[Transport, Transport]:
     finally:
         shm.waiting.FUTEX = prior
     assert upgraded[0].futex is futex and shared_client.futex is futex
+    for end, wanted in zip((shared_client, upgraded[0]), native, strict=True):
+        if not wanted:
+            end._native = None
     return shared_client, upgraded[0]
 
 
@@ -100,6 +105,9 @@ PAIRS: dict[str, Callable[..., tuple[Transport, Transport]]] = {
     "tcp": lambda: _stream("tcp"),
     "tls": _tls,
     "shm-futex": lambda: _shared(True),
+    "shm-futex-python": lambda: _shared(True, (False, False)),
+    "shm-native-python": lambda: _shared(True, (True, False)),
+    "shm-python-native": lambda: _shared(True, (False, True)),
     "shm-doorbell": lambda: _shared(False),
     "inproc": _inproc,
 }
@@ -107,8 +115,10 @@ PAIRS: dict[str, Callable[..., tuple[Transport, Transport]]] = {
 
 @pytest.fixture(params=list(PAIRS))
 def pair(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[tuple[Transport, Transport]]:
-    if request.param == "shm-futex" and not waiting.FUTEX:
+    if request.param.startswith("shm-") and request.param != "shm-doorbell" and not waiting.FUTEX:
         pytest.skip("no futex on this platform: shared memory uses the socket doorbell (tested too)")
+    if request.param in ("shm-native-python", "shm-python-native") and shm._native is None:
+        pytest.skip("the C module (_native.c) was not built here: both ends run the Python path")
     if request.param.startswith("shm") and not hasattr(socket, "send_fds"):
         pytest.skip("no descriptor passing here: no shared-memory transport")
     a, b = PAIRS[request.param](str(tmp_path)) if request.param == "tls" else PAIRS[request.param]()

@@ -9,17 +9,18 @@ from typing import Any
 
 import pytest
 
-from reflectmgr._transport import shm
+from reflectmgr._transport import shm, waiting
 from reflectmgr._transport.shm import RING_SIZE, ShmTransport
 from reflectmgr._wire import codec
 from reflectmgr._wire.framing import MAX_FRAME
+from reflectmgr.errors import ProtocolError
 
 from ..helpers import PROMPT, in_thread, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="no descriptor passing here")
 
 
-def _pair(spin: bool = True) -> tuple[ShmTransport, ShmTransport]:
+def _pair(spin: bool = True, native: bool = True) -> tuple[ShmTransport, ShmTransport]:
     a, b = socket.socketpair()
     fd = shm.new_segment()
     try:
@@ -28,24 +29,61 @@ def _pair(spin: bool = True) -> tuple[ShmTransport, ShmTransport]:
         os.close(fd)
     for end in ends:
         end.authenticated(MAX_FRAME)  # as after the handshake: frames beyond the pre-auth limit
+        if not native:
+            end._native = None
     return ends
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[ShmTransport, ShmTransport]]:
-    client, server = _pair()
+# Each test runs on the ring's common case in C (_native.c, where it was built) and in Python.
+PATHS = [
+    pytest.param(
+        True,
+        id="native",
+        marks=pytest.mark.skipif(shm._native is None, reason="_native.c not built, or REFLECTMGR_NATIVE=0"),
+    ),
+    pytest.param(False, id="python"),
+]
+
+
+@pytest.fixture(params=PATHS)
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[ShmTransport, ShmTransport]]:
+    client, server = _pair(native=request.param)
     yield client, server
     client.close()
     server.close()
 
 
-@pytest.fixture
-def sleepy() -> Iterator[tuple[ShmTransport, ShmTransport]]:
+@pytest.fixture(params=PATHS)
+def sleepy(request: pytest.FixtureRequest) -> Iterator[tuple[ShmTransport, ShmTransport]]:
     """A pair that never spins: every wait goes to sleep on the doorbell."""
-    client, server = _pair(spin=False)
+    client, server = _pair(spin=False, native=request.param)
     yield client, server
     client.close()
     server.close()
+
+
+def test_the_c_module_was_built_for_this_ring_layout() -> None:
+    if waiting.NATIVE_MODULE is None:
+        pytest.skip("the C module (_native.c) was not built here, or is turned off: the Python path runs")
+    assert waiting.NATIVE_MODULE.LAYOUT == shm._LAYOUT
+    assert shm._native is waiting.NATIVE_MODULE
+
+
+def test_a_reader_asleep_between_frames_sees_the_writer_close(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = sleepy
+    t, out = in_thread(server.recv)
+    wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to go to sleep")
+    client.close()
+    t.join(PROMPT)
+    assert len(out) == 1 and isinstance(out[0], EOFError)
+
+
+def test_a_frame_over_the_limit_is_refused_on_either_path(pair: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = pair
+    server.authenticated(100)
+    client.send(0, b"x" * 101)
+    with pytest.raises(ProtocolError):
+        server.recv()
 
 
 def test_frames_of_every_size_arrive_whole_and_in_order(pair: tuple[ShmTransport, ShmTransport]) -> None:

@@ -1,0 +1,372 @@
+/* The hot half of the shared-memory transport in C: the futex, the CPU number, and a frame's
+ * way into and out of a ring (see shm.py for the layout and waiting.py for the policy).
+ *
+ * Everything here has a Python twin that does the same on the same bytes (shm.py's general path,
+ * ctypes for the futex), so either side of a connection may run either: this module only makes
+ * the common case shorter. A round trip's Python on each side was about twenty function calls, of
+ * which the ring and the futex were more than half; here each is one call. Nothing else is done
+ * in C: the spin policy, timeouts, EOF, large and out-of-band frames stay in Python.
+ *
+ * The rings are reached through the caller's memoryviews (the buffer protocol on every call), so a
+ * connection disposed of meanwhile raises ValueError as the Python path does, never touches
+ * unmapped memory. The positions and flags are aligned u64s in the mapping; they are loaded and
+ * stored with the C11 atomics' builtins (acquire, release, and a full fence between a store and
+ * the load of the peer's flag: the Dekker pair of shm.py), which the Python path approximates
+ * with a lock pair.
+ *
+ * The module keeps no state, so it loads in every subinterpreter (each with its own GIL). Built
+ * where a C compiler is; without it, the Python path runs and behaves the same.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#ifdef __linux__
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The control block of a ring, in u64 indices (shm.py's _HEAD, _TAIL...; checked against them
+ * there: LAYOUT). */
+enum { HEAD = 0, TAIL = 8, READER_ASLEEP = 16, WRITER_ASLEEP = 24, DIRECT = 32, WOKEN_AT = 40, CLOSED = 41 };
+enum { CTL_WORDS = 48 };
+#define HEADER_SIZE 9 /* framing.py: u64 big-endian length, one flags byte */
+
+static void *
+low_word(uint64_t *word)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (void *)word;
+#else
+    return (void *)((char *)word + 4);
+#endif
+}
+
+static long
+wake_word(uint64_t *word)
+{
+    long rc = syscall(SYS_futex, low_word(word), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    return rc < 0 ? -errno : rc;
+}
+
+static uint64_t
+now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.perf_counter_ns's clock: the same in every process */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int
+timeout_of(PyObject *seconds_obj, struct timespec *ts)
+{
+    double seconds = PyFloat_AsDouble(seconds_obj);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (seconds < 0) {
+        seconds = 0;
+    }
+    ts->tv_sec = (time_t)seconds;
+    ts->tv_nsec = (long)((seconds - (double)ts->tv_sec) * 1e9);
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_nsec = 999999999L;
+    }
+    return 0;
+}
+
+/* A writable view of a ring's control block (CTL_WORDS u64s), or NULL with an exception set. */
+static uint64_t *
+control(PyObject *obj, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (view->len < (Py_ssize_t)(CTL_WORDS * sizeof(uint64_t)) || ((uintptr_t)view->buf & 7)) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "not a ring's control block");
+        return NULL;
+    }
+    return (uint64_t *)view->buf;
+}
+
+static int
+args_ok(Py_ssize_t nargs, Py_ssize_t want, const char *usage)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", usage, want);
+        return 0;
+    }
+    return 1;
+}
+
+/* wait(address, expected, seconds): sleep while the u32 at address holds expected (its low 32
+ * bits), at most seconds; returns 0 when woken or timed out, else the errno (EAGAIN: the word
+ * already differed; EINTR: a signal). The GIL is released while asleep. Shared futex (not
+ * PRIVATE): the word lives in a mapping two processes share. */
+static PyObject *
+futex_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 3, "wait(address, expected, seconds)")) {
+        return NULL;
+    }
+    void *address = PyLong_AsVoidPtr(args[0]);
+    if (address == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    unsigned long long expected = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (expected == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    struct timespec ts;
+    if (timeout_of(args[2], &ts) < 0) {
+        return NULL;
+    }
+    long rc;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = syscall(SYS_futex, address, FUTEX_WAIT, (uint32_t)expected, &ts, NULL, 0);
+    if (rc < 0) {
+        err = errno;
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(err == ETIMEDOUT ? 0 : err);
+}
+
+/* wake(address): wake every sleeper on the u32 at address; returns how many woke (or -errno).
+ * The GIL is kept: the call does not block, and releasing it would invite a GIL hand-off. */
+static PyObject *
+futex_wake(PyObject *module, PyObject *address_obj)
+{
+    void *address = PyLong_AsVoidPtr(address_obj);
+    if (address == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    long rc = syscall(SYS_futex, address, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    return PyLong_FromLong(rc < 0 ? -errno : rc);
+}
+
+/* cpu(): the CPU this thread runs on now (the vDSO: no system call), -1 if unknown. */
+static PyObject *
+current_cpu(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromLong(sched_getcpu());
+}
+
+/* send(ctl, ring, head, flags, payload): write one frame at position head of the ring (header
+ * and payload in place), publish the new head and wake the reader if it sleeps. Returns 1 if it
+ * woke the reader, 0 if not, -1 if the frame does not fit contiguously in the free space (nothing
+ * written: the caller's general path sends it). */
+static PyObject *
+ring_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 5, "send(ctl, ring, head, flags, payload)")) {
+        return NULL;
+    }
+    unsigned long long head = PyLong_AsUnsignedLongLong(args[2]);
+    long flags = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer cv, rv, pv;
+    uint64_t *ctl = control(args[0], &cv);
+    if (ctl == NULL) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &rv, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&cv);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[4], &pv, PyBUF_SIMPLE) < 0) { /* not contiguous: the general path */
+        PyErr_Clear();
+        PyBuffer_Release(&rv);
+        PyBuffer_Release(&cv);
+        return PyLong_FromLong(-1);
+    }
+    long result = -1;
+    uint64_t size = (uint64_t)rv.len, n = (uint64_t)pv.len, total = HEADER_SIZE + n;
+    uint64_t tail = __atomic_load_n(&ctl[TAIL], __ATOMIC_ACQUIRE); /* the reader is done with it */
+    uint64_t start = size ? head % size : 0;
+    if (size && start + total <= size && head + total - tail <= size) {
+        unsigned char *at = (unsigned char *)rv.buf + start;
+        for (int i = 0; i < 8; i++) {
+            at[i] = (unsigned char)(n >> (56 - 8 * i));
+        }
+        at[8] = (unsigned char)flags;
+        memcpy(at + HEADER_SIZE, pv.buf, (size_t)n);
+        __atomic_store_n(&ctl[HEAD], head + total, __ATOMIC_RELEASE);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* Dekker: the head before the reader's flag */
+        result = 0;
+        if (__atomic_load_n(&ctl[READER_ASLEEP], __ATOMIC_RELAXED)) {
+            ctl[WOKEN_AT] = now_ns();
+            wake_word(&ctl[HEAD]);
+            result = 1;
+        }
+    }
+    PyBuffer_Release(&pv);
+    PyBuffer_Release(&rv);
+    PyBuffer_Release(&cv);
+    return PyLong_FromLong(result);
+}
+
+/* recv(ctl, ring, tail, limit): if the ring holds, at position tail, a whole frame that does not
+ * wrap and whose payload is at most limit bytes: (flags, payload bytes), with the new tail
+ * published and the writer woken if it waits for space. Otherwise None (nothing consumed: the
+ * caller's general path waits for the rest, or refuses the frame). */
+static PyObject *
+ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 4, "recv(ctl, ring, tail, limit)")) {
+        return NULL;
+    }
+    unsigned long long tail = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long limit = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer cv, rv;
+    uint64_t *ctl = control(args[0], &cv);
+    if (ctl == NULL) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &rv, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&cv);
+        return NULL;
+    }
+    PyObject *result = Py_None;
+    uint64_t size = (uint64_t)rv.len;
+    uint64_t avail = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) - tail; /* then the data */
+    uint64_t start = size ? tail % size : 0;
+    uint64_t contiguous = size - start < avail ? size - start : avail;
+    if (size && contiguous >= HEADER_SIZE) {
+        const unsigned char *at = (const unsigned char *)rv.buf + start;
+        uint64_t n = 0;
+        for (int i = 0; i < 8; i++) {
+            n = (n << 8) | at[i];
+        }
+        if (n <= limit && n <= contiguous - HEADER_SIZE) {
+            PyObject *payload = PyBytes_FromStringAndSize((const char *)at + HEADER_SIZE, (Py_ssize_t)n);
+            result = payload == NULL ? NULL : Py_BuildValue("(iN)", (int)at[8], payload);
+            if (result != NULL) {
+                __atomic_store_n(&ctl[TAIL], tail + HEADER_SIZE + n, __ATOMIC_RELEASE); /* copied out */
+                __atomic_thread_fence(__ATOMIC_SEQ_CST); /* Dekker: the tail before the writer's flag */
+                if (__atomic_load_n(&ctl[WRITER_ASLEEP], __ATOMIC_RELAXED)) {
+                    wake_word(&ctl[TAIL]);
+                }
+            }
+        }
+    }
+    PyBuffer_Release(&rv);
+    PyBuffer_Release(&cv);
+    if (result == Py_None) {
+        Py_RETURN_NONE;
+    }
+    return result;
+}
+
+/* sleep(ctl, seen, seconds): the reader's sleep until the head moves past seen: raise the
+ * "asleep" flag, fence, look again (and at the writer's "closed" flag), then the futex on the
+ * head's low word, at most seconds; the flag is lowered before returning. Returns 0 if the head
+ * moved, 2 if the writer closed with nothing more published, 1 otherwise (woken for nothing, a
+ * signal, or the bound: the caller looks at the socket for EOF, its deadline, and calls again). */
+static PyObject *
+ring_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 3, "sleep(ctl, seen, seconds)")) {
+        return NULL;
+    }
+    unsigned long long seen = PyLong_AsUnsignedLongLong(args[1]);
+    if (seen == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    struct timespec ts;
+    if (timeout_of(args[2], &ts) < 0) {
+        return NULL;
+    }
+    Py_buffer cv;
+    uint64_t *ctl = control(args[0], &cv);
+    if (ctl == NULL) {
+        return NULL;
+    }
+    long result = 1;
+    __atomic_store_n(&ctl[READER_ASLEEP], 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* Dekker: the flag before we look at the head again */
+    if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen) {
+        result = 0;
+    }
+    else if (__atomic_load_n(&ctl[CLOSED], __ATOMIC_ACQUIRE)) {
+        result = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen ? 0 : 2;
+    }
+    else {
+        Py_BEGIN_ALLOW_THREADS
+        syscall(SYS_futex, low_word(&ctl[HEAD]), FUTEX_WAIT, (uint32_t)seen, &ts, NULL, 0);
+        Py_END_ALLOW_THREADS
+        if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen) {
+            result = 0;
+        }
+    }
+    __atomic_store_n(&ctl[READER_ASLEEP], 0, __ATOMIC_RELAXED);
+    PyBuffer_Release(&cv);
+    return PyLong_FromLong(result);
+}
+
+static PyMethodDef methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))futex_wait, METH_FASTCALL, "Sleep on a shared u32 while it holds a value."},
+    {"wake", futex_wake, METH_O, "Wake the sleepers on a shared u32."},
+    {"cpu", current_cpu, METH_NOARGS, "The CPU this thread runs on now."},
+    {"send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL, "Write and publish one frame."},
+    {"recv", (PyCFunction)(void (*)(void))ring_recv, METH_FASTCALL, "Take one whole frame, if there."},
+    {"sleep", (PyCFunction)(void (*)(void))ring_sleep, METH_FASTCALL, "Sleep until the head moves."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+exec_module(PyObject *module)
+{
+    PyObject *layout = Py_BuildValue("(iiiiiiii)", HEAD, TAIL, READER_ASLEEP, WRITER_ASLEEP, DIRECT, WOKEN_AT, CLOSED, HEADER_SIZE);
+    if (layout == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObject(module, "LAYOUT", layout);
+    if (rc < 0) {
+        Py_DECREF(layout);
+    }
+    return rc;
+}
+#else
+static PyMethodDef methods[] = {{NULL, NULL, 0, NULL}}; /* no futex here: the Python path runs */
+
+static int
+exec_module(PyObject *module)
+{
+    return 0;
+}
+#endif
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "reflectmgr._transport._native",
+    .m_doc = "The futex, the CPU number and the shared-memory ring's common case, in C (Linux).",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    return PyModuleDef_Init(&module);
+}
