@@ -7,12 +7,14 @@ first, then on the clock (run.py's field scenarios).
 
     python3 benchmarks/instructions.py              # reflectmgr shm and the stdlib, d[k]
     python3 benchmarks/instructions.py --calls 500  # fewer calls (the smoke test)
+    python3 benchmarks/instructions.py --op missing # d[missing]: the KeyError's way back
 
 Each system runs twice under ``valgrind --tool=callgrind --trace-children=yes``, pinned to one CPU
 (so nobody spins: with one usable core reflectmgr never does), making ``calls`` and then
-``5 * calls`` calls of ``d[k]``; the difference divided by the extra calls is what one call costs
-each process, start-up and shutdown cancelled out. User space only: the kernel's part is not
-counted. Needs valgrind (Debian: ``apt install valgrind``); without it, says so and exits 0.
+``5 * calls`` calls of ``d[k]`` (or of ``d[missing]``, caught); the difference divided by the
+extra calls is what one call costs each process, start-up and shutdown cancelled out. User space
+only: the kernel's part is not counted. Needs valgrind (Debian: ``apt install valgrind``);
+without it, says so and exits 0.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from pathlib import Path
 
 _REFS = re.compile(r"==(\d+)== I\s+refs:\s+([\d,]+)")
 _COMMAND = re.compile(r"==(\d+)== Command: (.*)")
+OPS = ("d[k]", "missing")
 
 
-def _loop(kind: str, calls: int) -> None:
+def _loop(kind: str, calls: int, op: str) -> None:
     """The measured program: a manager, one dict, ``calls`` reads (run under valgrind)."""
     if kind == "reflectmgr":
         import reflectmgr
@@ -42,18 +45,25 @@ def _loop(kind: str, calls: int) -> None:
 
         manager = multiprocessing.Manager()
     d = manager.dict(k=0)
-    for _ in range(calls):
-        d["k"]
+    if op == "missing":
+        for _ in range(calls):
+            try:
+                d["missing"]
+            except KeyError:
+                pass
+    else:
+        for _ in range(calls):
+            d["k"]
     manager.shutdown()
 
 
-def _count(kind: str, calls: int, folder: Path) -> dict[str, int]:
+def _count(kind: str, calls: int, folder: Path, op: str) -> dict[str, int]:
     """Instructions per process (client, manager) of one run of ``calls`` calls."""
     log = folder / f"{kind}.{calls}.log"
     cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={folder}/cg.%p"]
     if hasattr(os, "sched_setaffinity") and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
-    cmd += [sys.executable, __file__, "--child", kind, str(calls)]
+    cmd += [sys.executable, __file__, "--child", kind, str(calls), op]
     with log.open("w") as out:
         subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1800)
     text = log.read_text()
@@ -71,10 +81,11 @@ def _count(kind: str, calls: int, folder: Path) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000, help="calls in the short run (the long one makes 5x)")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--op", choices=OPS, default="d[k]", help="the call counted (default d[k])")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        _loop(args.child[0], int(args.child[1]))
+        _loop(args.child[0], int(args.child[1]), args.child[2])
         return
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: no instruction counts (apt install valgrind)")
@@ -83,9 +94,10 @@ def main() -> None:
     per_call: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="reflectmgr-callgrind-") as tmp:
         for kind in ("stdlib", "reflectmgr"):
-            a, b = _count(kind, short, Path(tmp)), _count(kind, long, Path(tmp))
+            a, b = _count(kind, short, Path(tmp), args.op), _count(kind, long, Path(tmp), args.op)
             per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
-    print(f"instructions per d[k] call (callgrind, user space, {long - short} calls, one CPU)")
+    call = "d[k]" if args.op == "d[k]" else "d[missing] (KeyError)"
+    print(f"instructions per {call} call (callgrind, user space, {long - short} calls, one CPU)")
     print(f"{'':12s}{'client':>10s}{'manager':>10s}{'total':>10s}")
     for kind, roles in per_call.items():
         total = roles["client"] + roles["manager"]
