@@ -34,6 +34,7 @@ from .._wire.codec import (
     split_releases,
     swap_encoding,
 )
+from .._wire.exceptions import compact
 from .._wire.memo_guard import check as check_memo
 from .._wire.opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES, Msg
 from .._wire.tracebacks import capture, render
@@ -390,12 +391,13 @@ class Channel:
         tb = capture(exc)  # formatted by the reader, if ever read (see _wire/tracebacks.py)
         prev = swap_encoding(self.peer.home)
         try:
-            msg = (_ERR, (), exc, tb)
-            if type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
-                # KeyError, StopIteration...: plain pickle, and they load wherever Python runs
-                flags, payload = 0, pickle.dumps(msg, PROTOCOL)
+            named = compact(exc)
+            if named is not None:  # KeyError, StopIteration...: by name, and they load wherever Python runs
+                flags, payload = 0, pickle.dumps((_ERR, (), named, tb), PROTOCOL)
+            elif type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
+                flags, payload = 0, pickle.dumps((_ERR, (), exc, tb), PROTOCOL)  # with attributes
             else:
-                flags, payload = encode(msg)
+                flags, payload = encode((_ERR, (), exc, tb))
                 pickle.loads(payload)  # an exception that pickles but does not load would break the reader
         except Exception:
             text = f'\n"""\n{render(tb)}"""'

@@ -28,6 +28,7 @@ from .._wire.codec import (
     swap_encoding,
     with_releases,
 )
+from .._wire.exceptions import rebuild
 from .._wire.opcodes import Msg
 from ..errors import ReflectmgrError, RemoteTraceback, as_remote
 
@@ -124,7 +125,10 @@ class CallingChannel(Channel):
                 return self.peer.load_ref(msg[2])
             if kind == _ERR:
                 self.busy = False
-                error = as_remote(msg[2])  # catchable as its own type and as RemoteError
+                error = msg[2]
+                if type(error) is tuple:  # a built-in exception by name (_wire/exceptions.py)
+                    error = rebuild(error)
+                error = as_remote(error)  # catchable as its own type and as RemoteError
                 error.__cause__ = RemoteTraceback(msg[3])
                 try:
                     raise error

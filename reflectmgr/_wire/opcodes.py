@@ -8,7 +8,8 @@ the rest depends on the kind:
                                                    tuple, the record named in the table below
     (Msg.OK,      releases, value)                 the result (values and references, see codec)
     (Msg.REF,     releases, (oid, desc or tid))    the result is one object of the owner's, by reference
-    (Msg.ERR,     releases, exception, traceback)  the exception, and the remote traceback as text
+    (Msg.ERR,     releases, exception, traceback)  the exception (a built-in one as (name, args):
+                                                   _wire/exceptions.py), and the remote traceback
 
 Each operation's arguments are a named record: the comment after it here, and the parameters of
 its handler in ``_owner/dispatch.py`` (``@handler(Op.SETATTR) def _setattr(ctx, oid, name, value)``),

@@ -31,6 +31,9 @@ _HEADER = "Traceback (most recent call last):\n"
 def capture(exc: BaseException) -> tuple[Entry, ...] | str:
     """What :func:`render` needs, without formatting it. An exception group's members are
     formatted at once (rare, and the tree does not fit the flat form)."""
+    if exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__):
+        if not isinstance(exc, BaseExceptionGroup):  # the common case: one exception, no chain
+            return (("", _frames(exc.__traceback__), _last_lines(exc)),)
     entries: list[Entry] = []
     seen: set[int] = set()
     link = ""  # how the newer exception reached this one: printed after this one
