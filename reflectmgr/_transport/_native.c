@@ -95,6 +95,45 @@ control(PyObject *obj, Py_buffer *view)
     return (uint64_t *)view->buf;
 }
 
+/* A ring's control block (args[0]) and its bytes (args[1]), or NULL with an exception set. */
+static uint64_t *
+ring_of(PyObject *const *args, Py_buffer *cv, Py_buffer *rv, int flags)
+{
+    uint64_t *ctl = control(args[0], cv);
+    if (ctl != NULL && PyObject_GetBuffer(args[1], rv, flags) < 0) {
+        PyBuffer_Release(cv);
+        return NULL;
+    }
+    return ctl;
+}
+
+/* The value a sleeper saw (its low 32 bits are compared) and its bound, from args[1] and args[2]. */
+static int
+seen_and_bound(PyObject *const *args, uint32_t *seen, struct timespec *ts)
+{
+    unsigned long long value = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *seen = (uint32_t)value;
+    return timeout_of(args[2], ts);
+}
+
+/* FUTEX_WAIT on the u32 at address while it holds seen, the GIL released; 0 or the errno. */
+static int
+sleep_on(void *address, uint32_t seen, struct timespec *ts)
+{
+    long rc;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = syscall(SYS_futex, address, FUTEX_WAIT, seen, ts, NULL, 0);
+    if (rc < 0) {
+        err = errno;
+    }
+    Py_END_ALLOW_THREADS
+    return err;
+}
+
 static int
 args_ok(Py_ssize_t nargs, Py_ssize_t want, const char *usage)
 {
@@ -119,22 +158,12 @@ futex_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (address == NULL && PyErr_Occurred()) {
         return NULL;
     }
-    unsigned long long expected = PyLong_AsUnsignedLongLongMask(args[1]);
-    if (expected == (unsigned long long)-1 && PyErr_Occurred()) {
-        return NULL;
-    }
+    uint32_t expected;
     struct timespec ts;
-    if (timeout_of(args[2], &ts) < 0) {
+    if (seen_and_bound(args, &expected, &ts) < 0) {
         return NULL;
     }
-    long rc;
-    int err = 0;
-    Py_BEGIN_ALLOW_THREADS
-    rc = syscall(SYS_futex, address, FUTEX_WAIT, (uint32_t)expected, &ts, NULL, 0);
-    if (rc < 0) {
-        err = errno;
-    }
-    Py_END_ALLOW_THREADS
+    int err = sleep_on(address, expected, &ts);
     return PyLong_FromLong(err == ETIMEDOUT ? 0 : err);
 }
 
@@ -174,12 +203,8 @@ ring_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_buffer cv, rv, pv;
-    uint64_t *ctl = control(args[0], &cv);
+    uint64_t *ctl = ring_of(args, &cv, &rv, PyBUF_WRITABLE);
     if (ctl == NULL) {
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[1], &rv, PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&cv);
         return NULL;
     }
     if (PyObject_GetBuffer(args[4], &pv, PyBUF_SIMPLE) < 0) { /* not contiguous: the general path */
@@ -230,12 +255,8 @@ ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_buffer cv, rv;
-    uint64_t *ctl = control(args[0], &cv);
+    uint64_t *ctl = ring_of(args, &cv, &rv, PyBUF_SIMPLE);
     if (ctl == NULL) {
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[1], &rv, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&cv);
         return NULL;
     }
     PyObject *result = Py_None;
@@ -284,8 +305,9 @@ ring_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (seen == (unsigned long long)-1 && PyErr_Occurred()) {
         return NULL;
     }
+    uint32_t low;
     struct timespec ts;
-    if (timeout_of(args[2], &ts) < 0) {
+    if (seen_and_bound(args, &low, &ts) < 0) {
         return NULL;
     }
     Py_buffer cv;
@@ -303,9 +325,7 @@ ring_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         result = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen ? 0 : 2;
     }
     else {
-        Py_BEGIN_ALLOW_THREADS
-        syscall(SYS_futex, low_word(&ctl[HEAD]), FUTEX_WAIT, (uint32_t)seen, &ts, NULL, 0);
-        Py_END_ALLOW_THREADS
+        sleep_on(low_word(&ctl[HEAD]), low, &ts);
         if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen) {
             result = 0;
         }

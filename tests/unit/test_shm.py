@@ -69,13 +69,17 @@ def test_the_c_module_was_built_for_this_ring_layout() -> None:
     assert shm._native is waiting.NATIVE_MODULE
 
 
-def test_a_reader_asleep_between_frames_sees_the_writer_close(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
-    client, server = sleepy
+def _closing_wakes_the_reader_with_eof(client: ShmTransport, server: ShmTransport) -> None:
+    """The server's reader goes to sleep; the client closes; the reader gets EOFError, no hang."""
     t, out = in_thread(server.recv)
     wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to go to sleep")
     client.close()
     t.join(PROMPT)
     assert len(out) == 1 and isinstance(out[0], EOFError)
+
+
+def test_a_reader_asleep_between_frames_sees_the_writer_close(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
+    _closing_wakes_the_reader_with_eof(*sleepy)
 
 
 def test_a_frame_over_the_limit_is_refused_on_either_path(pair: tuple[ShmTransport, ShmTransport]) -> None:
@@ -137,11 +141,7 @@ def test_a_writer_waiting_for_space_is_woken_when_the_reader_catches_up(
 def test_peer_closing_mid_frame_is_eof_not_a_hang(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
     client, server = sleepy
     client._sendall(b"\x00\x00\x00\x00\x00\x00\x03\xe8\x00" + b"only ten b")  # announces 1000 bytes
-    t, out = in_thread(server.recv)
-    wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to wait for the rest")
-    client.close()
-    t.join(PROMPT)
-    assert len(out) == 1 and isinstance(out[0], EOFError)
+    _closing_wakes_the_reader_with_eof(client, server)  # it waits for the rest
 
 
 def test_out_of_band_buffers_skip_the_pickle(pair: tuple[ShmTransport, ShmTransport]) -> None:
