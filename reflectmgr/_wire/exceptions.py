@@ -36,5 +36,8 @@ def rebuild(named: Any) -> BaseException:
     if type(named) is tuple and len(named) == 2 and type(named[0]) is str and type(named[1]) is tuple:
         cls = getattr(builtins, named[0], None)
         if isinstance(cls, type) and issubclass(cls, BaseException):
-            return cls(*named[1])
+            try:
+                return cls(*named[1])
+            except Exception as exc:  # arguments that class does not take: not what compact() sent
+                raise ProtocolError(f"malformed error reply: {named!r:.200}") from exc
     raise ProtocolError(f"malformed error reply: {named!r:.200}")

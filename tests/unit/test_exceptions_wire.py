@@ -73,10 +73,20 @@ def test_anything_more_than_name_and_plain_arguments_is_pickled_whole(exc: BaseE
         ("NoSuchError", ()),
         ("KeyError", "k"),
         ("KeyError",),
+        ("UnicodeDecodeError", ()),
         "KeyError",
         5,
     ],
-    ids=["a builtin function", "open", "unknown name", "args not a tuple", "short", "a string", "an int"],
+    ids=[
+        "a builtin function",
+        "open",
+        "unknown name",
+        "args not a tuple",
+        "short",
+        "wrong arguments",
+        "a string",
+        "an int",
+    ],
 )
 def test_a_malformed_reply_is_a_protocol_error_and_calls_nothing(named: Any) -> None:
     with pytest.raises(ProtocolError):
