@@ -9,9 +9,10 @@ first, then on the clock (run.py's field scenarios).
     python3 benchmarks/instructions.py --calls 500  # fewer calls (the smoke test)
     python3 benchmarks/instructions.py --op missing # d[missing]: the KeyError's way back
 
-Each system runs twice under ``valgrind --tool=callgrind --trace-children=yes``, pinned to one CPU
-(so nobody spins: with one usable core reflectmgr never does), making ``calls`` and then
-``5 * calls`` calls of ``d[k]`` (or of ``d[missing]``, caught); the difference divided by the
+Each system runs twice under ``valgrind --tool=callgrind --trace-children=yes``, each run pinned to
+one CPU (so nobody spins: with one usable core reflectmgr never does; the four runs go at once,
+on as many CPUs as there are, since a count does not depend on what runs beside), making
+``calls`` and then ``5 * calls`` calls of ``d[k]`` (or of ``d[missing]``, caught); the difference divided by the
 extra calls is what one call costs each process, start-up and shutdown cancelled out. User space
 only: the kernel's part is not counted. Needs valgrind (Debian: ``apt install valgrind``);
 without it, says so and exits 0.
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 _REFS = re.compile(r"==(\d+)== I\s+refs:\s+([\d,]+)")
@@ -57,12 +59,12 @@ def _loop(kind: str, calls: int, op: str) -> None:
     manager.shutdown()
 
 
-def _count(kind: str, calls: int, folder: Path, op: str) -> dict[str, int]:
-    """Instructions per process (client, manager) of one run of ``calls`` calls."""
+def _count(kind: str, calls: int, folder: Path, op: str, cpu: int | None) -> dict[str, int]:
+    """Instructions per process (client, manager) of one run of ``calls`` calls, on ``cpu``."""
     log = folder / f"{kind}.{calls}.log"
     cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={folder}/cg.%p"]
-    if hasattr(os, "sched_setaffinity") and shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
     cmd += [sys.executable, __file__, "--child", kind, str(calls), op]
     with log.open("w") as out:
         subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1800)
@@ -92,10 +94,19 @@ def main() -> None:
         return
     short, long = args.calls, 5 * args.calls
     per_call: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="reflectmgr-callgrind-") as tmp:
-        for kind in ("stdlib", "reflectmgr"):
-            a, b = _count(kind, short, Path(tmp), args.op), _count(kind, long, Path(tmp), args.op)
-            per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
+    runs = [(kind, calls) for kind in ("stdlib", "reflectmgr") for calls in (short, long)]
+    cpus: list[int | None] = [None]
+    if hasattr(os, "sched_getaffinity") and shutil.which("taskset"):
+        cpus = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="reflectmgr-callgrind-") as tmp, ThreadPoolExecutor(len(cpus)) as pool:
+        futures = [
+            pool.submit(_count, kind, calls, Path(tmp), args.op, cpus[i % len(cpus)])
+            for i, (kind, calls) in enumerate(runs)
+        ]
+        counts = {run: future.result() for run, future in zip(runs, futures)}
+    for kind in ("stdlib", "reflectmgr"):
+        a, b = counts[kind, short], counts[kind, long]
+        per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
     call = "d[k]" if args.op == "d[k]" else "d[missing] (KeyError)"
     print(f"instructions per {call} call (callgrind, user space, {long - short} calls, one CPU)")
     print(f"{'':12s}{'client':>10s}{'manager':>10s}{'total':>10s}")
