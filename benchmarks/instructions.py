@@ -103,7 +103,7 @@ def main() -> None:
             pool.submit(_count, kind, calls, Path(tmp), args.op, cpus[i % len(cpus)])
             for i, (kind, calls) in enumerate(runs)
         ]
-        counts = {run: future.result() for run, future in zip(runs, futures)}
+        counts = {run: future.result() for run, future in zip(runs, futures, strict=True)}
     for kind in ("stdlib", "reflectmgr"):
         a, b = counts[kind, short], counts[kind, long]
         per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
