@@ -42,17 +42,20 @@ def test_the_wheel_installs_in_a_fresh_environment_and_runs_the_quickstart(tmp_p
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = dist.glob("reflectmgr-*.whl")
     (sdist,) = dist.glob("reflectmgr-*.tar.gz")
-    # A platform wheel: it carries the compiled futex module (_native.c) where a C compiler is.
+    # A platform wheel: it carries the compiled modules (_native.c, _plain.c) where a C compiler is.
     assert re.match(rf"reflectmgr-{re.escape(reflectmgr.__version__)}-cp3\d+-.+\.whl", wheel.name), wheel.name
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
     if sys.platform == "linux" and shutil.which("cc"):
         assert any(re.fullmatch(r"reflectmgr/_transport/_native\..+\.so", n) for n in names), names
+        assert any(re.fullmatch(r"reflectmgr/_wire/_plain\..+\.so", n) for n in names), names
+    assert "reflectmgr/_wire/_plain.pyi" in names
     assert "reflectmgr/py.typed" in names and "reflectmgr/cli.py" in names and "reflectmgr_pytest.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     with tarfile.open(sdist) as tf:
         assert any(n.endswith("reflectmgr/py.typed") for n in tf.getnames())
         assert any(n.endswith("reflectmgr/_transport/_native.c") for n in tf.getnames()), "the sdist builds it"
+        assert any(n.endswith("reflectmgr/_wire/_plain.c") for n in tf.getnames()), "the sdist builds it"
 
     venv = tmp_path / "venv"
     made = _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)

@@ -29,7 +29,9 @@ from .._wire.codec import (
     SCALARS,
     codec_context,
     decode,
+    dumps_plain,
     encode,
+    loads_plain,
     plain,
     split_releases,
     swap_encoding,
@@ -131,6 +133,9 @@ class Channel:
             if self.restriction is not None:
                 return self._decode_restricted(self.restriction, flags, payload, buffers, held)
             if not flags:
+                msg = loads_plain(payload)  # None: not a plain pickle (never a message)
+                if msg is not None:
+                    return msg
                 if self.guarded:
                     check_memo(payload)
                 return _loads(payload)
@@ -296,7 +301,8 @@ class Channel:
 
     def reply(self, result: Any, shared: bool) -> None:
         if type(result) in SCALARS or (type(result) is bytes and len(result) < OOB_MIN):  # the common case
-            self.transport.send(0, pickle.dumps((_OK, self.peer.take_releases(), result), PROTOCOL))
+            msg = (_OK, self.peer.take_releases(), result)
+            self.transport.send(0, dumps_plain(msg, OOB_MIN) or pickle.dumps(msg, PROTOCOL))
             return
         prev = swap_encoding(self.peer.home)
         buffers: list[Any] = []
@@ -393,7 +399,8 @@ class Channel:
         try:
             named = compact(exc)
             if named is not None:  # KeyError, StopIteration...: by name, and they load wherever Python runs
-                flags, payload = 0, pickle.dumps((_ERR, (), named, tb), PROTOCOL)
+                msg = (_ERR, (), named, tb)
+                flags, payload = 0, dumps_plain(msg, OOB_MIN) or pickle.dumps(msg, PROTOCOL)
             elif type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
                 flags, payload = 0, pickle.dumps((_ERR, (), exc, tb), PROTOCOL)  # with attributes
             else:

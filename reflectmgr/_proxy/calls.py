@@ -1,7 +1,7 @@
 """The calling half of a channel: what a proxy's operation becomes on the wire.
 
     proxy op --> Client.call(op, oid, *args) --> CallingChannel.call(op, oid, args)
-                   atoms only, no releases: pickle.dumps, send        (the common small call)
+                   atoms only, no releases: dumps_plain (C) or pickle.dumps, send (the common small call)
                    else: encode with the peer as encoding context (proxies going home, byref
                          objects counted for the peer), size checked, releases pickled in front
                  wait(): OK -> value; REF -> this side's proxy (cache); ERR -> the exception
@@ -24,6 +24,7 @@ from .._wire.codec import (
     OOB_MIN,
     PROTOCOL,
     SCALARS,
+    dumps_plain,
     encode_request,
     swap_encoding,
     with_releases,
@@ -68,13 +69,17 @@ class CallingChannel(Channel):
         peer = self.peer
         releases = peer.take_releases()
         if not releases:
-            for x in args:
-                if type(x) not in SCALARS and not _atoms(x):
-                    break
-            else:
-                # Nothing here can reference an object (the common small call): no encoding context.
+            # Nothing here can reference an object (the common small call): no encoding context.
+            payload = dumps_plain((_REQUEST, (), int(op), oid, args), OOB_MIN)  # None: not plain
+            if payload is None:
+                for x in args:
+                    if type(x) not in SCALARS and not _atoms(x):
+                        break
+                else:
+                    payload = pickle.dumps((_REQUEST, (), int(op), oid, args), PROTOCOL)
+            if payload is not None:
                 self.busy = True
-                self.transport.send(0, pickle.dumps((_REQUEST, (), int(op), oid, args), PROTOCOL))
+                self.transport.send(0, payload)
                 return self.wait()
         buffers: list[Any] = []
         exported: list[int] = []  # byref() objects counted for the peer while pickling

@@ -21,6 +21,7 @@ thread's decoding never sees another's table.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import threading
@@ -72,6 +73,27 @@ OOB_MIN = 64 * 1024
 # Atoms that never travel out of band.
 SCALARS: frozenset[type] = ATOMS - {bytes}
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
+
+
+# The common message (a tuple of atoms, and tuples, lists and dicts of them) pickled and
+# unpickled without a Pickler object, in C (_plain.c): the same protocol-5 pickle, so either end
+# of a connection may lack it. dumps_plain(msg, limit) returns None for anything else (or a pickle
+# over ``limit`` bytes), loads_plain(payload) returns None for any pickle it does not read (then
+# pickle.loads does, with its errors): callers fall back to pickle. Messages are tuples, never
+# None. Without a C compiler at install, or with REFLECTMGR_NATIVE=0 (for measuring), both
+# always return None.
+def _no_plain(*_args: Any) -> None:
+    return None
+
+
+try:
+    from . import _plain
+except ImportError:  # built without a C compiler
+    _plain = None  # type: ignore[assignment]
+dumps_plain: Callable[[Any, int], bytes | None] = _no_plain
+loads_plain: Callable[[Any], Any] = _no_plain
+if _plain is not None and os.environ.get("REFLECTMGR_NATIVE", "1") != "0":
+    dumps_plain, loads_plain = _plain.dumps, _plain.loads
 
 
 class LocalTable(Protocol):

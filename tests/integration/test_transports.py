@@ -84,3 +84,47 @@ def test_the_portable_wake_up_serves_a_manager_end_to_end() -> None:
     env = dict(os.environ, REFLECTMGR_WAKE="socket")
     proc = subprocess.run([sys.executable, "-c", _PORTABLE], env=env, capture_output=True, text=True, timeout=CHILD)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+_MIXED = """
+import os, reflectmgr
+from reflectmgr._wire import codec
+
+def plain_in_use():
+    from reflectmgr._wire import codec
+    return codec.dumps_plain is not codec._no_plain
+
+mine = os.environ.get("REFLECTMGR_NATIVE", "1") != "0"
+os.environ["REFLECTMGR_NATIVE"] = "0" if mine else "1"  # the manager's process gets the other
+m = reflectmgr.Manager()
+m.start()
+try:
+    assert plain_in_use() is mine and m.new(plain_in_use) == (not mine)
+    d = m.dict(k=0)
+    d["k"] = 1
+    d.update({"a": [1, 2.5, None, ("t", b"b")], 3: {"n": True}}, z="z" * 300)
+    assert d["k"] == 1 and d["a"] == [1, 2.5, None, ("t", b"b")] and d[3] == {"n": True}
+    assert d.get("missing", -(2**63)) == -(2**63) and len(d["z"]) == 300
+    try:
+        d["missing"]
+    except KeyError as exc:
+        assert exc.args == ("missing",)
+    else:
+        raise AssertionError("no KeyError")
+    d["nested"] = {}
+    d["nested"]["x"] = 2**40
+    assert d["nested"] == {"x": 2**40}
+finally:
+    m.shutdown()
+print("ok")
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("client_native", ["1", "0"])
+def test_a_manager_and_a_client_built_differently_understand_each_other(client_native: str) -> None:
+    """One end with the C modules (the ring's and the plain pickle's), the other without: the
+    bytes on the wire are the same, so every kind of message goes through either way."""
+    env = dict(os.environ, REFLECTMGR_NATIVE=client_native)
+    proc = subprocess.run([sys.executable, "-c", _MIXED], env=env, capture_output=True, text=True, timeout=CHILD)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
