@@ -33,6 +33,10 @@ from pathlib import Path
 _REFS = re.compile(r"==(\d+)== I\s+refs:\s+([\d,]+)")
 _COMMAND = re.compile(r"==(\d+)== Command: (.*)")
 OPS = ("d[k]", "missing")
+# How long shutdown() waits for a manager to exit before it terminates, then kills it. Under
+# callgrind, with the other runs beside it on a busy machine, a manager's exit takes seconds (the
+# stdlib's default is 1 s), and a killed process never prints its count: so, long.
+STOP_WITHIN = 600.0
 
 
 def _loop(kind: str, calls: int, op: str) -> None:
@@ -40,12 +44,13 @@ def _loop(kind: str, calls: int, op: str) -> None:
     if kind == "reflectmgr":
         import reflectmgr
 
-        manager = reflectmgr.Manager(transport="shm")
+        manager = reflectmgr.Manager(transport="shm", shutdown_timeout=STOP_WITHIN)
         manager.start()
     else:
-        import multiprocessing
+        from multiprocessing.managers import SyncManager
 
-        manager = multiprocessing.Manager()
+        manager = SyncManager(shutdown_timeout=STOP_WITHIN)
+        manager.start()
     d = manager.dict(k=0)
     if op == "missing":
         for _ in range(calls):
@@ -66,8 +71,11 @@ def _count(kind: str, calls: int, folder: Path, op: str, cpu: int | None) -> dic
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     cmd += [sys.executable, __file__, "--child", kind, str(calls), op]
+    # Without coverage, when a suite that measures it runs this: a tracer's instructions are no
+    # call's, and under callgrind it makes every process several times slower.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_PROCESS_", "COV_CORE_"))}
     with log.open("w") as out:
-        subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1800)
+        subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1800, env=env)
     text = log.read_text()
     commands = dict(_COMMAND.findall(text))
     counts: dict[str, int] = {}
@@ -77,6 +85,8 @@ def _count(kind: str, calls: int, folder: Path, op: str, cpu: int | None) -> dic
             continue  # multiprocessing's helper: neither side of a call
         role = "client" if "--child" in command else "manager"
         counts[role] = counts.get(role, 0) + int(refs.replace(",", ""))
+    if set(counts) != {"client", "manager"}:
+        raise RuntimeError(f"{kind}, {calls} calls: no count for every process, valgrind said:\n{text[-4000:]}")
     return counts
 
 
