@@ -14,8 +14,10 @@
                 every call pays the same; set beside the kernel's own round trip on one core
                 (physical.py).
 
-Client processes are spawned by the adapter's own process (the one that owns the server), all
-start on one signal, and report their counts, wall and CPU times and per-call latencies.
+Client processes are spawned by the adapter's own process (the one that owns the server), once
+per scenario and system: they run the scenario's ops one after another, all clients beginning and
+ending each op together (a barrier shared with the runner, which reads the server's CPU time at
+both), and report their counts, wall and CPU times and per-call latencies for each.
 """
 
 from __future__ import annotations
@@ -59,16 +61,26 @@ def calibrate(seconds: float = SLICE) -> int:
     return max(1, int(n * seconds / tries[len(tries) // 2]))
 
 
-def _client(adapter: str, info: Any, plan: dict[str, Any], ready: Any, start: Any, results: Any) -> None:
-    """A client process: connect, wait for the signal, then run the plan and report."""
+def _client(adapter: str, info: Any, plan: dict[str, Any], ready: Any, turn: Any, results: Any) -> None:
+    """A client process: connect, then run each of the plan's ops in turn, all clients together
+    (``turn``, a barrier with the runner: before and after each op), and report each."""
     if plan.get("cpu") is not None:
         os.sched_setaffinity(0, {plan["cpu"]})
     mod = importlib.import_module(f"adapters.{adapter}")
     ops, close = mod.client(info)
-    op = ops[plan["op"]]
-    op()  # connected before the clock starts
+    for name in plan["ops"]:
+        ops[name]()  # connected, and each op warm, before the clock starts
     ready.release()
-    start.wait()
+    for name in plan["ops"]:
+        turn.wait()
+        results.put((name, _measure(ops[name], plan)))
+        turn.wait()
+    close()
+
+
+def _measure(op: Any, plan: dict[str, Any]) -> dict[str, Any]:
+    """One client's figures for one op: with ``work``, blocks of compute-only rounds alternating
+    with compute+call rounds; without, calls for ``seconds`` with each one's latency."""
     lat = array("q")
     cpu = time.process_time()
     compute_only = 0.0
@@ -98,36 +110,45 @@ def _client(adapter: str, info: Any, plan: dict[str, Any], ready: Any, start: An
             t0 = t1
             n += 1
         wall = time.perf_counter() - began
-    report = {"n": n, "wall": wall, "cpu": time.process_time() - cpu, "lat": lat.tobytes(), "base": compute_only}
-    results.put(report)
-    close()
+    return {"n": n, "wall": wall, "cpu": time.process_time() - cpu, "lat": lat.tobytes(), "base": compute_only}
 
 
 def run_clients(adapter: str, info: Any, server_pid: int, clients: int, plan: dict[str, Any]) -> dict[str, Any]:
-    """Run ``clients`` processes on ``plan`` together; in the process that owns the server."""
+    """Run ``clients`` processes on ``plan`` together, one op after another (``plan["ops"]``: the
+    clients start once for all of them); in the process that owns the server. Returns the
+    figures per op."""
     import psutil
 
     ctx = multiprocessing.get_context("spawn")
-    ready, start, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(adapter, info, plan, ready, start, results)) for _ in range(clients)]
+    ready, turn, results = ctx.Semaphore(0), ctx.Barrier(clients + 1, timeout=300), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(adapter, info, plan, ready, turn, results)) for _ in range(clients)]
     for p in procs:
         p.start()
     server = psutil.Process(server_pid)
     confined = _confine(server, plan["cpu"]) if plan.get("cpu") is not None else {}
+    out: dict[str, dict[str, Any]] = {}
     try:
         for _ in procs:
             if not ready.acquire(timeout=60):
                 raise RuntimeError("a client did not connect within 60 s")
-        s0 = sum(server.cpu_times()[:2])
-        start.set()
-        reports = [results.get(timeout=120 + plan.get("seconds", 0)) for _ in procs]
-        server_cpu = sum(server.cpu_times()[:2]) - s0
+        for op in plan["ops"]:
+            turn.wait()
+            s0 = sum(server.cpu_times()[:2])
+            turn.wait()
+            server_cpu = sum(server.cpu_times()[:2]) - s0
+            reports = [report for _, report in (results.get(timeout=10) for _ in procs)]
+            out[op] = _figures(reports, server_cpu)
     finally:
         for p in procs:
             p.join(30)
             if p.is_alive():
                 p.kill()
         _release(server, confined)
+    return out
+
+
+def _figures(reports: list[dict[str, Any]], server_cpu: float) -> dict[str, Any]:
+    """What the report shows of one op, from every client's figures and the server's CPU."""
     calls = sum(r["n"] for r in reports)
     lat = array("q")
     for r in reports:
@@ -213,30 +234,30 @@ def run(children: list[Any], quick: bool, smoke: bool) -> dict[str, dict[str, An
     # (a) CPU-bound workers on every core
     for rep in range(reps):
         for c in turns(rep):
-            for op in FIELD_OPS:
-                if op in c.client_ops:
-                    res = c.ask(field={"clients": CORES, "plan": {"op": op, "work": work, "rounds": rounds}})
-                    put(c, f"workers {op}", res["added"])
+            ops = [op for op in FIELD_OPS if op in c.client_ops]
+            res = c.ask(field={"clients": CORES, "plan": {"ops": ops, "work": work, "rounds": rounds}})
+            for op in ops:
+                put(c, f"workers {op}", res[op]["added"])
     # (b) several clients at once, and (d) the CPU per call of one
     for n in CLIENT_COUNTS:
         for rep in range(reps):
             for c in turns(rep):
-                res = c.ask(field={"clients": n, "plan": {"op": "d[k]", "work": 0, "seconds": seconds}})
-                put(c, f"clients {n}", res)
+                res = c.ask(field={"clients": n, "plan": {"ops": ["d[k]"], "work": 0, "seconds": seconds}})
+                put(c, f"clients {n}", res["d[k]"])
     # (e) one core: the server and its client on one CPU (Linux: the others cannot confine)
     if ONE_CORE:
         for rep in range(reps):
             for c in turns(rep):
-                plan = {"op": "d[k]", "work": 0, "seconds": seconds, "cpu": ONE_CORE[0]}
-                put(c, "one core", c.ask(field={"clients": 1, "plan": plan}))
+                plan = {"ops": ["d[k]"], "work": 0, "seconds": seconds, "cpu": ONE_CORE[0]}
+                put(c, "one core", c.ask(field={"clients": 1, "plan": plan})["d[k]"])
     # (c) every core busy with unrelated processes, and (d) the CPU per call there
     with busy_cores():
         for rep in range(reps):
             for c in turns(rep):
-                for op in FIELD_OPS:
-                    if op in c.client_ops:
-                        res = c.ask(field={"clients": 1, "plan": {"op": op, "work": 0, "seconds": seconds}})
-                        put(c, f"busy {op}", res)
+                ops = [op for op in FIELD_OPS if op in c.client_ops]
+                res = c.ask(field={"clients": 1, "plan": {"ops": ops, "work": 0, "seconds": seconds}})
+                for op in ops:
+                    put(c, f"busy {op}", res[op])
     return {adapter: {k: _median(v) for k, v in figures.items()} for adapter, figures in out.items()}
 
 

@@ -51,12 +51,16 @@ def _available(adapter: str) -> bool:
     return True
 
 
-def serve(adapter: str) -> None:
-    """Child process: set up one adapter, then time operations on request (JSON lines on stdin)."""
+def serve(adapter: str, slow: bool = True) -> None:
+    """Child process: set up one adapter, then time operations on request (JSON lines on stdin).
+    Without ``slow``, the SLOW operations are left out (not even warmed: the stdlib's warm-up
+    iteration alone is 100k round trips)."""
     mod = importlib.import_module(f"adapters.{adapter}")
     state = mod.setup(False)
     try:
         ops = mod.operations(state)
+        if not slow:
+            ops = {op: fn for op, fn in ops.items() if not op.startswith(SLOW)}
         for fn in ops.values():
             fn()  # warm: connections opened, caches filled
         client_ops = list(getattr(mod, "CLIENT_OPS", field.FIELD_OPS))
@@ -110,20 +114,24 @@ def _reply(obj: Any) -> None:
 
 
 class Child:
-    """One adapter in its own fresh process, driven over a pipe."""
+    """One adapter in its own fresh process, driven over a pipe. Starts it; :meth:`ready` waits
+    for it to be set up (so several start at once)."""
 
-    def __init__(self, adapter: str) -> None:
+    def __init__(self, adapter: str, slow: bool = True) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
         self.adapter = adapter
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__)), "--child", adapter],
+            [sys.executable, str(Path(__file__)), "--child", adapter, *([] if slow else ["--no-slow"])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
         )
+
+    def ready(self) -> Child:
         hello = self._read()
         self.name, self.ops, self.client_ops = hello["name"], hello["ops"], hello["client_ops"]
+        return self
 
     def _read(self) -> Any:
         assert self.proc.stdout is not None
@@ -154,8 +162,9 @@ class Child:
 def run_all(adapters: list[str], quick: bool, smoke: bool = False, field_only: bool = False) -> list[dict[str, Any]]:
     """Interleave the systems: each repetition of an operation runs on every system in turn
     (rotating who goes first), so a noisy neighbour slows them all alike instead of one."""
-    children = [Child(a) for a in adapters]
+    started = [Child(a, slow=not (smoke or field_only)) for a in adapters]
     try:
+        children = [c.ready() for c in started]
         ops: list[str] = []
         for c in children:
             ops += [op for op in c.ops if op not in ops]
@@ -197,7 +206,7 @@ def run_all(adapters: list[str], quick: bool, smoke: bool = False, field_only: b
             for i, c in enumerate(children)
         ]
     finally:
-        for c in children:
+        for c in started:
             c.close()
 
 
@@ -313,9 +322,10 @@ def main() -> None:
     ap.add_argument("--png", metavar="FILE", help="also draw the chart (needs matplotlib: the bench extra)")
     ap.add_argument("--field-only", action="store_true", help="only the field scenarios (the loaded twins)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--no-slow", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        serve(args.child)
+        serve(args.child, slow=not args.no_slow)
         return
     adapters = args.only or [a for a in ADAPTERS if _available(a)]
     started = time.time()

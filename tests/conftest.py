@@ -94,6 +94,21 @@ def pytest_runtestloop(session: pytest.Session) -> Iterator[object]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+    if not hasattr(config, "workerinput"):  # once, in the controller, before any worker starts
+        _compile_sources()
+
+
+def _compile_sources() -> None:
+    """Write the bytecode of the package, the tests, the benchmarks and the examples. An editable
+    install has none, and where PYTHONDONTWRITEBYTECODE is set (these machines set it) no process
+    writes it: each of the thousands of processes the suite starts (every manager, client and
+    worker) would compile what it imports again, a tenth of a second each. Bytecode is read even
+    so; an edited file is compiled anew (its timestamp no longer matches)."""
+    import compileall
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder in ("reflectmgr", "tests", "benchmarks", "examples"):
+        compileall.compile_dir(os.path.join(root, folder), quiet=2)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
