@@ -49,6 +49,7 @@ from .restricted import Restriction
 _getrefcount = sys.getrefcount
 _loads = pickle.loads
 _REQUEST, _OK, _ERR, _REF = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR), int(Msg.REF)
+_KINDS = (_REQUEST, _OK, _ERR, _REF)  # a tuple: a malformed kind may be unhashable
 _tls = threading.local()
 
 
@@ -111,14 +112,18 @@ class Channel:
 
     def _receive(self) -> Any:
         flags, payload = self.transport.recv()
-        # swap_decoding, inline (this runs for every message)
-        prev = getattr(codec_context, "table", None)
-        codec_context.table = self.peer
-        try:
-            msg = self._decode(flags, payload)
-        finally:
-            codec_context.table = prev
-        if type(msg) is not tuple or len(msg) < 3 or msg[0] not in (_REQUEST, _OK, _ERR, _REF):
+        # The common small message: plain values only, read by the C reader (None: not plain),
+        # which needs no decoding context (a plain pickle names no object and no class).
+        msg = loads_plain(payload) if not flags and self.restriction is None else None
+        if msg is None:
+            # swap_decoding, inline (this runs for every message that is not plain)
+            prev = getattr(codec_context, "table", None)
+            codec_context.table = self.peer
+            try:
+                msg = self._decode(flags, payload)
+            finally:
+                codec_context.table = prev
+        if type(msg) is not tuple or len(msg) < 3 or msg[0] not in _KINDS:
             raise ProtocolError("malformed message from the peer")
         return msg
 
@@ -132,10 +137,7 @@ class Channel:
         try:
             if self.restriction is not None:
                 return self._decode_restricted(self.restriction, flags, payload, buffers, held)
-            if not flags:
-                msg = loads_plain(payload)  # None: not a plain pickle (never a message)
-                if msg is not None:
-                    return msg
+            if not flags:  # the callers tried loads_plain first
                 if self.guarded:
                     check_memo(payload)
                 return _loads(payload)
@@ -216,11 +218,13 @@ class Channel:
     ) -> tuple[Any, ...] | None:
         """The request in a frame just read; None if its content names something this side
         cannot load (the peer then gets the error as its reply)."""
-        try:
-            msg = self._decode(flags, payload, held)
-        except UndecodableError as exc:
-            self._send_error(exc.error)
-            return None
+        msg = loads_plain(payload) if not flags and self.restriction is None else None  # as _receive
+        if msg is None:
+            try:
+                msg = self._decode(flags, payload, held)
+            except UndecodableError as exc:
+                self._send_error(exc.error)
+                return None
         if type(msg) is not tuple or len(msg) != 5 or msg[0] != _REQUEST or type(msg[4]) is not tuple:
             raise ProtocolError("malformed request")  # (REQUEST, releases, op, oid, args): _wire/opcodes.py
         return msg

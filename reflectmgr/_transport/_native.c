@@ -5,7 +5,7 @@
  * ctypes for the futex), so either side of a connection may run either: this module only makes
  * the common case shorter. A round trip's Python on each side was about twenty function calls, of
  * which the ring and the futex were more than half; here each is one call. Nothing else is done
- * in C: the spin policy, timeouts, EOF, large and out-of-band frames stay in Python.
+ * in C: the spin policy's decisions, timeouts, EOF, large and out-of-band frames stay in Python.
  *
  * The rings are reached through the caller's memoryviews (the buffer protocol on every call), so a
  * connection disposed of meanwhile raises ValueError as the Python path does, never touches
@@ -14,7 +14,12 @@
  * the load of the peer's flag: the Dekker pair of shm.py), which the Python path approximates
  * with a lock pair.
  *
- * The module keeps no state, so it loads in every subinterpreter (each with its own GIL). Built
+ * take() is a reader's whole wait in one call: the frame if it is there, else the spin and the
+ * sleep; when to spin stays the Python policy's call (waiting.SpinPolicy: take() calls its begin,
+ * end and slept), as do timeouts and EOF (take() returns a code, the caller looks around).
+ *
+ * The module's only state is the method names take() calls, interned per interpreter (module
+ * state), so it loads in every subinterpreter (each with its own GIL). Built
  * where a C compiler is; without it, the Python path runs and behaves the same.
  */
 #define PY_SSIZE_T_CLEAN
@@ -33,7 +38,9 @@
 
 /* The control block of a ring, in u64 indices (shm.py's _HEAD, _TAIL...; checked against them
  * there: LAYOUT). */
-enum { HEAD = 0, TAIL = 8, READER_ASLEEP = 16, WRITER_ASLEEP = 24, DIRECT = 32, WOKEN_AT = 40, CLOSED = 41 };
+enum { HEAD = 0, TAIL = 8, READER_ASLEEP = 16, READER_CPU = 17, WRITER_ASLEEP = 24, DIRECT = 32, WOKEN_AT = 40, CLOSED = 41 };
+/* The manager's bell page, in u64 indices (shm.py's _BELL_ASLEEP, _BELL_CPU; checked there too). */
+enum { BELL_ASLEEP = 8, BELL_CPU = 9, BELL_WORDS = 12 };
 enum { CTL_WORDS = 48 };
 #define HEADER_SIZE 9 /* framing.py: u64 big-endian length, one flags byte */
 
@@ -260,10 +267,39 @@ frame_of(unsigned char flags, const char *payload, Py_ssize_t n)
     return result;
 }
 
-/* recv(ctl, ring, tail, limit): if the ring holds, at position tail, a whole frame that does not
- * wrap and whose payload is at most limit bytes: (flags, payload bytes), with the new tail
- * published and the writer woken if it waits for space. Otherwise None (nothing consumed: the
- * caller's general path waits for the rest, or refuses the frame). */
+/* The frame at position tail of a ring, if it lies there whole, unwrapped, with a payload of at
+ * most limit bytes: (flags, payload bytes), with the new tail published and the writer woken if it
+ * waits for space. Otherwise Py_None, not a new reference (nothing consumed); NULL on error. */
+static PyObject *
+take_frame(uint64_t *ctl, Py_buffer *rv, uint64_t tail, uint64_t limit)
+{
+    PyObject *result = Py_None;
+    uint64_t size = (uint64_t)rv->len;
+    uint64_t avail = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) - tail; /* then the data */
+    uint64_t start = size ? tail % size : 0;
+    uint64_t contiguous = size - start < avail ? size - start : avail;
+    if (size && contiguous >= HEADER_SIZE) {
+        const unsigned char *at = (const unsigned char *)rv->buf + start;
+        uint64_t n = 0;
+        for (int i = 0; i < 8; i++) {
+            n = (n << 8) | at[i];
+        }
+        if (n <= limit && n <= contiguous - HEADER_SIZE) {
+            result = frame_of(at[8], (const char *)at + HEADER_SIZE, (Py_ssize_t)n);
+            if (result != NULL) {
+                __atomic_store_n(&ctl[TAIL], tail + HEADER_SIZE + n, __ATOMIC_RELEASE); /* copied out */
+                __atomic_thread_fence(__ATOMIC_SEQ_CST); /* Dekker: the tail before the writer's flag */
+                if (__atomic_load_n(&ctl[WRITER_ASLEEP], __ATOMIC_RELAXED)) {
+                    wake_word(&ctl[TAIL]);
+                }
+            }
+        }
+    }
+    return result;
+}
+
+/* recv(ctl, ring, tail, limit): take_frame's frame, or None (the caller's general path waits for
+ * the rest, or refuses the frame). */
 static PyObject *
 ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -280,33 +316,38 @@ ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (ctl == NULL) {
         return NULL;
     }
-    PyObject *result = Py_None;
-    uint64_t size = (uint64_t)rv.len;
-    uint64_t avail = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) - tail; /* then the data */
-    uint64_t start = size ? tail % size : 0;
-    uint64_t contiguous = size - start < avail ? size - start : avail;
-    if (size && contiguous >= HEADER_SIZE) {
-        const unsigned char *at = (const unsigned char *)rv.buf + start;
-        uint64_t n = 0;
-        for (int i = 0; i < 8; i++) {
-            n = (n << 8) | at[i];
-        }
-        if (n <= limit && n <= contiguous - HEADER_SIZE) {
-            result = frame_of(at[8], (const char *)at + HEADER_SIZE, (Py_ssize_t)n);
-            if (result != NULL) {
-                __atomic_store_n(&ctl[TAIL], tail + HEADER_SIZE + n, __ATOMIC_RELEASE); /* copied out */
-                __atomic_thread_fence(__ATOMIC_SEQ_CST); /* Dekker: the tail before the writer's flag */
-                if (__atomic_load_n(&ctl[WRITER_ASLEEP], __ATOMIC_RELAXED)) {
-                    wake_word(&ctl[TAIL]);
-                }
-            }
-        }
-    }
+    PyObject *result = take_frame(ctl, &rv, tail, limit);
     PyBuffer_Release(&rv);
     PyBuffer_Release(&cv);
     if (result == Py_None) {
         Py_RETURN_NONE;
     }
+    return result;
+}
+
+/* The reader's sleep until the head moves past seen (low: its low 32 bits): raise the "asleep"
+ * flag, fence, look again (and at the writer's "closed" flag), then the futex on the head's low
+ * word, at most ts; the flag is lowered before returning. 0 if the head moved, 2 if the writer
+ * closed with nothing more published, 1 otherwise. */
+static long
+sleep_once(uint64_t *ctl, uint64_t seen, uint32_t low, struct timespec *ts)
+{
+    long result = 1;
+    __atomic_store_n(&ctl[READER_ASLEEP], 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* Dekker: the flag before we look at the head again */
+    if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen) {
+        result = 0;
+    }
+    else if (__atomic_load_n(&ctl[CLOSED], __ATOMIC_ACQUIRE)) {
+        result = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen ? 0 : 2;
+    }
+    else {
+        sleep_on(low_word(&ctl[HEAD]), low, ts);
+        if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen) {
+            result = 0;
+        }
+    }
+    __atomic_store_n(&ctl[READER_ASLEEP], 0, __ATOMIC_RELAXED);
     return result;
 }
 
@@ -335,24 +376,223 @@ ring_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (ctl == NULL) {
         return NULL;
     }
-    long result = 1;
-    __atomic_store_n(&ctl[READER_ASLEEP], 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* Dekker: the flag before we look at the head again */
-    if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen) {
-        result = 0;
-    }
-    else if (__atomic_load_n(&ctl[CLOSED], __ATOMIC_ACQUIRE)) {
-        result = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen ? 0 : 2;
-    }
-    else {
-        sleep_on(low_word(&ctl[HEAD]), low, &ts);
-        if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen) {
-            result = 0;
-        }
-    }
-    __atomic_store_n(&ctl[READER_ASLEEP], 0, __ATOMIC_RELAXED);
+    long result = sleep_once(ctl, seen, low, &ts);
     PyBuffer_Release(&cv);
     return PyLong_FromLong(result);
+}
+
+/* The interned names take() calls its spin policy by (per interpreter: the module's state). */
+typedef struct {
+    PyObject *window, *begin, *end, *slept, *max_ns, *words;
+} names_t;
+
+static names_t *
+names_of(PyObject *module)
+{
+    return (names_t *)PyModule_GetState(module);
+}
+
+static void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("pause");
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* The policy's int attribute name (window, max_ns): 0 if unset or not an int; -1 on error. */
+static long long
+int_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    long long n = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return n;
+}
+
+/* Is the side that writes to us awake, and did it last wait on our CPU (shm.py's _peer_state)?
+ * Its flags are on our out ring (the thread that reads our frames and answers them), or, for a
+ * client of a dispatching manager, the dispatcher's on the bell. 0, or -1 on error. */
+static int
+peer_state(names_t *names, uint64_t *out, PyObject *bell, uint64_t cpu, int *running, int *here)
+{
+    if (bell != Py_None && !__atomic_load_n(&out[DIRECT], __ATOMIC_RELAXED) &&
+        !__atomic_load_n(&out[READER_ASLEEP], __ATOMIC_RELAXED)) {
+        PyObject *words_obj = PyObject_GetAttr(bell, names->words);
+        if (words_obj == NULL) {
+            return -1;
+        }
+        Py_buffer wv;
+        int rc = PyObject_GetBuffer(words_obj, &wv, PyBUF_SIMPLE);
+        Py_DECREF(words_obj);
+        if (rc < 0) {
+            return -1;
+        }
+        if (wv.len < (Py_ssize_t)(BELL_WORDS * sizeof(uint64_t)) || ((uintptr_t)wv.buf & 7)) {
+            PyBuffer_Release(&wv);
+            PyErr_SetString(PyExc_ValueError, "not a bell page");
+            return -1;
+        }
+        const uint64_t *words = (const uint64_t *)wv.buf;
+        *running = !__atomic_load_n(&words[BELL_ASLEEP], __ATOMIC_RELAXED);
+        *here = __atomic_load_n(&words[BELL_CPU], __ATOMIC_RELAXED) == cpu;
+        PyBuffer_Release(&wv);
+        return 0;
+    }
+    *running = !__atomic_load_n(&out[READER_ASLEEP], __ATOMIC_RELAXED);
+    *here = __atomic_load_n(&out[READER_CPU], __ATOMIC_RELAXED) == cpu;
+    return 0;
+}
+
+/* Spin on the head for at most window ns; 1 if it moved past tail. The GIL is released: the
+ * process's other threads run meanwhile (a manager's other connections, a client's own work), and
+ * taking it back costs nothing when nobody else wants it (a Python spin held it, letting others
+ * in only at the switch interval). */
+static int
+spin_on(uint64_t *ctl, uint64_t tail, long long window)
+{
+    int moved = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t deadline = now_ns() + (uint64_t)window;
+    do {
+        if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != tail) {
+            moved = 1;
+            break;
+        }
+        cpu_relax();
+    } while (now_ns() < deadline);
+    if (!moved) {
+        moved = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != tail;
+    }
+    Py_END_ALLOW_THREADS
+    return moved;
+}
+
+/* Spin while spin's policy allows (spin.begin(running, here) gives the window in ns, spin.end(caught)
+ * closes it); 1 if the head moved meanwhile, 0 if not, -1 on error. */
+static int
+spin_for(names_t *names, uint64_t *ctl, uint64_t *out, PyObject *bell, PyObject *spin, uint64_t tail, uint64_t cpu)
+{
+    long long open = int_attr(spin, names->window);
+    if (open <= 0) {
+        return open < 0 && PyErr_Occurred() ? -1 : 0;
+    }
+    int running, here;
+    if (peer_state(names, out, bell, cpu, &running, &here) < 0) {
+        return -1;
+    }
+    PyObject *window_obj = PyObject_CallMethodObjArgs(spin, names->begin, running ? Py_True : Py_False,
+                                                      here ? Py_True : Py_False, NULL);
+    if (window_obj == NULL) {
+        return -1;
+    }
+    long long window = PyLong_AsLongLong(window_obj);
+    Py_DECREF(window_obj);
+    if (window == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (window <= 0) {
+        return 0;
+    }
+    int caught = spin_on(ctl, tail, window); /* the policy's spinner is held until end() */
+    PyObject *done = PyObject_CallMethodOneArg(spin, names->end, caught ? Py_True : Py_False);
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    return caught;
+}
+
+/* take(ctl, ring, tail, limit, out, bell, spin, seconds): a reader's whole wait for one frame, in
+ * one call (shm.py's recv and _await, where nothing unusual happens). Takes the frame at tail if
+ * it is there (as recv). If nothing is there: marks our CPU on the ring, spins if spin (the
+ * connection's waiting.SpinPolicy; None: never) allows, given the peer's state from out (our out
+ * ring's control block) or bell (the manager's Bell, or None); then sleeps at most seconds as
+ * sleep() does, and tells spin how soon the data came. Returns the frame; None if something is
+ * there but not a frame this path takes (the general path reads it); 1 if the sleep ended with
+ * nothing (woken for nothing, a signal, the bound: the caller looks around and calls again with
+ * spin None); 2 if the writer closed with nothing more published. */
+static PyObject *
+ring_take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 8, "take(ctl, ring, tail, limit, out, bell, spin, seconds)")) {
+        return NULL;
+    }
+    unsigned long long tail = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long limit = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    struct timespec ts;
+    if (timeout_of(args[7], &ts) < 0) {
+        return NULL;
+    }
+    PyObject *bell = args[5], *spin = args[6];
+    names_t *names = names_of(module);
+    Py_buffer cv, rv, ov;
+    uint64_t *ctl = ring_of(args, &cv, &rv, PyBUF_SIMPLE);
+    if (ctl == NULL) {
+        return NULL;
+    }
+    uint64_t *out = control(args[4], &ov);
+    if (out == NULL) {
+        PyBuffer_Release(&rv);
+        PyBuffer_Release(&cv);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) == tail) { /* nothing there: wait */
+        uint64_t cpu = (uint64_t)(sched_getcpu() + 1);
+        __atomic_store_n(&ctl[READER_CPU], cpu, __ATOMIC_RELAXED); /* a peer here must not spin against us */
+        int caught = spin == Py_None ? 0 : spin_for(names, ctl, out, bell, spin, tail, cpu);
+        if (caught < 0) {
+            goto done;
+        }
+        if (!caught) {
+            uint64_t began = now_ns();
+            long woke = sleep_once(ctl, tail, (uint32_t)tail, &ts);
+            if (woke) {
+                result = PyLong_FromLong(woke);
+                goto done;
+            }
+            if (spin != Py_None) {
+                long long max_ns = int_attr(spin, names->max_ns);
+                if (max_ns < 0 && PyErr_Occurred()) {
+                    goto done;
+                }
+                if (max_ns > 0) {
+                    /* How soon after we began to wait the data came (the writer's stamp, not when
+                     * we woke: a wake-up on an idle virtual CPU alone can take longer than a spin). */
+                    uint64_t woken_at = __atomic_load_n(&ctl[WOKEN_AT], __ATOMIC_RELAXED);
+                    uint64_t arrived = (woken_at > began ? woken_at : now_ns()) - began;
+                    PyObject *arrived_obj = PyLong_FromUnsignedLongLong(arrived);
+                    if (arrived_obj == NULL) {
+                        goto done;
+                    }
+                    PyObject *told = PyObject_CallMethodOneArg(spin, names->slept, arrived_obj);
+                    Py_DECREF(arrived_obj);
+                    if (told == NULL) {
+                        goto done;
+                    }
+                    Py_DECREF(told);
+                }
+            }
+        }
+    }
+    result = take_frame(ctl, &rv, tail, limit);
+    if (result == Py_None) {
+        Py_INCREF(result);
+    }
+done:
+    PyBuffer_Release(&ov);
+    PyBuffer_Release(&rv);
+    PyBuffer_Release(&cv);
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -362,13 +602,25 @@ static PyMethodDef methods[] = {
     {"send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL, "Write and publish one frame."},
     {"recv", (PyCFunction)(void (*)(void))ring_recv, METH_FASTCALL, "Take one whole frame, if there."},
     {"sleep", (PyCFunction)(void (*)(void))ring_sleep, METH_FASTCALL, "Sleep until the head moves."},
+    {"take", (PyCFunction)(void (*)(void))ring_take, METH_FASTCALL, "Wait for one frame and take it."},
     {NULL, NULL, 0, NULL},
 };
 
 static int
 exec_module(PyObject *module)
 {
-    PyObject *layout = Py_BuildValue("(iiiiiiii)", HEAD, TAIL, READER_ASLEEP, WRITER_ASLEEP, DIRECT, WOKEN_AT, CLOSED, HEADER_SIZE);
+    names_t *names = names_of(module);
+    names->window = PyUnicode_InternFromString("window");
+    names->begin = PyUnicode_InternFromString("begin");
+    names->end = PyUnicode_InternFromString("end");
+    names->slept = PyUnicode_InternFromString("slept");
+    names->max_ns = PyUnicode_InternFromString("max_ns");
+    names->words = PyUnicode_InternFromString("words");
+    if (!names->window || !names->begin || !names->end || !names->slept || !names->max_ns || !names->words) {
+        return -1;
+    }
+    PyObject *layout = Py_BuildValue("(iiiiiiiiiii)", HEAD, TAIL, READER_ASLEEP, WRITER_ASLEEP, DIRECT, WOKEN_AT,
+                                     CLOSED, HEADER_SIZE, READER_CPU, BELL_ASLEEP, BELL_CPU);
     if (layout == NULL) {
         return -1;
     }
@@ -378,6 +630,29 @@ exec_module(PyObject *module)
     }
     return rc;
 }
+
+static int
+clear_module(PyObject *module)
+{
+    names_t *names = names_of(module);
+    if (names != NULL) {
+        Py_CLEAR(names->window);
+        Py_CLEAR(names->begin);
+        Py_CLEAR(names->end);
+        Py_CLEAR(names->slept);
+        Py_CLEAR(names->max_ns);
+        Py_CLEAR(names->words);
+    }
+    return 0;
+}
+
+static void
+free_module(void *module)
+{
+    clear_module((PyObject *)module);
+}
+
+#define STATE_SIZE sizeof(names_t)
 #else
 static PyMethodDef methods[] = {{NULL, NULL, 0, NULL}}; /* no futex here: the Python path runs */
 
@@ -386,6 +661,10 @@ exec_module(PyObject *module)
 {
     return 0;
 }
+
+#define STATE_SIZE 0
+#define clear_module NULL
+#define free_module NULL
 #endif
 
 static PyModuleDef_Slot slots[] = {
@@ -400,9 +679,11 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "reflectmgr._transport._native",
     .m_doc = "The futex, the CPU number and the shared-memory ring's common case, in C (Linux).",
-    .m_size = 0,
+    .m_size = STATE_SIZE,
     .m_methods = methods,
     .m_slots = slots,
+    .m_clear = clear_module,
+    .m_free = free_module,
 };
 
 PyMODINIT_FUNC

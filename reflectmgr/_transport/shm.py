@@ -59,6 +59,7 @@ _CLOSED = 41  # on the writer's last line: its side closed the connection (its r
 SEGMENT_SIZE = 2 * (_CTL + RING_SIZE)
 # A blocked side looks at its ring, and at the socket for EOF, at least this often.
 SAFETY_MS = 200
+_SAFETY = SAFETY_MS / 1000
 # How the two ends wake each other: decided by the manager, told in its answer to REQUEST. With
 # the futex, the manager also passes its *bell*: one page that every client maps, where the
 # manager's dispatcher sleeps while no ring has a request (see _owner/dispatcher.py).
@@ -110,7 +111,10 @@ _now = time.perf_counter_ns
 # for this very layout; the Python below does the same on the same bytes, so the two sides of a
 # connection may differ. REFLECTMGR_NATIVE=0 runs the Python.
 _native = waiting.NATIVE_MODULE
-_LAYOUT = (_HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP, _DIRECT, _WOKEN_AT, _CLOSED, HEADER_SIZE)
+_LAYOUT = (
+    *(_HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP, _DIRECT, _WOKEN_AT, _CLOSED, HEADER_SIZE),
+    *(_READER_CPU, _BELL_ASLEEP, _BELL_CPU),  # take(): where the peer waits, and the dispatcher
+)
 if getattr(_native, "LAYOUT", None) != _LAYOUT:
     _native = None  # built for another layout (a stale build): the Python path
 
@@ -335,18 +339,25 @@ class ShmTransport(SocketEnd):
 
     # -- receiving ------------------------------------------------------------------------------
     def recv(self, max_size: int = 0) -> tuple[int, bytes | bytearray]:
-        # Fast path: the whole frame lies unwrapped in the ring; copy its payload out once.
+        # Fast path: the whole frame lies unwrapped in the ring; copy its payload out once. Else
+        # (it wraps, it is large, the peer is gone): the general path, StreamTransport's.
         max_size = max_size or self.max_frame
         native = self._native
-        if native is not None and self._start == self._end:
-            got = native.recv(self._in_ctl, self._in, self._tail, max_size)
-            if got is None and self._in_ctl[_HEAD] == self._tail:  # nothing there yet
-                self._await()
-                got = native.recv(self._in_ctl, self._in, self._tail, max_size)
-            if got is not None:
-                flags, payload = got
-                self._tail += HEADER_SIZE + len(payload)
-                return flags, payload
+        if native is not None:
+            if self._start == self._end and not self._eof:
+                # The whole wait in one call (take): the frame, or the spin and the sleep.
+                if self.closed:
+                    raise EOFError("the channel was closed")
+                bound, tail = self._bound, self._tail
+                deadline = None if bound is None else time.monotonic() + bound
+                seconds = _SAFETY if deadline is None else self._sleep_bound(deadline)
+                got = native.take(self._in_ctl, self._in, tail, max_size, self._out_ctl, self.bell, self._spin, seconds)
+                if type(got) is int:
+                    got = self._take_again(got, max_size, deadline)
+                if got is not None:
+                    taken: tuple[int, bytes] = got
+                    self._tail = tail + HEADER_SIZE + len(taken[1])
+                    return taken
         elif self._start == self._end:
             ctl = self._in_ctl
             tail = self._tail
@@ -366,6 +377,25 @@ class ShmTransport(SocketEnd):
                 self._publish_tail()
                 return flags, payload
         return super().recv(max_size)
+
+    def _take_again(self, woke: int, max_size: int, deadline: float | None) -> tuple[int, bytes] | None:
+        """After a take() that slept and brought nothing (``woke`` 1: woken for nothing, a signal,
+        the bound) or found the writer closed (2): look around (closed? EOF? past the deadline?)
+        and sleep again, without spinning. The frame, or None (EOF, or not a frame take() reads)."""
+        native = self._native
+        assert native is not None
+        while woke != 2:
+            self._looked_around()
+            if self._eof:
+                return None
+            got: tuple[int, bytes] | int | None = native.take(
+                self._in_ctl, self._in, self._tail, max_size, self._out_ctl, None, None, self._sleep_bound(deadline)
+            )
+            if not isinstance(got, int):
+                return got
+            woke = got
+        self._eof = True
+        return None
 
     def _recv_into(self, view: memoryview) -> int:
         n = self._try_recv_into(view)
@@ -468,22 +498,23 @@ class ShmTransport(SocketEnd):
     # -- sending --------------------------------------------------------------------------------
     def send(self, flags: int, payload: bytes | bytearray | memoryview, buffers: Sequence[PickleBuffer] = ()) -> None:
         # Fast path: header and payload written in place, one publish, no joined copy.
+        native = self._native
+        if native is not None and not buffers:
+            head = self._head
+            woke = native.send(self._out_ctl, self._out, head, flags, payload)  # 1: woke the reader, -1: no room
+            if woke >= 0:
+                self._head = head + HEADER_SIZE + len(payload)
+                if woke:
+                    waiting.load.stale()  # as futex_wake does: the task we woke wants a core
+                elif self.bell is not None and not self._out_ctl[_DIRECT]:  # the manager's dispatcher reads it
+                    self.bell.ring()
+                return
         n = len(payload)
         total = HEADER_SIZE + n
         head = self._head
         ctl = self._out_ctl
         if self.refuse_wait and _frame_size(total, buffers) > RING_SIZE - (head - ctl[_TAIL]):
             raise RingFull(flags, payload, buffers)
-        native = self._native
-        if native is not None and not buffers:
-            woke = native.send(ctl, self._out, head, flags, payload)  # 1: woke the reader, -1: no room
-            if woke >= 0:
-                self._head = head + total
-                if woke:
-                    waiting.load.stale()  # as futex_wake does: the task we woke wants a core
-                elif self.bell is not None and not ctl[_DIRECT]:  # the manager's dispatcher reads it
-                    self.bell.ring()
-                return
         start = head % RING_SIZE
         if not buffers and start + total <= RING_SIZE and head + total - ctl[_TAIL] <= RING_SIZE:
             self._publish_head(head + write_frame(self._out, start, flags, payload))

@@ -221,8 +221,9 @@ MIN_SPIN_NS = 5_000  # a window halved below this is no window: the reader has b
 # call's service time on the other side.
 SHORT_SPIN_NS = 20_000
 
-# One spinner per interpreter: threads spinning at once fight over the GIL, and in a manager
-# serving many clients a spinner would starve the thread that has work to do.
+# One spinner per interpreter: threads spinning at once in Python fight over the GIL, and in a
+# manager serving many clients a spinner would starve the thread that has work to do (the C
+# module's spin releases the GIL, but each spinner still holds a core).
 _spinner = threading.Lock()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -160,3 +161,63 @@ def test_out_of_band_buffers_skip_the_pickle(pair: tuple[ShmTransport, ShmTransp
     t.join(PROMPT)
     assert out and out[0] == ("msg", small, inline, bytearray(streamed))
     assert [type(x) for x in out[0]] == [str, bytes, bytes, bytearray]
+
+
+class _Policy:
+    """A spin policy that records what the reader tells it (waiting.SpinPolicy's interface)."""
+
+    def __init__(self, window_ns: int) -> None:
+        self.window = self.max_ns = window_ns
+        self.calls: list[tuple[str, Any]] = []
+
+    def begin(self, peer_running: bool = False, peer_here: bool = False) -> int:
+        self.calls.append(("begin", (peer_running, peer_here)))
+        return self.window
+
+    def end(self, caught: bool) -> None:
+        self.calls.append(("end", caught))
+
+    def slept(self, arrived_ns: int) -> None:
+        self.calls.append(("slept", arrived_ns))
+
+
+def test_a_spinning_reader_catches_the_frame_and_tells_its_policy(pair: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = pair
+    policy = _Policy(window_ns=60 * 10**9)  # spins until the frame comes (the test's own bound: PROMPT)
+    server._spin = policy  # type: ignore[assignment]
+    t, out = in_thread(server.recv)
+    wait_until(lambda: policy.calls, PROMPT, "the reader to begin its spin")
+    client.send(5, b"caught")
+    t.join(PROMPT)
+    assert out == [(5, b"caught")]
+    assert [name for name, _ in policy.calls] == ["begin", "end"] and policy.calls[1] == ("end", True)
+    assert not server._in_ctl[shm._READER_ASLEEP]  # it never slept
+
+
+def test_a_sleeping_reader_tells_its_policy_how_soon_the_data_came(pair: tuple[ShmTransport, ShmTransport]) -> None:
+    client, server = pair
+    policy = _Policy(window_ns=0)  # never spins: straight to sleep
+    policy.max_ns = 10**6
+    server._spin = policy  # type: ignore[assignment]
+    t, out = in_thread(server.recv)
+    wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to go to sleep")
+    client.send(6, b"woken")
+    t.join(PROMPT)
+    assert out == [(6, b"woken")]
+    slept = [arg for name, arg in policy.calls if name == "slept"]
+    assert len(slept) == 1 and slept[0] > 0
+    assert ("end", True) not in policy.calls
+
+
+def test_a_bounded_wait_with_nothing_coming_times_out_after_its_bound(
+    sleepy: tuple[ShmTransport, ShmTransport],
+) -> None:
+    client, server = sleepy
+    server.set_timeout(0.3)  # longer than one sleep (SAFETY_MS): the reader looks around in between
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        server.recv()
+    assert time.monotonic() - began >= 0.3
+    client.send(7, b"still in step")  # nothing was consumed: the next frame is read whole
+    server.set_timeout(None)
+    assert server.recv() == (7, b"still in step")
