@@ -67,7 +67,9 @@ def _loop(kind: str, calls: int, op: str) -> None:
 def _count(kind: str, calls: int, folder: Path, op: str, cpu: int | None) -> dict[str, int]:
     """Instructions per process (client, manager) of one run of ``calls`` calls, on ``cpu``."""
     log = folder / f"{kind}.{calls}.log"
-    cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={folder}/cg.%p"]
+    # multiprocessing's resource tracker is neither side of a call: not run under valgrind at all
+    cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--trace-children-skip-by-arg=*resource_tracker*"]
+    cmd.append(f"--callgrind-out-file={folder}/cg.%p")
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     cmd += [sys.executable, __file__, "--child", kind, str(calls), op]
@@ -82,7 +84,7 @@ def _count(kind: str, calls: int, folder: Path, op: str, cpu: int | None) -> dic
     for pid, refs in _REFS.findall(text):
         command = commands.get(pid, "")
         if "resource_tracker" in command:
-            continue  # multiprocessing's helper: neither side of a call
+            continue  # multiprocessing's helper (if this valgrind traced it after all)
         role = "client" if "--child" in command else "manager"
         counts[role] = counts.get(role, 0) + int(refs.replace(",", ""))
     if set(counts) != {"client", "manager"}:
