@@ -351,11 +351,9 @@ sleep_once(uint64_t *ctl, uint64_t seen, uint32_t low, struct timespec *ts)
     return result;
 }
 
-/* sleep(ctl, seen, seconds): the reader's sleep until the head moves past seen: raise the
- * "asleep" flag, fence, look again (and at the writer's "closed" flag), then the futex on the
- * head's low word, at most seconds; the flag is lowered before returning. Returns 0 if the head
- * moved, 2 if the writer closed with nothing more published, 1 otherwise (woken for nothing, a
- * signal, or the bound: the caller looks at the socket for EOF, its deadline, and calls again). */
+/* sleep(ctl, seen, seconds): sleep_once, at most seconds; returns its 0, 1 or 2 (after 1, woken
+ * for nothing, a signal or the bound, the caller looks at the socket for EOF and at its deadline,
+ * and calls again). */
 static PyObject *
 ring_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {

@@ -60,7 +60,9 @@ def cluster() -> Iterator[None]:
 def _pool_worker(p: psutil.Process) -> bool:
     """One of Ray's pooled worker processes (kept for later tasks), not an actor of a test."""
     try:
-        title = " ".join(p.cmdline())
+        # A worker Ray has just started may not show its command line yet (seen in CI: [] for a
+        # process psutil names 'ray::IDLE'); its name already carries the title.
+        title = " ".join(p.cmdline()) or p.name()
     except psutil.Error:
         return True  # gone already
     return title.startswith("ray::") and not title.startswith("ray::_Owner")
