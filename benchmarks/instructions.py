@@ -8,6 +8,7 @@ first, then on the clock (run.py's field scenarios).
     python3 benchmarks/instructions.py              # reflectmgr shm and the stdlib, d[k]
     python3 benchmarks/instructions.py --calls 500  # fewer calls (the smoke test)
     python3 benchmarks/instructions.py --op missing # d[missing]: the KeyError's way back
+    python3 benchmarks/instructions.py --op queue   # a Queue put and get (two calls)
 
 Each system runs twice under ``valgrind --tool=callgrind --trace-children=yes``, each run pinned to
 one CPU (so nobody spins: with one usable core reflectmgr never does; the four runs go at once,
@@ -32,7 +33,7 @@ from pathlib import Path
 
 _REFS = re.compile(r"==(\d+)== I\s+refs:\s+([\d,]+)")
 _COMMAND = re.compile(r"==(\d+)== Command: (.*)")
-OPS = ("d[k]", "missing")
+OPS = ("d[k]", "missing", "queue")
 # How long shutdown() waits for a manager to exit before it terminates, then kills it. Under
 # callgrind, with the other runs beside it on a busy machine, a manager's exit takes seconds (the
 # stdlib's default is 1 s), and a killed process never prints its count: so, long.
@@ -52,7 +53,12 @@ def _loop(kind: str, calls: int, op: str) -> None:
         manager = SyncManager(shutdown_timeout=STOP_WITHIN)
         manager.start()
     d = manager.dict(k=0)
-    if op == "missing":
+    if op == "queue":
+        q = manager.Queue()
+        for _ in range(calls):
+            q.put(1)
+            q.get()
+    elif op == "missing":
         for _ in range(calls):
             try:
                 d["missing"]
@@ -119,7 +125,7 @@ def main() -> None:
     for kind in ("stdlib", "reflectmgr"):
         a, b = counts[kind, short], counts[kind, long]
         per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
-    call = "d[k]" if args.op == "d[k]" else "d[missing] (KeyError)"
+    call = {"d[k]": "d[k]", "missing": "d[missing] (KeyError)", "queue": "Queue put+get (two calls)"}[args.op]
     print(f"instructions per {call} call (callgrind, user space, {long - short} calls, one CPU)")
     print(f"{'':12s}{'client':>10s}{'manager':>10s}{'total':>10s}")
     for kind, roles in per_call.items():
