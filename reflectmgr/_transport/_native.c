@@ -400,7 +400,8 @@ cpu_relax(void)
 #endif
 }
 
-/* The policy's int attribute name (window, max_ns): 0 if unset or not an int; -1 on error. */
+/* The policy's int attribute name (window, max_ns); -1 with an exception set if it is missing or
+ * not an int (the callers check PyErr_Occurred: a negative value alone means "no window"). */
 static long long
 int_attr(PyObject *obj, PyObject *name)
 {
