@@ -220,6 +220,9 @@ MIN_SPIN_NS = 5_000  # a window halved below this is no window: the reader has b
 # With no core free, a spin while the peer runs (optimistic spinning) lasts at most this: a small
 # call's service time on the other side.
 SHORT_SPIN_NS = 20_000
+# Data this soon after a missed spin gave way to a sleep: the peer was queued behind the spin.
+BLOCKED_NS = 30_000
+MAX_STRIKES = 64  # a closed window reopens after at most this many short sleeps in a row
 
 # One spinner per interpreter: threads spinning at once in Python fight over the GIL, and in a
 # manager serving many clients a spinner would starve the thread that has work to do (the C
@@ -238,17 +241,27 @@ os.register_at_fork(after_in_child=_new_spinner_after_fork)
 
 class SpinPolicy:
     """When one connection's reader spins. Its window halves with every spin that caught nothing,
-    down to nothing (it has backed off), and comes back whole only when data arrives within a
-    window's reach of a wait's start: a spin that catches it, or a sleeper that learns (from the
-    writer's stamp) how soon the data came. Backing off takes several misses, coming back one
-    short wait: quick to spin again once both sides run, slow to give up on a peer that does."""
+    down to nothing (it has backed off), and comes back whole when data arrives within a window's
+    reach of a wait's start: a spin that catches it, or a sleeper that learns (from the writer's
+    stamp) how soon the data came. Backing off takes several misses, coming back one short wait:
+    quick to spin again once both sides run, slow to give up on a peer that does.
 
-    __slots__ = ("allowed", "max_ns", "window")
+    One pattern backs off for longer: a spin that caught nothing, then data within BLOCKED_NS of
+    the sleep that followed. That is the peer waiting for our CPU (the kernel put it there when we
+    woke it, after it last said where it waits, and a spinner is not preempted at once): it ran as
+    soon as we slept. Reopening the window then would spin it away on every call, so the window
+    closes, and reopens only after ``strikes`` short sleeps in a row; each such pattern doubles
+    that count (up to MAX_STRIKES), and a spin that catches data sets it back to one."""
+
+    __slots__ = ("_short", "_spun", "allowed", "max_ns", "strikes", "window")
 
     def __init__(self, enabled: bool) -> None:
         self.allowed: Callable[[], bool] | None = None  # another condition of its owner's
         self.max_ns = SPIN_NS if enabled and CORES > 1 else 0
         self.window = self.max_ns
+        self.strikes = 1  # short sleeps in a row that reopen a closed window
+        self._short = 0  # short sleeps in a row so far
+        self._spun = 0  # how long this wait spun and caught nothing, in ns
 
     def begin(self, peer_running: bool = False, peer_here: bool = False) -> int:
         """How long this wait may spin, in ns (0: not at all). Never when the peer waits on this
@@ -257,6 +270,7 @@ class SpinPolicy:
         SHORT_SPIN_NS and only if the caller knows the peer is running now (it answers within
         microseconds, and sleeping would cost two context switches). Nonzero means the caller
         holds the interpreter's spinner and must call :meth:`end`."""
+        self._spun = 0
         window = self.window
         if not window or peer_here or (self.allowed is not None and not self.allowed()):
             return 0
@@ -264,17 +278,33 @@ class SpinPolicy:
             if not peer_running:
                 return 0
             window = min(window, SHORT_SPIN_NS)
-        return window if _spinner.acquire(False) else 0
+        if not _spinner.acquire(False):
+            return 0
+        self._spun = window
+        return window
 
     def end(self, caught: bool) -> None:
         _spinner.release()
         if caught:
             self.window = self.max_ns
+            self.strikes = 1
+            self._spun = 0
             return
         window = self.window >> 1
         self.window = window if window >= MIN_SPIN_NS else 0
 
     def slept(self, arrived_ns: int) -> None:
-        """A wait that slept; the data arrived ``arrived_ns`` after it began."""
-        if arrived_ns < self.max_ns:
+        """A wait that slept; the data arrived ``arrived_ns`` after the sleep began."""
+        spun, self._spun = self._spun, 0
+        if spun and arrived_ns < BLOCKED_NS:  # the peer ran as soon as we slept: it waited for our CPU
+            self.window = 0
+            self.strikes = min(self.strikes * 2, MAX_STRIKES)
+            self._short = 0
+            return
+        if spun + arrived_ns >= self.max_ns:  # from the wait's start, beyond a window's reach
+            self._short = 0
+            return
+        self._short += 1
+        if self._short >= self.strikes:
+            self._short = 0
             self.window = self.max_ns

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from reflectmgr._transport import waiting
-from reflectmgr._transport.waiting import SHORT_SPIN_NS, SPIN_NS, SpinPolicy
+from reflectmgr._transport.waiting import BLOCKED_NS, MAX_STRIKES, SHORT_SPIN_NS, SPIN_NS, SpinPolicy
 
 from ..helpers import PROMPT
 
@@ -137,6 +137,54 @@ def test_a_caught_spin_restores_the_whole_window(cores: list[bool]) -> None:
     policy.begin()
     policy.end(True)
     assert policy.window == SPIN_NS
+
+
+def _wait(policy: SpinPolicy, arrived_ns: int) -> int:
+    """One wait whose spin (if any) catches nothing, then sleeps until data ``arrived_ns`` later;
+    the window it spun."""
+    window = policy.begin()
+    if window:
+        policy.end(False)
+    policy.slept(arrived_ns)
+    return window
+
+
+def test_a_peer_that_runs_only_once_we_sleep_stops_the_spinning(cores: list[bool]) -> None:
+    # The peer queued on our CPU behind the spin: every spin misses, and the data comes just after
+    # the sleep begins. Reopening the window on that short sleep spun it away on every call.
+    policy = SpinPolicy(True)
+    spun = [_wait(policy, BLOCKED_NS // 3) for _ in range(1000)]
+    assert spun[0] == SPIN_NS
+    # Each spin doubles the short sleeps the next one waits for, up to MAX_STRIKES (64): about 20
+    # spins in 1000 waits, where reopening on every short sleep spun on all of them.
+    assert spun.count(SPIN_NS) <= 1000 // MAX_STRIKES + 8, f"spun {sum(spun) / 1000:.0f} ns a call"
+    assert spun[-500:].count(SPIN_NS) <= 500 // MAX_STRIKES + 1
+    assert policy.strikes == MAX_STRIKES
+
+
+def test_after_that_short_sleeps_in_a_row_reopen_the_window_and_a_catch_forgives(cores: list[bool]) -> None:
+    policy = SpinPolicy(True)
+    assert _wait(policy, BLOCKED_NS // 3) == SPIN_NS
+    assert policy.strikes == 2 and policy.window == 0
+    assert _wait(policy, SPIN_NS // 4) == 0  # no spin (the window is closed): a short sleep
+    assert _wait(policy, SPIN_NS // 4) == 0
+    assert _wait(policy, BLOCKED_NS // 3) == SPIN_NS, "two short sleeps in a row reopened it"
+    assert policy.strikes == 4 and policy.window == 0
+    _wait(policy, SPIN_NS // 4)
+    _wait(policy, SPIN_NS * 2)  # a long one breaks the run
+    for _ in range(4):
+        assert _wait(policy, SPIN_NS // 4) == 0
+    assert _spins(policy) == SPIN_NS, "the fourth short sleep in a row reopened it"
+    assert policy.strikes == 1, "a spin that caught data: the peer runs elsewhere again"
+
+
+def test_a_peer_just_slower_than_the_window_reopens_it(cores: list[bool]) -> None:
+    policy = SpinPolicy(True)
+    policy.window = SPIN_NS // 4
+    assert _wait(policy, BLOCKED_NS * 2) == SPIN_NS // 4  # answered SPIN_NS / 4 + 60 us after the wait began
+    assert policy.window == SPIN_NS and policy.strikes == 1
+    assert _wait(policy, SPIN_NS * 2) == SPIN_NS  # slow now: the halving stands
+    assert policy.window == SPIN_NS // 2
 
 
 def test_the_owner_can_forbid_spinning(cores: list[bool]) -> None:
