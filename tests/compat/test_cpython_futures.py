@@ -3,7 +3,8 @@
 The stdlib's test modules are imported as they are. Their abstract test classes are then built
 here on executor mixins whose ``executor_type`` is ``m.executor`` of one manager per module, with
 the three start methods the stdlib tests (spawn is ``m.executor()``'s default; fork and
-forkserver are what ``mp_context=`` selects). Nothing in the stdlib's code is changed.
+forkserver are what ``mp_context=`` selects): the pool and initializer tests with all three, the
+others with spawn (SUITES says why). Nothing in the stdlib's code is changed.
 
 The suite ships with Python 3.13 as installed here; the 3.11 build has no
 ``test.test_concurrent_futures`` package (Debian keeps it in ``libpython3.11-testsuite``, which CI
@@ -72,16 +73,21 @@ class ManagerPoolForkserverMixin(_ManagerPool):
     ctx = "forkserver"
 
 
-MIXINS = (ManagerPoolSpawnMixin, ManagerPoolForkMixin, ManagerPoolForkserverMixin)
+EVERY_METHOD = (ManagerPoolSpawnMixin, ManagerPoolForkMixin, ManagerPoolForkserverMixin)
+SPAWN_ONLY = (ManagerPoolSpawnMixin,)
 
-# module -> the abstract test classes in it that take a process-pool mixin
+# module -> the abstract test classes in it that take a process-pool mixin, and the start methods
+# they run with. The pool's own tests and its initializers run with all three (the start method
+# is how those workers come to be). Waiting, as_completed, shutdown and the deadlock tests run
+# with the default only: m.executor()'s futures and their failures travel the same way whichever
+# method started the workers, and the three runs of everything took a fifth of the suite's time on 3.13.
 SUITES = {
-    "test_as_completed": ("AsCompletedTests",),
-    "test_deadlock": ("ExecutorDeadlockTest",),
-    "test_init": ("InitializerMixin", "FailingInitializerMixin"),
-    "test_process_pool": ("ProcessPoolExecutorTest",),
-    "test_shutdown": ("ProcessPoolShutdownTest",),
-    "test_wait": ("WaitTests",),
+    "test_as_completed": (("AsCompletedTests",), SPAWN_ONLY),
+    "test_deadlock": (("ExecutorDeadlockTest",), SPAWN_ONLY),
+    "test_init": (("InitializerMixin", "FailingInitializerMixin"), EVERY_METHOD),
+    "test_process_pool": (("ProcessPoolExecutorTest",), EVERY_METHOD),
+    "test_shutdown": (("ProcessPoolShutdownTest",), SPAWN_ONLY),
+    "test_wait": (("WaitTests",), SPAWN_ONLY),
 }
 
 # Test method (in every start method) -> why it does not apply to m.executor() (each one is in
@@ -114,11 +120,11 @@ EXCLUDED: dict[str, str] = {
 
 def _install() -> None:
     g = globals()
-    for module_name, names in SUITES.items():
+    for module_name, (names, mixins) in SUITES.items():
         module = importlib.import_module(f"test.test_concurrent_futures.{module_name}")
         for name in names:
             before = set(g)
-            util.create_executor_tests(g, getattr(module, name), executor_mixins=MIXINS)
+            util.create_executor_tests(g, getattr(module, name), executor_mixins=mixins)
             for cls_name in set(g) - before:
                 cls = g[cls_name]
                 for test, reason in EXCLUDED.items():
