@@ -1,6 +1,6 @@
 """``Manager``: start the manager process, talk to it, shut it down; ``connect`` to a running one.
 
-    Manager.start()  --multiprocess (spawn)-->  process.serve()   reports its address on a pipe
+    Manager.start()  --spawn (the stdlib's)-->  process.serve()   reports its address on a pipe
          |                                                          |
     Client (pool of channels) <------------- authenticated sockets -+
          |
@@ -230,7 +230,9 @@ class Manager(Factories):
     wait). ``max_frame``: the largest pickled message or out-of-band buffer either side accepts
     (2 GiB by default; a larger one drops the connection). ``shutdown_timeout`` bounds
     ``shutdown()`` whatever the manager does: it waits that long for an answer and for the exit,
-    then terminates the manager, then kills it.
+    then terminates the manager, then kills it. ``ctx``: how the manager process starts, a start
+    method's name (the stdlib's context of that name) or a context of ``multiprocessing`` or
+    ``multiprocess``; by default the stdlib's spawn, a fresh interpreter.
     """
 
     def __init__(
@@ -313,9 +315,9 @@ class Manager(Factories):
             return
         ctx = self._ctx
         if ctx is None or isinstance(ctx, str):
-            import multiprocess
+            import multiprocessing
 
-            ctx = multiprocess.get_context(ctx or "spawn")
+            ctx = multiprocessing.get_context(ctx or "spawn")
         if not travels(self._ssl_context, ctx.get_start_method()):
             raise TypeError(
                 "an ssl.SSLContext cannot be sent to the manager process: make it with "
