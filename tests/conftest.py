@@ -112,6 +112,10 @@ def _compile_sources() -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The slow tests first (a stable sort: otherwise in collection order). pytest-xdist hands out
+    # tests in this order, so the long ones start while there is still short work to balance the
+    # workers, instead of one of them finishing alone at the end.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if sys.version_info >= (3, 13):
         return
     version = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -29,12 +29,14 @@ def test_ruff_format() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_mypy_strict() -> None:
     proc = _run("mypy", "--no-error-summary")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_docs_site_builds_strict(tmp_path: Path) -> None:
     # Broken links, missing anchors and API references that do not resolve fail the build.

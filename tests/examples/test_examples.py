@@ -13,6 +13,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.py"
 RUN_TIMEOUT = 50.0  # below pytest-timeout, so a hang reports as this test's failure
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs(path: Path) -> None:
     if path.stem.startswith("ray_") and importlib.util.find_spec("ray") is None:

@@ -180,6 +180,7 @@ def _stop(pid: int) -> None:
     wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, PROMPT, "the manager to stop")
 
 
+@pytest.mark.slow
 def test_a_stopped_manager_times_calls_out_and_shutdown_is_bounded(stoppable: reflectmgr.Manager) -> None:
     m = stoppable
     d = m.dict(a=1)

@@ -94,6 +94,7 @@ async def test_async_with_holds_an_rlock_on_one_connection_across_tasks(am: Asyn
         pass  # free again for a new owner
 
 
+@pytest.mark.slow
 async def test_a_thousand_concurrent_awaits_on_one_loop(am: AsyncManager) -> None:
     counter = await am.dict(n=0)
     lock = await am.Lock()

@@ -14,6 +14,7 @@ from ..helpers import baseline_objects, second_session, wait_until
 from .objects import Inventory
 
 
+@pytest.mark.slow
 def test_objects_return_to_baseline_after_10000_proxies(m: reflectmgr.Manager) -> None:
     d = m.dict({str(i): [i] for i in range(100)})
     base = baseline_objects(m)
@@ -106,6 +107,7 @@ def test_release_in_flight_crossing_a_new_reference(m: reflectmgr.Manager) -> No
     assert wait_until(lambda: m.stats().objects == base)
 
 
+@pytest.mark.slow
 def test_threads_racing_on_one_object_never_lose_it(m: reflectmgr.Manager) -> None:
     inv = m.new(Inventory)
     inv.add("apple")
