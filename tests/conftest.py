@@ -92,17 +92,6 @@ def pytest_runtestloop(session: pytest.Session) -> Iterator[object]:
     return result
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: one worker more than the usable cores. A worker often waits rather than
-    computes (a manager starting, a process exiting, a timeout under test): with one worker per
-    core, the two cores here were about 82% busy over a run."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return cores + 1
-
-
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     if not hasattr(config, "workerinput"):  # once, in the controller, before any worker starts
