@@ -80,7 +80,8 @@ SPAWN_ONLY = (ManagerPoolSpawnMixin,)
 # they run with. The pool's own tests and its initializers run with all three (the start method
 # is how those workers come to be). Waiting, as_completed, shutdown and the deadlock tests run
 # with the default only: m.executor()'s futures and their failures travel the same way whichever
-# method started the workers, and the three runs of everything took a fifth of the suite's time on 3.13.
+# method started the workers, and the three runs of everything took a fifth of the suite's time
+# on 3.13.
 SUITES = {
     "test_as_completed": (("AsCompletedTests",), SPAWN_ONLY),
     "test_deadlock": (("ExecutorDeadlockTest",), SPAWN_ONLY),
