@@ -1,6 +1,6 @@
 """``Manager``: start the manager process, talk to it, shut it down; ``connect`` to a running one.
 
-    Manager.start()  --spawn (the stdlib's)-->  process.serve()   reports its address on a pipe
+    Manager.start()  --multiprocess (spawn)-->  process.serve()   reports its address on a pipe
          |                                                          |
     Client (pool of channels) <------------- authenticated sockets -+
          |
@@ -231,8 +231,8 @@ class Manager(Factories):
     (2 GiB by default; a larger one drops the connection). ``shutdown_timeout`` bounds
     ``shutdown()`` whatever the manager does: it waits that long for an answer and for the exit,
     then terminates the manager, then kills it. ``ctx``: how the manager process starts, a start
-    method's name (the stdlib's context of that name) or a context of ``multiprocessing`` or
-    ``multiprocess``; by default the stdlib's spawn, a fresh interpreter.
+    method's name (``multiprocess``'s context of that name) or a context of ``multiprocess`` or
+    ``multiprocessing``; by default spawn, a fresh interpreter.
     """
 
     def __init__(
@@ -315,9 +315,12 @@ class Manager(Factories):
             return
         ctx = self._ctx
         if ctx is None or isinstance(ctx, str):
-            import multiprocessing
+            # multiprocess's contexts, not the stdlib's: the stdlib refuses to start a process from
+            # a daemonic one (a multiprocessing.Pool worker), and the manager is no such child (it
+            # watches its owner and exits with it). Its child imports dill first (~25 ms).
+            import multiprocess
 
-            ctx = multiprocessing.get_context(ctx or "spawn")
+            ctx = multiprocess.get_context(ctx or "spawn")
         if not travels(self._ssl_context, ctx.get_start_method()):
             raise TypeError(
                 "an ssl.SSLContext cannot be sent to the manager process: make it with "

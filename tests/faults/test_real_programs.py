@@ -41,6 +41,19 @@ def _library_helper(address: Any, authkey: bytes) -> int:
         return len(conn.root)
 
 
+@pytest.mark.slow
+def test_a_manager_starts_inside_a_multiprocessing_pool_worker() -> None:
+    # Pool workers are daemonic, and the stdlib refuses to start a process from one; the manager
+    # is started by multiprocess, which lets it (it watches its owner and exits with it).
+    from .workers import manager_in_a_pool_task
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        value, pid = pool.apply(manager_in_a_pool_task, (41,))
+    assert value == 42
+    assert pid > 0
+    wait_until(lambda: not psutil.pid_exists(pid), DEATH, "the manager to exit with its task's with block")
+
+
 def test_connect_and_close_leave_the_managers_own_connection_alone() -> None:
     m = reflectmgr.Manager(shutdown_timeout=DEATH)
     m.start()

@@ -16,6 +16,17 @@ def own_a_manager(report: Any) -> None:
     time.sleep(600)  # the test SIGKILLs us long before; the manager must then exit on its own
 
 
+def manager_in_a_pool_task(value: int) -> tuple[int, int]:
+    """A task that starts its own manager (a library using one inside a multiprocessing.Pool
+    worker, which is daemonic); returns what the manager held, and the manager's pid."""
+    import reflectmgr
+
+    with reflectmgr.Manager() as m:
+        d = m.dict(v=value)
+        d["v"] += 1
+        return d["v"], int(m.pid or 0)
+
+
 def hold_proxies(address: Any, authkey: bytes, n: int) -> None:
     """Connect, take ``n`` proxies, tell the parent, and wait to be killed."""
     import reflectmgr
