@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import cloudpickle
 
+from .._owner.queues import Queue as _Queue
 from .._transport.inproc import is_inproc
 from .._transport.shm import is_shm, socket_path
 from .._transport.sockets import DEFAULT_TRANSPORT, SOCKET_DIR_PREFIX, TRANSPORTS, Address, with_transport
@@ -131,10 +132,10 @@ class Factories:
         return self.new(threading.Barrier, parties, action, timeout)
 
     def Queue(self, maxsize: int = 0) -> queue.Queue[Any]:  # noqa: N802
-        return self.new(queue.Queue, maxsize)
+        return self.new(_Queue, maxsize)  # a queue.Queue, cheaper when nobody waits (_owner/queues.py)
 
     def JoinableQueue(self, maxsize: int = 0) -> queue.Queue[Any]:  # noqa: N802
-        return self.new(queue.Queue, maxsize)  # queue.Queue has task_done() and join()
+        return self.new(_Queue, maxsize)  # queue.Queue has task_done() and join()
 
     # Any: the stdlib's Value has no type information (a ``.value`` attribute and get()/set()).
     def Value(self, typecode: Any, value: Any, lock: bool = True) -> Any:  # noqa: N802

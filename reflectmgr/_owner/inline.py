@@ -34,6 +34,7 @@ from typing import Any
 from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
 from .dispatch import HANDLERS, NO_CALL, Handler
+from .queues import Queue
 
 
 class WouldBlock(Exception):  # noqa: N818 - a signal to hand the call over, not an error
@@ -192,6 +193,7 @@ _NEUTRAL: dict[type, dict[str, Trial | None]] = {
         "join": _queue_join,
     },
 }
+_NEUTRAL[Queue] = _NEUTRAL[queue.Queue]  # the manager's own (queues.py)
 _DUNDER_NAMES = [d.name for d in DUNDERS]
 
 

@@ -47,6 +47,7 @@ from .._wire.memo_guard import check as check_memo
 from .._wire.memo_guard import needed as memo_needed
 from .._wire.opcodes import Msg, Op
 from ..errors import RestrictedError
+from .queues import Queue
 
 # Plain data: constructing these runs no code of the sender's choosing.
 SAFE_VALUES: tuple[Any, ...] = (
@@ -102,6 +103,7 @@ def default_factories() -> tuple[Any, ...]:
         threading.Event,
         threading.Barrier,
         queue.Queue,
+        Queue,
         multiprocessing.managers.Value,  # type: ignore[attr-defined]
         array.array,
     )
