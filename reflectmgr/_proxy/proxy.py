@@ -2,7 +2,7 @@
 
     TypeDesc (from the owner) --> proxy_class(desc) --> class <name>(Proxy):
                                                           one method per supported dunder
-                                                          one RemoteMethod per plain method
+                                                          one function per plain method
                                                           __hash__ = None if the type is unhashable
 
 So ``callable(p)``, ``len(p)``, ``hash(p)`` and ``iter(p)`` succeed or fail exactly where they
@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .._wire.codec import PlainReduce, encoding_peer, resolve_local
+from .._wire.codec import REMOTE_METHOD, PlainReduce, encoding_peer, resolve_local
 from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
 from ..errors import ReflectmgrPicklingError, RemoteError
@@ -102,36 +102,22 @@ class Proxy(PlainReduce):  # proxies reduce themselves with plain pickle (see co
         return cls._rm_local_class or cls
 
 
-class RemoteMethod:
-    """A method of the remote type: ``p.name(...)`` is one CALLMETHOD round trip."""
+def remote_method(name: str, qualname: str) -> Any:
+    """A method of the remote type, for its proxy class: ``p.name(...)`` is one CALLMETHOD round
+    trip. A plain function, so Python binds and calls it as any method, with no descriptor or
+    bound object of ours in between (that took half the client's own Python time on a small
+    call). A bound one pickles as ``getattr(proxy, name)``, as multiprocessing's did: by the
+    method object's own reduce, or by the codec's (``_wire/codec.py``, for cloudpickle), which
+    knows it by its ``REMOTE_METHOD`` attribute."""
 
-    __slots__ = ("name",)
+    def method(self: Proxy, *args: Any, **kwargs: Any) -> Any:
+        return self._rm_link.call(_CALLMETHOD, self._rm_oid, name, args, kwargs)
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, inst: Proxy | None, owner: type) -> Any:
-        if inst is None:
-            return self
-        return BoundRemoteMethod(inst, self.name)
-
-
-class BoundRemoteMethod:
-    __slots__ = ("__name__", "__self__")
-
-    def __init__(self, proxy: Proxy, name: str) -> None:
-        self.__self__ = proxy
-        self.__name__ = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        p = self.__self__
-        return p._rm_link.call(_CALLMETHOD, p._rm_oid, self.__name__, args, kwargs)
-
-    def __repr__(self) -> str:
-        return f"<remote method {self.__name__} of {type(self.__self__).__name__} proxy>"
-
-    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return (getattr, (self.__self__, self.__name__))
+    method.__name__ = name
+    method.__qualname__ = f"{qualname}.{name}"
+    method.__module__ = "reflectmgr.proxy"
+    setattr(method, REMOTE_METHOD, name)
+    return method
 
 
 class BatchIterator:
@@ -227,7 +213,7 @@ def proxy_class(desc: TypeDesc) -> type[Proxy]:
     ns: dict[str, Any] = {"__slots__": (), "_rm_desc": desc, "__module__": "reflectmgr.proxy"}
     for m in methods:
         if not m.startswith("_rm_"):
-            ns[m] = RemoteMethod(m)
+            ns[m] = remote_method(m, qualname)
     for i in supported:
         ns[DUNDERS[i].name] = _DUNDER_METHODS[i]
     if _HASH not in supported:

@@ -25,8 +25,10 @@ import os
 import pickle
 import struct
 import threading
+import types
+from collections import ChainMap
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import cloudpickle
 
@@ -202,7 +204,35 @@ def plain(obj: Any, depth: int = 0) -> bool:
     return issubclass(t, PlainReduce)
 
 
-class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
+# The attribute that marks a proxy's method (``_proxy/proxy.py``): its value is the remote name.
+REMOTE_METHOD = "_rm_remote_method"
+_cloud_method_reduce = cloudpickle.Pickler.dispatch_table[types.MethodType]
+
+
+def _reduce_method(method: types.MethodType) -> Any:
+    """A bound method, as cloudpickle would pickle it; a proxy's as ``getattr(proxy, name)``
+    (by value it would be a function calling through ``_rm_link``, which the proxy no longer has
+    once it arrives home as the real object)."""
+    name = getattr(method.__func__, REMOTE_METHOD, None)
+    if name is not None:
+        return (getattr, (method.__self__, name))
+    return _cloud_method_reduce(method)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+        {types.MethodType: _reduce_method}, cloudpickle.Pickler.dispatch_table
+    )
+
+
+def _cloud_dumps(obj: Any, buffer_callback: Any) -> bytes:
+    """cloudpickle.dumps, with a proxy's bound methods pickled by name."""
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return buf.getvalue()
+
+
+class _RefPickler(_Pickler):
     def __init__(self, file: io.BytesIO, pid: Callable[[Any], Any], buffer_callback: Any) -> None:
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
         self._pid = pid
@@ -354,7 +384,7 @@ def encode(
         elif plain(msg):
             flags, payload = 0, pickle.dumps(msg, PROTOCOL, buffer_callback=callback)
         else:
-            flags, payload = 0, cloudpickle.dumps(msg, protocol=PROTOCOL, buffer_callback=callback)
+            flags, payload = 0, _cloud_dumps(msg, callback)
     except ReflectmgrPicklingError:
         raise
     except RecursionError:

@@ -175,3 +175,26 @@ def test_isinstance_and_is_proxy(manager: reflectmgr.Manager) -> None:
     assert isinstance(d, dict) and reflectmgr.is_proxy(d)
     assert isinstance(manager.new(Inventory), Inventory)
     assert not reflectmgr.is_proxy({}) and callable(manager.new(Vector)) and not callable(d)
+
+
+def test_a_bound_method_is_the_remote_method_wherever_it_goes(manager: reflectmgr.Manager) -> None:
+    import pickle
+
+    q = manager.Queue()
+    put = q.put
+    assert put.__self__ is q and put.__name__ == "put" and callable(put)
+    assert q.put is not put and q.put == put  # bound anew each time, equal as Python's are
+    put(1)
+    assert q.get() == 1
+    # Sent home as an argument (the codec's cloudpickle path): the real queue's own method there,
+    # not a function that calls through a proxy the manager does not have.
+    held = manager.list()
+    held.append(put)
+    held[0](2)
+    assert q.get() == 2
+    # Plain pickle (a multiprocessing child's): by name, as getattr(proxy, "put").
+    again = pickle.loads(pickle.dumps(put))
+    again(3)
+    assert q.get() == 3
+    with pytest.raises(AttributeError):
+        q.no_such_method  # noqa: B018
