@@ -14,12 +14,14 @@
  * the load of the peer's flag: the Dekker pair of shm.py), which the Python path approximates
  * with a lock pair.
  *
- * take() is a reader's whole wait in one call: the frame if it is there, else the spin and the
- * sleep; when to spin stays the Python policy's call (waiting.SpinPolicy: take() calls its begin,
- * end and slept), as do timeouts and EOF (take() returns a code, the caller looks around).
+ * Ends holds one side's four views and spin policy, so that a frame's way in or out is one call
+ * with two arguments (the positions are the control blocks' own). Ends.take() is a reader's whole
+ * wait in one call: the frame if it is there, else the spin and the sleep; when to spin stays the
+ * Python policy's call (waiting.SpinPolicy: take() calls its begin, end and slept), as do
+ * timeouts and EOF (take() returns a code, the caller looks around).
  *
  * The module's only state is the method names take() calls, interned per interpreter (module
- * state), so it loads in every subinterpreter (each with its own GIL). Built
+ * state), and Ends is a heap type made per module, so it loads in every subinterpreter (each with its own GIL). Built
  * where a C compiler is; without it, the Python path runs and behaves the same.
  */
 #define PY_SSIZE_T_CLEAN
@@ -194,38 +196,24 @@ current_cpu(PyObject *module, PyObject *unused)
     return PyLong_FromLong(sched_getcpu());
 }
 
-/* send(ctl, ring, head, flags, payload): write one frame at position head of the ring (header
- * and payload in place), publish the new head and wake the reader if it sleeps. Returns 1 if it
- * woke the reader, 0 if not, -1 if the frame does not fit contiguously in the free space (nothing
+/* Write one frame at position head of the ring (header and payload in place), publish the new
+ * head and wake the reader if it sleeps: 1 if it woke the reader, 0 if not, -1 if the frame does
+ * not fit contiguously in the free space or the payload is not one contiguous buffer (nothing
  * written: the caller's general path sends it). */
-static PyObject *
-ring_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+static long
+send_frame(uint64_t *ctl, Py_buffer *rv, uint64_t head, long flags, PyObject *payload)
 {
-    if (!args_ok(nargs, 5, "send(ctl, ring, head, flags, payload)")) {
-        return NULL;
-    }
-    unsigned long long head = PyLong_AsUnsignedLongLong(args[2]);
-    long flags = PyLong_AsLong(args[3]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_buffer cv, rv, pv;
-    uint64_t *ctl = ring_of(args, &cv, &rv, PyBUF_WRITABLE);
-    if (ctl == NULL) {
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[4], &pv, PyBUF_SIMPLE) < 0) { /* not contiguous: the general path */
+    Py_buffer pv;
+    if (PyObject_GetBuffer(payload, &pv, PyBUF_SIMPLE) < 0) { /* not contiguous: the general path */
         PyErr_Clear();
-        PyBuffer_Release(&rv);
-        PyBuffer_Release(&cv);
-        return PyLong_FromLong(-1);
+        return -1;
     }
     long result = -1;
-    uint64_t size = (uint64_t)rv.len, n = (uint64_t)pv.len, total = HEADER_SIZE + n;
+    uint64_t size = (uint64_t)rv->len, n = (uint64_t)pv.len, total = HEADER_SIZE + n;
     uint64_t tail = __atomic_load_n(&ctl[TAIL], __ATOMIC_ACQUIRE); /* the reader is done with it */
     uint64_t start = size ? head % size : 0;
     if (size && start + total <= size && head + total - tail <= size) {
-        unsigned char *at = (unsigned char *)rv.buf + start;
+        unsigned char *at = (unsigned char *)rv->buf + start;
         for (int i = 0; i < 8; i++) {
             at[i] = (unsigned char)(n >> (56 - 8 * i));
         }
@@ -241,9 +229,7 @@ ring_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     PyBuffer_Release(&pv);
-    PyBuffer_Release(&rv);
-    PyBuffer_Release(&cv);
-    return PyLong_FromLong(result);
+    return result;
 }
 
 /* (flags, payload bytes), or NULL with an exception set (a tuple packed by hand: Py_BuildValue
@@ -294,33 +280,6 @@ take_frame(uint64_t *ctl, Py_buffer *rv, uint64_t tail, uint64_t limit)
                 }
             }
         }
-    }
-    return result;
-}
-
-/* recv(ctl, ring, tail, limit): take_frame's frame, or None (the caller's general path waits for
- * the rest, or refuses the frame). */
-static PyObject *
-ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (!args_ok(nargs, 4, "recv(ctl, ring, tail, limit)")) {
-        return NULL;
-    }
-    unsigned long long tail = PyLong_AsUnsignedLongLong(args[2]);
-    unsigned long long limit = PyLong_AsUnsignedLongLong(args[3]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_buffer cv, rv;
-    uint64_t *ctl = ring_of(args, &cv, &rv, PyBUF_SIMPLE);
-    if (ctl == NULL) {
-        return NULL;
-    }
-    PyObject *result = take_frame(ctl, &rv, tail, limit);
-    PyBuffer_Release(&rv);
-    PyBuffer_Release(&cv);
-    if (result == Py_None) {
-        Py_RETURN_NONE;
     }
     return result;
 }
@@ -507,62 +466,36 @@ spin_for(names_t *names, uint64_t *ctl, uint64_t *out, PyObject *bell, PyObject 
     return caught;
 }
 
-/* take(ctl, ring, tail, limit, out, bell, spin, seconds): a reader's whole wait for one frame, in
- * one call (shm.py's recv and _await, where nothing unusual happens). Takes the frame at tail if
- * it is there (as recv). If nothing is there: marks our CPU on the ring, spins if spin (the
- * connection's waiting.SpinPolicy; None: never) allows, given the peer's state from out (our out
- * ring's control block) or bell (the manager's Bell, or None); then sleeps at most seconds as
- * sleep() does, and tells spin how soon the data came. Returns the frame; None if something is
- * there but not a frame this path takes (the general path reads it); 1 if the sleep ended with
- * nothing (woken for nothing, a signal, the bound: the caller looks around and calls again with
- * spin None); 2 if the writer closed with nothing more published. */
+/* A reader's whole wait for the frame at tail of the ring (ctl, rv), in one call (shm.py's recv
+ * and _await, where nothing unusual happens). Takes the frame at tail if it is there. If nothing
+ * is there: marks our CPU on the ring, spins if spin (the connection's waiting.SpinPolicy; None:
+ * never) allows, given the peer's state from out (our out ring's control block) or bell (the
+ * manager's Bell, or None); then sleeps at most ts as sleep() does, and tells spin how soon the
+ * data came. Returns the frame; None if something is there but not a frame this path takes (the
+ * general path reads it); 1 if the sleep ended with nothing (woken for nothing, a signal, the
+ * bound: the caller looks around and calls again without spinning); 2 if the writer closed with
+ * nothing more published. */
 static PyObject *
-ring_take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+take_in(names_t *names, uint64_t *ctl, Py_buffer *rv, uint64_t tail, uint64_t limit, uint64_t *out, PyObject *bell,
+        PyObject *spin, struct timespec *ts)
 {
-    if (!args_ok(nargs, 8, "take(ctl, ring, tail, limit, out, bell, spin, seconds)")) {
-        return NULL;
-    }
-    unsigned long long tail = PyLong_AsUnsignedLongLong(args[2]);
-    unsigned long long limit = PyLong_AsUnsignedLongLong(args[3]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    struct timespec ts;
-    if (timeout_of(args[7], &ts) < 0) {
-        return NULL;
-    }
-    PyObject *bell = args[5], *spin = args[6];
-    names_t *names = names_of(module);
-    Py_buffer cv, rv, ov;
-    uint64_t *ctl = ring_of(args, &cv, &rv, PyBUF_SIMPLE);
-    if (ctl == NULL) {
-        return NULL;
-    }
-    uint64_t *out = control(args[4], &ov);
-    if (out == NULL) {
-        PyBuffer_Release(&rv);
-        PyBuffer_Release(&cv);
-        return NULL;
-    }
-    PyObject *result = NULL;
     if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) == tail) { /* nothing there: wait */
         uint64_t cpu = (uint64_t)(sched_getcpu() + 1);
         __atomic_store_n(&ctl[READER_CPU], cpu, __ATOMIC_RELAXED); /* a peer here must not spin against us */
         int caught = spin == Py_None ? 0 : spin_for(names, ctl, out, bell, spin, tail, cpu);
         if (caught < 0) {
-            goto done;
+            return NULL;
         }
         if (!caught) {
             uint64_t began = now_ns();
-            long woke = sleep_once(ctl, tail, (uint32_t)tail, &ts);
+            long woke = sleep_once(ctl, tail, (uint32_t)tail, ts);
             if (woke) {
-                result = PyLong_FromLong(woke);
-                goto done;
+                return PyLong_FromLong(woke);
             }
             if (spin != Py_None) {
                 long long max_ns = int_attr(spin, names->max_ns);
                 if (max_ns < 0 && PyErr_Occurred()) {
-                    goto done;
+                    return NULL;
                 }
                 if (max_ns > 0) {
                     /* How soon after we began to wait the data came (the writer's stamp, not when
@@ -571,37 +504,241 @@ ring_take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     uint64_t arrived = (woken_at > began ? woken_at : now_ns()) - began;
                     PyObject *arrived_obj = PyLong_FromUnsignedLongLong(arrived);
                     if (arrived_obj == NULL) {
-                        goto done;
+                        return NULL;
                     }
                     PyObject *told = PyObject_CallMethodOneArg(spin, names->slept, arrived_obj);
                     Py_DECREF(arrived_obj);
                     if (told == NULL) {
-                        goto done;
+                        return NULL;
                     }
                     Py_DECREF(told);
                 }
             }
         }
     }
-    result = take_frame(ctl, &rv, tail, limit);
+    PyObject *result = take_frame(ctl, rv, tail, limit);
     if (result == Py_None) {
         Py_INCREF(result);
     }
-done:
+    return result;
+}
+
+/* -- Ends: one side's two rings, for the calls of every frame ----------------------------------- */
+
+/* Ends(in_ctl, in_ring, out_ctl, out_ring, spin): the four views of one side of a connection and
+ * its spin policy, held so that the common frame's call passes none of them. The positions are
+ * the control blocks' own: our in ring's TAIL and our out ring's HEAD, which only this side
+ * writes (shm.py reads them there too). bell: the manager's Bell (a client of a dispatching
+ * manager), or None. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *in_ctl, *in_ring, *out_ctl, *out_ring, *spin, *bell;
+} Ends;
+
+static int
+ends_init(Ends *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *in_ctl, *in_ring, *out_ctl, *out_ring, *spin;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "Ends() takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_UnpackTuple(args, "Ends", 5, 5, &in_ctl, &in_ring, &out_ctl, &out_ring, &spin)) {
+        return -1;
+    }
+    Py_XSETREF(self->in_ctl, Py_NewRef(in_ctl));
+    Py_XSETREF(self->in_ring, Py_NewRef(in_ring));
+    Py_XSETREF(self->out_ctl, Py_NewRef(out_ctl));
+    Py_XSETREF(self->out_ring, Py_NewRef(out_ring));
+    Py_XSETREF(self->spin, Py_NewRef(spin));
+    if (self->bell == NULL) {
+        self->bell = Py_NewRef(Py_None);
+    }
+    return 0;
+}
+
+static int
+ends_traverse(Ends *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->in_ctl);
+    Py_VISIT(self->in_ring);
+    Py_VISIT(self->out_ctl);
+    Py_VISIT(self->out_ring);
+    Py_VISIT(self->spin);
+    Py_VISIT(self->bell);
+    return 0;
+}
+
+static int
+ends_clear(Ends *self)
+{
+    Py_CLEAR(self->in_ctl);
+    Py_CLEAR(self->in_ring);
+    Py_CLEAR(self->out_ctl);
+    Py_CLEAR(self->out_ring);
+    Py_CLEAR(self->spin);
+    Py_CLEAR(self->bell);
+    return 0;
+}
+
+static void
+ends_dealloc(Ends *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    ends_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static int
+ends_ready(Ends *self)
+{
+    if (self->in_ctl == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Ends() was not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+/* take(limit, seconds, spin=True): take_in() on our in ring at its TAIL, with our out ring, the
+ * bell and (unless spin is false) the policy; the frame, None, 1 or 2, as there. */
+static PyObject *
+ends_take(Ends *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if ((nargs != 2 && nargs != 3) || !ends_ready(self)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "take(limit, seconds, spin=True) takes 2 or 3 arguments");
+        }
+        return NULL;
+    }
+    unsigned long long limit = PyLong_AsUnsignedLongLong(args[0]);
+    if (limit == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    struct timespec ts;
+    if (timeout_of(args[1], &ts) < 0) {
+        return NULL;
+    }
+    int spin = nargs == 3 ? PyObject_IsTrue(args[2]) : 1;
+    if (spin < 0) {
+        return NULL;
+    }
+    names_t *names = (names_t *)PyType_GetModuleState(Py_TYPE(self));
+    if (names == NULL) {
+        return NULL;
+    }
+    PyObject *views[2] = {self->in_ctl, self->in_ring};
+    Py_buffer cv, rv, ov;
+    uint64_t *ctl = ring_of(views, &cv, &rv, PyBUF_SIMPLE);
+    if (ctl == NULL) {
+        return NULL;
+    }
+    uint64_t *out = control(self->out_ctl, &ov);
+    if (out == NULL) {
+        PyBuffer_Release(&rv);
+        PyBuffer_Release(&cv);
+        return NULL;
+    }
+    uint64_t tail = __atomic_load_n(&ctl[TAIL], __ATOMIC_RELAXED); /* our own store */
+    PyObject *result = take_in(names, ctl, &rv, tail, limit, out, spin ? self->bell : Py_None,
+                               spin ? self->spin : Py_None, &ts);
     PyBuffer_Release(&ov);
     PyBuffer_Release(&rv);
     PyBuffer_Release(&cv);
     return result;
 }
 
+/* send(flags, payload): send_frame() on our out ring at its HEAD; 1, 0 or -1, as there. */
+static PyObject *
+ends_send(Ends *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !ends_ready(self)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "send(flags, payload) takes 2 arguments");
+        }
+        return NULL;
+    }
+    long flags = PyLong_AsLong(args[0]);
+    if (flags == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *views[2] = {self->out_ctl, self->out_ring};
+    Py_buffer cv, rv;
+    uint64_t *ctl = ring_of(views, &cv, &rv, PyBUF_WRITABLE);
+    if (ctl == NULL) {
+        return NULL;
+    }
+    uint64_t head = __atomic_load_n(&ctl[HEAD], __ATOMIC_RELAXED); /* our own store */
+    long result = send_frame(ctl, &rv, head, flags, args[1]);
+    PyBuffer_Release(&rv);
+    PyBuffer_Release(&cv);
+    return PyLong_FromLong(result);
+}
+
+static PyObject *
+ends_get_bell(Ends *self, void *closure)
+{
+    return Py_NewRef(self->bell == NULL ? Py_None : self->bell);
+}
+
+static int
+ends_set_bell(Ends *self, PyObject *value, void *closure)
+{
+    Py_XSETREF(self->bell, Py_NewRef(value == NULL ? Py_None : value));
+    return 0;
+}
+
+static PyObject *
+ends_get_spin(Ends *self, void *closure)
+{
+    return Py_NewRef(self->spin == NULL ? Py_None : self->spin);
+}
+
+static int
+ends_set_spin(Ends *self, PyObject *value, void *closure)
+{
+    Py_XSETREF(self->spin, Py_NewRef(value == NULL ? Py_None : value));
+    return 0;
+}
+
+static PyMethodDef ends_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))ends_take, METH_FASTCALL, "Wait for the next frame and take it."},
+    {"send", (PyCFunction)(void (*)(void))ends_send, METH_FASTCALL, "Write and publish one frame."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ends_getset[] = {
+    {"bell", (getter)ends_get_bell, (setter)ends_set_bell, "The manager's Bell, or None.", NULL},
+    {"spin", (getter)ends_get_spin, (setter)ends_set_spin, "The reader's spin policy, or None: never spin.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot ends_slots[] = {
+    {Py_tp_init, ends_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, ends_dealloc},
+    {Py_tp_traverse, ends_traverse},
+    {Py_tp_clear, ends_clear},
+    {Py_tp_methods, ends_methods},
+    {Py_tp_getset, ends_getset},
+    {Py_tp_doc, "One side's two rings and spin policy, for the common frame's take and send."},
+    {0, NULL},
+};
+
+static PyType_Spec ends_spec = {
+    .name = "reflectmgr._transport._native.Ends",
+    .basicsize = sizeof(Ends),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = ends_slots,
+};
+
 static PyMethodDef methods[] = {
     {"wait", (PyCFunction)(void (*)(void))futex_wait, METH_FASTCALL, "Sleep on a shared u32 while it holds a value."},
     {"wake", futex_wake, METH_O, "Wake the sleepers on a shared u32."},
     {"cpu", current_cpu, METH_NOARGS, "The CPU this thread runs on now."},
-    {"send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL, "Write and publish one frame."},
-    {"recv", (PyCFunction)(void (*)(void))ring_recv, METH_FASTCALL, "Take one whole frame, if there."},
     {"sleep", (PyCFunction)(void (*)(void))ring_sleep, METH_FASTCALL, "Sleep until the head moves."},
-    {"take", (PyCFunction)(void (*)(void))ring_take, METH_FASTCALL, "Wait for one frame and take it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -626,6 +763,15 @@ exec_module(PyObject *module)
     int rc = PyModule_AddObject(module, "LAYOUT", layout);
     if (rc < 0) {
         Py_DECREF(layout);
+        return rc;
+    }
+    PyObject *ends = PyType_FromModuleAndSpec(module, &ends_spec, NULL);
+    if (ends == NULL) {
+        return -1;
+    }
+    rc = PyModule_AddObject(module, "Ends", ends);
+    if (rc < 0) {
+        Py_DECREF(ends);
     }
     return rc;
 }

@@ -307,8 +307,6 @@ class ShmTransport(SocketEnd):
         self._out = mem[out_base + _CTL : out_base + _CTL + RING_SIZE]
         self._in_ctl = mem[in_base : in_base + _CTL].cast("Q")
         self._in = mem[in_base + _CTL : in_base + _CTL + RING_SIZE]
-        self._head = 0  # what we have published in our out ring
-        self._tail = 0  # what we have consumed of our in ring
         self._eof = False
         self._bound: float | None = None  # how long one wait may last (set_timeout, or a body's)
         self._poll = select.poll()
@@ -316,7 +314,11 @@ class ShmTransport(SocketEnd):
         self._bell = threading.Lock()  # one sleeper on the socket at a time
         self.futex = futex
         self._native = _native if futex else None  # its send wakes with the futex
-        self.bell: Bell | None = None  # a client's: the manager's dispatcher sleeps on it
+        # The common frame's take and send in C, with this side's views and policy held there.
+        self._ends = (
+            _native.Ends(self._in_ctl, self._in, self._out_ctl, self._out, self._spin) if futex and _native else None
+        )
+        self._bell_page: Bell | None = None  # a client's: the manager's dispatcher sleeps on it
         # Set while the manager's dispatcher sends on this ring: a frame that does not fit in the
         # free space raises RingFull instead of waiting (the connection's own thread sends it).
         self.refuse_wait = False
@@ -337,28 +339,55 @@ class ShmTransport(SocketEnd):
                 )
             )
 
+    # -- the positions and the bell -------------------------------------------------------------
+    @property
+    def _tail(self) -> int:
+        """What we have consumed of our in ring: its TAIL, which only we write (Ends reads it there)."""
+        tail: int = self._in_ctl[_TAIL]
+        return tail
+
+    @property
+    def _head(self) -> int:
+        """What we have published in our out ring: its HEAD, which only we write (Ends reads it there)."""
+        head: int = self._out_ctl[_HEAD]
+        return head
+
+    @property
+    def bell(self) -> Bell | None:
+        """A client's: the manager's dispatcher sleeps on it (None: it does not)."""
+        return self._bell_page
+
+    @bell.setter
+    def bell(self, bell: Bell | None) -> None:
+        self._bell_page = bell
+        if self._ends is not None:
+            self._ends.bell = bell
+
     # -- receiving ------------------------------------------------------------------------------
     def recv(self, max_size: int = 0) -> tuple[int, bytes | bytearray]:
-        # Fast path: the whole frame lies unwrapped in the ring; copy its payload out once. Else
-        # (it wraps, it is large, the peer is gone): the general path, StreamTransport's.
-        max_size = max_size or self.max_frame
-        native = self._native
-        if native is not None:
-            if self._start == self._end and not self._eof:
-                # The whole wait in one call (take): the frame, or the spin and the sleep.
-                if self.closed:
-                    raise EOFError("the channel was closed")
-                bound, tail = self._bound, self._tail
-                deadline = None if bound is None else time.monotonic() + bound
-                seconds = _SAFETY if deadline is None else self._sleep_bound(deadline)
-                got = native.take(self._in_ctl, self._in, tail, max_size, self._out_ctl, self.bell, self._spin, seconds)
-                if type(got) is int:
-                    got = self._take_again(got, max_size, deadline)
-                if got is not None:
-                    taken: tuple[int, bytes] = got
-                    self._tail = tail + HEADER_SIZE + len(taken[1])
-                    return taken
-        elif self._start == self._end:
+        # Fast path: the whole wait in one call (Ends.take, C): the frame if it lies whole and
+        # unwrapped in the ring, else the spin and the sleep. Else (it wraps, it is large, a
+        # timeout, the peer is gone): the general path, StreamTransport's.
+        ends = self._ends
+        if ends is not None and self._start == self._end and not self._eof:
+            if self.closed:
+                raise EOFError("the channel was closed")
+            bound = self._bound
+            if bound is None:
+                got = ends.take(max_size or self.max_frame, _SAFETY)
+                if type(got) is tuple:
+                    return got
+                deadline = None
+            else:
+                deadline = time.monotonic() + bound
+                got = ends.take(max_size or self.max_frame, self._sleep_bound(deadline))
+            if type(got) is int:
+                got = self._take_again(got, max_size or self.max_frame, deadline)
+            if got is not None:
+                taken: tuple[int, bytes] = got
+                return taken
+        elif self._native is None and self._start == self._end:
+            max_size = max_size or self.max_frame
             ctl = self._in_ctl
             tail = self._tail
             avail = ctl[_HEAD] - tail
@@ -373,8 +402,7 @@ class ShmTransport(SocketEnd):
             if frame is not None:  # not split by the end of the ring
                 flags, begin, end = frame
                 payload = self._in[begin:end].tobytes()
-                self._tail = tail + end - start
-                self._publish_tail()
+                self._publish_tail(tail + end - start)
                 return flags, payload
         return super().recv(max_size)
 
@@ -382,15 +410,13 @@ class ShmTransport(SocketEnd):
         """After a take() that slept and brought nothing (``woke`` 1: woken for nothing, a signal,
         the bound) or found the writer closed (2): look around (closed? EOF? past the deadline?)
         and sleep again, without spinning. The frame, or None (EOF, or not a frame take() reads)."""
-        native = self._native
-        assert native is not None
+        ends = self._ends
+        assert ends is not None
         while woke != 2:
             self._looked_around()
             if self._eof:
                 return None
-            got: tuple[int, bytes] | int | None = native.take(
-                self._in_ctl, self._in, self._tail, max_size, self._out_ctl, None, None, self._sleep_bound(deadline)
-            )
+            got: tuple[int, bytes] | int | None = ends.take(max_size, self._sleep_bound(deadline), False)
             if not isinstance(got, int):
                 return got
             woke = got
@@ -460,7 +486,7 @@ class ShmTransport(SocketEnd):
         reads asleep: it is not on a core yet. On our CPU, it cannot run while we spin: it is
         queued behind us, and a wake-up on the same CPU is cheap (none of an idle CPU's)."""
         out = self._out_ctl
-        bell = self.bell
+        bell = self._bell_page
         if bell is not None and not out[_DIRECT] and not out[_READER_ASLEEP]:
             words = bell.words
             return not words[_BELL_ASLEEP], words[_BELL_CPU] == cpu
@@ -480,16 +506,15 @@ class ShmTransport(SocketEnd):
         view[:first] = self._in[start : start + first]
         if n > first:
             view[first:n] = self._in[: n - first]
-        self._tail = tail + n
-        self._publish_tail()
+        self._publish_tail(tail + n)
         return n
 
-    def _publish_tail(self) -> None:
+    def _publish_tail(self, tail: int) -> None:
         ctl = self._in_ctl
         if not _TSO:  # RELEASE: the data is copied out before the writer may overwrite it
             _acquire()
             _release()
-        ctl[_TAIL] = self._tail
+        ctl[_TAIL] = tail
         _acquire()  # FULL (Dekker): the tail is visible before we look at the writer's sleep flag
         _release()
         if ctl[_WRITER_ASLEEP]:  # it waits for the space we just freed
@@ -497,17 +522,16 @@ class ShmTransport(SocketEnd):
 
     # -- sending --------------------------------------------------------------------------------
     def send(self, flags: int, payload: bytes | bytearray | memoryview, buffers: Sequence[PickleBuffer] = ()) -> None:
-        # Fast path: header and payload written in place, one publish, no joined copy.
-        native = self._native
-        if native is not None and not buffers:
-            head = self._head
-            woke = native.send(self._out_ctl, self._out, head, flags, payload)  # 1: woke the reader, -1: no room
-            if woke >= 0:
-                self._head = head + HEADER_SIZE + len(payload)
-                if woke:
-                    waiting.load.stale()  # as futex_wake does: the task we woke wants a core
-                elif self.bell is not None and not self._out_ctl[_DIRECT]:  # the manager's dispatcher reads it
-                    self.bell.ring()
+        # Fast path: header and payload written in place, one publish, no joined copy (Ends.send, C).
+        ends = self._ends
+        if ends is not None and not buffers:
+            woke = ends.send(flags, payload)  # 1: woke the reader, 0: did not, -1: no room (nothing written)
+            if woke > 0:
+                waiting.load.stale()  # as futex_wake does: the task we woke wants a core
+                return
+            if not woke:
+                if self._bell_page is not None and not self._out_ctl[_DIRECT]:  # the manager's dispatcher reads it
+                    self._bell_page.ring()
                 return
         n = len(payload)
         total = HEADER_SIZE + n
@@ -545,7 +569,6 @@ class ShmTransport(SocketEnd):
 
     def _publish_head(self, head: int) -> None:
         ctl = self._out_ctl
-        self._head = head
         if not _TSO:  # RELEASE: the data is visible before the head that announces it
             _acquire()
             _release()
@@ -555,8 +578,8 @@ class ShmTransport(SocketEnd):
         if ctl[_READER_ASLEEP]:  # it sleeps: wake it (and only then make a system call)
             ctl[_WOKEN_AT] = _now()  # CLOCK_MONOTONIC: the same clock in every process
             self._wake(2)
-        elif self.bell is not None and not ctl[_DIRECT]:  # the manager's dispatcher reads this ring
-            self.bell.ring()
+        elif self._bell_page is not None and not ctl[_DIRECT]:  # the manager's dispatcher reads this ring
+            self._bell_page.ring()
 
     def _wait_space(self) -> None:
         """Block until the reader frees space in our full out ring (it wakes us when it does)."""
@@ -679,8 +702,7 @@ class ShmTransport(SocketEnd):
         else:
             views = [self._in[start:], self._in[: size - (RING_SIZE - start)]]
         data: bytes | bytearray = b"".join(views) if readonly else bytearray().join(views)
-        self._tail = tail + size
-        self._publish_tail()
+        self._publish_tail(tail + size)
         return data
 
     # -- the rest of the transport (the socket's own: see SocketEnd) ----------------------------

@@ -69,6 +69,7 @@ def _shared(futex: bool, native: tuple[bool, bool] = (True, True)) -> tuple[Tran
     for end, wanted in zip((shared_client, upgraded[0]), native, strict=True):
         if not wanted:
             end._native = None
+            end._ends = None
     return shared_client, upgraded[0]
 
 

@@ -32,7 +32,15 @@ def _pair(spin: bool = True, native: bool = True) -> tuple[ShmTransport, ShmTran
         end.authenticated(MAX_FRAME)  # as after the handshake: frames beyond the pre-auth limit
         if not native:
             end._native = None
+            end._ends = None
     return ends
+
+
+def _use_policy(end: ShmTransport, policy: Any) -> None:
+    """Give the reader a stand-in spin policy, on both paths (Ends holds its own reference)."""
+    end._spin = policy
+    if end._ends is not None:
+        end._ends.spin = policy
 
 
 # Each test runs on the ring's common case in C (_native.c, where it was built) and in Python.
@@ -68,6 +76,27 @@ def test_the_c_module_was_built_for_this_ring_layout() -> None:
         pytest.skip("the C module (_native.c) was not built here, or is turned off: the Python path runs")
     assert waiting.NATIVE_MODULE.LAYOUT == shm._LAYOUT
     assert shm._native is waiting.NATIVE_MODULE
+
+
+def test_the_c_ends_refuse_what_is_not_a_ring_and_a_disposed_one() -> None:
+    native = waiting.NATIVE_MODULE
+    if native is None:
+        pytest.skip("the C module (_native.c) was not built here, or is turned off: the Python path runs")
+    with pytest.raises(ValueError, match="not initialised"):
+        native.Ends.__new__(native.Ends).take(64, 0.01)
+    with pytest.raises(TypeError):
+        native.Ends(1, 2, 3, 4, None).send(0, b"x")  # not buffers
+    with pytest.raises(ValueError, match="control block"):
+        native.Ends(bytearray(8), bytearray(64), bytearray(8), bytearray(64), None).take(64, 0.01)
+    client, server = _pair()
+    assert client._ends is not None and server._ends is not None
+    client.send(1, b"before")
+    assert server.recv() == (1, b"before") and server._tail == client._head == 9 + 6
+    ends = server._ends
+    server.dispose()
+    with pytest.raises(ValueError):  # the views are released: an error, never unmapped memory
+        ends.take(64, 0.01)
+    client.close()
 
 
 def _closing_wakes_the_reader_with_eof(client: ShmTransport, server: ShmTransport) -> None:
@@ -184,7 +213,7 @@ class _Policy:
 def test_a_spinning_reader_catches_the_frame_and_tells_its_policy(pair: tuple[ShmTransport, ShmTransport]) -> None:
     client, server = pair
     policy = _Policy(window_ns=60 * 10**9)  # spins until the frame comes (the test's own bound: PROMPT)
-    server._spin = policy  # type: ignore[assignment]
+    _use_policy(server, policy)
     t, out = in_thread(server.recv)
     wait_until(lambda: policy.calls, PROMPT, "the reader to begin its spin")
     client.send(5, b"caught")
@@ -198,7 +227,7 @@ def test_a_sleeping_reader_tells_its_policy_how_soon_the_data_came(pair: tuple[S
     client, server = pair
     policy = _Policy(window_ns=0)  # never spins: straight to sleep
     policy.max_ns = 10**6
-    server._spin = policy  # type: ignore[assignment]
+    _use_policy(server, policy)
     t, out = in_thread(server.recv)
     wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to go to sleep")
     client.send(6, b"woken")
