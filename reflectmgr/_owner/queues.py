@@ -26,7 +26,8 @@ class Queue(queue.Queue):  # type: ignore[type-arg]
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if timeout is None or not block:
             with self.mutex:
-                if (self.maxsize <= 0 or len(self.queue) < self.maxsize) and not (_SHUTDOWN and self.is_shutdown):
+                shut = _SHUTDOWN and self.is_shutdown  # type: ignore[attr-defined,unused-ignore]
+                if not shut and (self.maxsize <= 0 or len(self.queue) < self.maxsize):
                     self.queue.append(item)
                     self.unfinished_tasks += 1
                     if not _WAITERS or self.not_empty._waiters:  # type: ignore[attr-defined]
