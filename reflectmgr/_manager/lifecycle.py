@@ -38,6 +38,7 @@ from ..tls import travels
 from . import registry
 from .client import Client, default_authkey, get_client
 from .namespace import Namespace, identity
+from .spawning import main_file_hidden_if_unreadable
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -345,7 +346,8 @@ class Manager(Factories):
             ),
             name="reflectmgr-manager",
         )
-        process.start()
+        with main_file_hidden_if_unreadable():
+            process.start()
         writer.close()
         try:
             if not reader.poll(START_TIMEOUT):

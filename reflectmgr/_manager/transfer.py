@@ -29,6 +29,7 @@ from .._transport.sockets import Address
 from .._wire import codec
 from .._wire.opcodes import Op
 from . import registry
+from .spawning import main_runs_in_children
 
 _borrowing = threading.local()
 
@@ -74,10 +75,16 @@ class Transfers:
             fn = task[0]
             if getattr(fn, "__module__", None) != "__main__":
                 # Importable functions pickle by name: plain pickle is several times cheaper.
-                # (__main__ ones go by value, so notebooks and scripts without spawn work too.)
+                # (__main__ ones go by value, so notebooks and scripts without spawn work too;
+                # so does a task that names something of __main__ where the workers cannot
+                # find it by name: spawning.py.)
                 try:
-                    return pickle.dumps(task, protocol=5)
+                    data = pickle.dumps(task, protocol=5)
                 except Exception:
+                    keep.clear()
+                else:
+                    if b"__main__" not in data or main_runs_in_children():
+                        return data
                     keep.clear()
             return bytes(cloudpickle.dumps(task, protocol=5))
         except Exception as exc:

@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._manager.client import Client
+from .._manager.spawning import main_file_hidden_if_unreadable
 from .worker import init_worker, run_task
 
 
@@ -52,6 +53,12 @@ class ManagerExecutor(ProcessPoolExecutor):
         # this process: a forked child (a fork-context worker of this very pool) inherits the
         # hook and a copy of the executor whose locks its parent's threads may have held.
         threading._register_atexit(_shutdown_at_exit, weakref.ref(self), os.getpid())  # type: ignore[attr-defined]
+
+    def _spawn_process(self) -> None:
+        # A worker needs nothing from __main__ either (tasks from there travel by value): a
+        # script read from stdin can use the executor (spawning.py). The stdlib's method since 3.9.
+        with main_file_hidden_if_unreadable():
+            super()._spawn_process()  # type: ignore[misc]
 
     # Any: tasks take and return anything; the signature is concurrent.futures.Executor's.
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:

@@ -54,6 +54,53 @@ def test_a_manager_starts_inside_a_multiprocessing_pool_worker() -> None:
     wait_until(lambda: not psutil.pid_exists(pid), DEATH, "the manager to exit with its task's with block")
 
 
+# A program whose main script cannot be read again: from stdin, or -c. Its classes and functions
+# travel by value; the spawned manager and workers must not try to run the script.
+_NO_SCRIPT_FILE = textwrap.dedent(
+    """
+    import os
+    import reflectmgr
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    def square(d, i):
+        d[i] = i * i
+        return os.getpid()
+
+    def double(p):
+        return p.x * 2
+
+    with reflectmgr.Manager() as m:
+        d = m.dict()
+        counter = m.new(Point, 1)
+        with m.executor(max_workers=2) as ex:
+            workers = set(ex.map(square, [d] * 3, range(3)))
+            doubled = ex.submit(double, Point(21)).result()
+        print(sorted(d.items()), doubled, counter.x, m.stats().pid, *workers)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["stdin", "-c"])
+def test_a_program_without_a_script_file_starts_a_manager_and_an_executor(how: str) -> None:
+    if how == "stdin":
+        args, stdin = [sys.executable, "-"], _NO_SCRIPT_FILE
+    else:
+        args, stdin = [sys.executable, "-c", _NO_SCRIPT_FILE], ""
+    proc = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=CHILD)
+    assert proc.returncode == 0, proc.stderr
+    items, rest = proc.stdout.split("] ", 1)
+    doubled, x, *pids = rest.split()
+    assert items == "[(0, 0), (1, 1), (2, 4)"
+    assert (doubled, x) == ("42", "1")
+    assert len(pids) >= 2  # the manager and at least one worker
+    for pid in map(int, pids):  # the manager and the workers are gone with the program
+        wait_until(lambda pid=pid: not psutil.pid_exists(pid), DEATH, f"process {pid} to exit")
+
+
 def test_connect_and_close_leave_the_managers_own_connection_alone() -> None:
     m = reflectmgr.Manager(shutdown_timeout=DEATH)
     m.start()

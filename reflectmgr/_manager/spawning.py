@@ -1,0 +1,44 @@
+"""Spawning a child from a program whose main script cannot be read again.
+
+A spawned child runs the parent's main script (as ``__mp_main__``) from its ``__file__``, so that
+what the script defines can be found by name. A script read from standard input (``python -
+<<EOF``) has ``"<stdin>"`` there, which the child cannot open: it dies before it starts (the
+stdlib's spawn does the same). Our children need nothing from ``__main__``: the classes and
+functions defined there reach them by value (cloudpickle). So while one of them is spawned, such a
+name is hidden, and the child starts as it does from ``python -c`` or the REPL, whose
+``__main__`` has no file. A script that exists is left alone.
+
+And a task for an executor's worker may name something of ``__main__`` (``ex.map(work, ...)``
+pickles ``partial(_process_chunk, work)``, an argument may be an instance of a class defined
+there): that goes by name only where the worker can find it, that is where the main script is a
+file it runs too (``main_runs_in_children``); elsewhere (stdin, ``-c``, the REPL, a notebook) by
+value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def main_file_hidden_if_unreadable() -> Iterator[None]:
+    """While the block runs, ``__main__.__file__`` is None if it names no file (see above)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not isinstance(path, str) or os.path.exists(path):
+        yield
+        return
+    main.__file__ = None
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+def main_runs_in_children() -> bool:
+    """True if a spawned child runs the main script, so finds what it defines by name."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return isinstance(path, str) and os.path.exists(path)
