@@ -30,6 +30,7 @@
 #ifdef __linux__
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <stdint.h>
@@ -677,29 +678,18 @@ ends_send(Ends *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(result);
 }
 
+/* The settable references (bell, spin), by their offset in Ends: deleting one sets None. */
 static PyObject *
-ends_get_bell(Ends *self, void *closure)
+ends_get_ref(Ends *self, void *offset)
 {
-    return Py_NewRef(self->bell == NULL ? Py_None : self->bell);
+    PyObject *value = *(PyObject **)((char *)self + (size_t)offset);
+    return Py_NewRef(value == NULL ? Py_None : value);
 }
 
 static int
-ends_set_bell(Ends *self, PyObject *value, void *closure)
+ends_set_ref(Ends *self, PyObject *value, void *offset)
 {
-    Py_XSETREF(self->bell, Py_NewRef(value == NULL ? Py_None : value));
-    return 0;
-}
-
-static PyObject *
-ends_get_spin(Ends *self, void *closure)
-{
-    return Py_NewRef(self->spin == NULL ? Py_None : self->spin);
-}
-
-static int
-ends_set_spin(Ends *self, PyObject *value, void *closure)
-{
-    Py_XSETREF(self->spin, Py_NewRef(value == NULL ? Py_None : value));
+    Py_XSETREF(*(PyObject **)((char *)self + (size_t)offset), Py_NewRef(value == NULL ? Py_None : value));
     return 0;
 }
 
@@ -710,8 +700,9 @@ static PyMethodDef ends_methods[] = {
 };
 
 static PyGetSetDef ends_getset[] = {
-    {"bell", (getter)ends_get_bell, (setter)ends_set_bell, "The manager's Bell, or None.", NULL},
-    {"spin", (getter)ends_get_spin, (setter)ends_set_spin, "The reader's spin policy, or None: never spin.", NULL},
+    {"bell", (getter)ends_get_ref, (setter)ends_set_ref, "The manager's Bell, or None.", (void *)offsetof(Ends, bell)},
+    {"spin", (getter)ends_get_ref, (setter)ends_set_ref, "The reader's spin policy, or None: never spin.",
+     (void *)offsetof(Ends, spin)},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

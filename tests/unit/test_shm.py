@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -76,6 +77,20 @@ def test_the_c_module_was_built_for_this_ring_layout() -> None:
         pytest.skip("the C module (_native.c) was not built here, or is turned off: the Python path runs")
     assert waiting.NATIVE_MODULE.LAYOUT == shm._LAYOUT
     assert shm._native is waiting.NATIVE_MODULE
+
+
+@pytest.mark.skipif(
+    os.environ.get("CI") != "true" or sys.platform != "linux", reason="CI on Linux builds the C modules"
+)
+def test_ci_built_the_c_modules() -> None:
+    # Both are optional extensions: one that fails to compile is skipped by the install with a
+    # warning, and every test still passes on the Python path. CI (Linux, with a compiler) must
+    # not lose them that way.
+    assert os.environ.get("REFLECTMGR_NATIVE", "1") != "0", "CI runs the C path"
+    from reflectmgr._wire import codec
+
+    assert waiting.NATIVE_MODULE is not None and hasattr(waiting.NATIVE_MODULE, "Ends")
+    assert codec._plain is not None and codec.dumps_plain is codec._plain.dumps
 
 
 def test_the_c_ends_refuse_what_is_not_a_ring_and_a_disposed_one() -> None:
