@@ -206,7 +206,13 @@ def plain(obj: Any, depth: int = 0) -> bool:
 
 # The attribute that marks a proxy's method (``_proxy/proxy.py``): its value is the remote name.
 REMOTE_METHOD = "_rm_remote_method"
-_cloud_method_reduce = cloudpickle.Pickler.dispatch_table[types.MethodType]
+
+
+def _method_by_parts(method: types.MethodType) -> Any:
+    return (types.MethodType, (method.__func__, method.__self__))  # what cloudpickle does
+
+
+_cloud_method_reduce = cloudpickle.Pickler.dispatch_table.get(types.MethodType, _method_by_parts)
 
 
 def _reduce_method(method: types.MethodType) -> Any:
