@@ -22,7 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._manager.client import Client
-from .._manager.spawning import main_file_hidden_if_unreadable
+from .._manager.spawning import main_file_hidden_if_unreadable, main_runs_in_children
+from ..errors import ReflectmgrPicklingError
 from .worker import init_worker, run_task
 
 
@@ -40,6 +41,18 @@ class ManagerExecutor(ProcessPoolExecutor):
         if mp_context is None:
             # spawn: workers inherit no threads or locks from this (threaded) client process
             mp_context = multiprocessing.get_context("spawn")
+        if (
+            getattr(initializer, "__module__", None) == "__main__"
+            and mp_context.get_start_method() != "fork"
+            and not main_runs_in_children()
+        ):
+            # By name it cannot be found there; by value it would run, but in globals of its own
+            # (cloudpickle's), so the globals it sets (its usual purpose) would not be the tasks'.
+            raise ReflectmgrPicklingError(
+                f"the initializer {initializer!r} is defined in __main__, which the executor's workers cannot "
+                "import: this program has no script file for them to run (stdin, -c, the REPL, a notebook). "
+                "Define it in a module, or pass mp_context=multiprocessing.get_context('fork')"
+            )
         super().__init__(
             max_workers,
             mp_context=mp_context,

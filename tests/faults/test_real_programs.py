@@ -55,7 +55,9 @@ def test_a_manager_starts_inside_a_multiprocessing_pool_worker() -> None:
 
 
 # A program whose main script cannot be read again: from stdin, or -c. Its classes and functions
-# travel by value; the spawned manager and workers must not try to run the script.
+# travel by value; the spawned manager and workers must not try to run the script. An executor
+# initializer from there is refused at once, with the reason (by value it would set globals of
+# its own, not the tasks').
 _NO_SCRIPT_FILE = textwrap.dedent(
     """
     import os
@@ -64,6 +66,9 @@ _NO_SCRIPT_FILE = textwrap.dedent(
     class Point:
         def __init__(self, x):
             self.x = x
+
+    def setup():
+        pass
 
     def square(d, i):
         d[i] = i * i
@@ -75,6 +80,12 @@ _NO_SCRIPT_FILE = textwrap.dedent(
     with reflectmgr.Manager() as m:
         d = m.dict()
         counter = m.new(Point, 1)
+        try:
+            m.executor(initializer=setup)
+        except reflectmgr.ReflectmgrPicklingError as exc:
+            assert "no script file" in str(exc)
+        else:
+            raise AssertionError("an initializer from __main__ was accepted")
         with m.executor(max_workers=2) as ex:
             workers = set(ex.map(square, [d] * 3, range(3)))
             doubled = ex.submit(double, Point(21)).result()
