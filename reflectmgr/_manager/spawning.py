@@ -18,6 +18,7 @@ value.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,12 @@ def main_file_hidden_if_unreadable() -> Iterator[None]:
 
 
 def main_runs_in_children() -> bool:
-    """True if a spawned child runs the main script, so finds what it defines by name."""
+    """True if a spawned child runs the main script, so finds what it defines by name (asked for
+    every task that names ``__main__``: the answer for a path is kept, not a stat per task)."""
     path = getattr(sys.modules.get("__main__"), "__file__", None)
-    return isinstance(path, str) and os.path.exists(path)
+    return isinstance(path, str) and _is_file(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _is_file(path: str) -> bool:
+    return os.path.exists(path)
