@@ -21,7 +21,22 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from collections.abc import Iterator
+
+# Held while a name is hidden. A thread that spawns meanwhile (the executor replaces a worker
+# while a manager starts) would otherwise read None and hide nothing, and if the first thread
+# put the name back before this one's start() read it, its child would get "<stdin>".
+_hiding = threading.RLock()  # reentrant: a spawn inside another's block finds it hidden already
+
+
+def _new_lock_after_fork() -> None:
+    # A thread of the parent may have held it at fork: the child's only thread must not find it taken.
+    global _hiding
+    _hiding = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 @contextlib.contextmanager
@@ -29,14 +44,19 @@ def main_file_hidden_if_unreadable() -> Iterator[None]:
     """While the block runs, ``__main__.__file__`` is None if it names no file (see above)."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if main is None or not isinstance(path, str) or os.path.exists(path):
-        yield
+    if main is None or (isinstance(path, str) and _is_file(path)):
+        yield  # a script (the common case): nothing to hide, no lock
         return
-    main.__file__ = None
-    try:
-        yield
-    finally:
-        main.__file__ = path
+    with _hiding:
+        path = getattr(main, "__file__", None)  # another thread's hiding is over now
+        hide = isinstance(path, str) and not _is_file(path)
+        if hide:
+            main.__file__ = None
+        try:
+            yield
+        finally:
+            if hide:
+                main.__file__ = path
 
 
 def main_runs_in_children() -> bool:
