@@ -154,6 +154,10 @@ class Channel:
         except Exception as exc:
             raise UndecodableError(exc) from exc
         except BaseException as exc:  # SystemExit, KeyboardInterrupt raised by the content
+            if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                # Where signals land: the user's Ctrl-C, which happened to arrive while this
+                # thread unpickled. It stays a KeyboardInterrupt (the caller drops the channel).
+                raise
             error = ReflectmgrError(f"unpickling the message raised {exc!r}; it was not run")
             raise UndecodableError(error) from exc
         finally:

@@ -28,7 +28,7 @@ from reflectmgr._manager import client as client_module
 from reflectmgr._wire.opcodes import Op
 
 from ..helpers import CHILD, DEATH, PROMPT, baseline_objects, second_session, wait_until
-from ..integration.objects import CallsBackOnDel, RaisesOnLoad, load_after_connect_then_close
+from ..integration.objects import CallsBackOnDel, InterruptsIn, RaisesOnLoad, load_after_connect_then_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
@@ -192,6 +192,30 @@ def test_system_exit_while_unpickling_arrives_as_a_reflectmgr_error(
     assert not isinstance(info.value, (SystemExit, KeyboardInterrupt))
     d["k"] = 1
     assert d == {"k": 1} and manager.stats().clients == 1
+
+
+def test_ctrl_c_while_the_main_thread_unpickles_a_reply_stays_a_keyboard_interrupt(m: reflectmgr.Manager) -> None:
+    # A Ctrl-C lands in the main thread, whatever it is doing; while it unpickled a reply, the
+    # program got "ReflectmgrError: could not unpickle the reply" instead (the CLI's stats --watch
+    # then exited with 1). In another thread no signal lands: there it is the content's doing.
+    shared = m.new(InterruptsIn, os.getpid())
+    with pytest.raises(KeyboardInterrupt):
+        shared.fresh()  # it comes back by value: unpickled here
+    assert shared.pid == os.getpid()  # the same manager goes on serving this thread
+    errors: list[BaseException] = []
+
+    def copy_in_a_thread() -> None:
+        try:
+            shared.fresh()
+        except BaseException as exc:  # the test asserts what it was
+            errors.append(exc)
+
+    thread = threading.Thread(target=copy_in_a_thread)
+    thread.start()
+    thread.join(PROMPT)
+    assert len(errors) == 1 and type(errors[0]) is reflectmgr.ReflectmgrError, errors
+    assert "KeyboardInterrupt" in str(errors[0])
+    assert m.stats().clients == 1
 
 
 def test_releases_riding_on_a_message_that_fails_to_unpickle_are_applied(m: reflectmgr.Manager) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -229,6 +230,26 @@ class RaisesOnLoad:
 
 def raise_error(error: BaseException) -> Any:
     raise error
+
+
+class InterruptsIn:
+    """Unpickling it in the process ``pid`` raises KeyboardInterrupt there, as a Ctrl-C landing
+    at that moment would; anywhere else it loads."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> Any:
+        return (interrupt_in, (self.pid,))
+
+    def fresh(self) -> InterruptsIn:
+        return InterruptsIn(self.pid)  # a fresh object: it comes back by value
+
+
+def interrupt_in(pid: int) -> InterruptsIn:
+    if os.getpid() == pid:
+        raise KeyboardInterrupt
+    return InterruptsIn(pid)
 
 
 class CallsBackOnDel:
