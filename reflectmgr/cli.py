@@ -8,7 +8,7 @@ The authkey comes from an environment variable (``--authkey-env``, default REFLE
 a file (``--authkey-file``), never from the command line, where other users of the machine can
 read it in the process list.
 
-Exit codes: 0 done (``serve``: stopped by SIGTERM or SIGINT); 1 the command failed (nothing
+Exit codes: 0 done (``serve`` and ``stats --watch``: stopped by SIGTERM or SIGINT); 1 the command failed (nothing
 listens there, a wrong authkey, TLS refused, the benchmark failed); 2 a usage error (argparse's,
 and a missing authkey).
 """
@@ -133,6 +133,8 @@ def stats(args: argparse.Namespace) -> int:
     authkey = read_authkey(args)
     address = parse_address(args.address)
     context = tls.client_context(args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key) if args.tls_ca else None
+    if args.watch:
+        _interrupted_by(signal.SIGINT, signal.SIGTERM)
     try:
         conn = reflectmgr.connect(address, authkey, ssl_context=context, timeout=args.timeout)
         with conn:
@@ -153,6 +155,17 @@ def stats(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _interrupted_by(*signals: int) -> None:
+    """These signals raise KeyboardInterrupt here, whatever this process inherited: a background
+    job of a non-interactive shell starts with SIGINT ignored, and ``--watch`` stops only this way."""
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in signals:
+        signal.signal(sig, interrupt)
 
 
 def _show(s: Any, rate: float, args: argparse.Namespace, address: Any) -> None:

@@ -61,6 +61,7 @@ def test_releases_are_batched(m: reflectmgr.Manager) -> None:
     m.client.flush()
 
 
+@pytest.mark.usefixtures("paused_flusher")  # else it may send the release alone, before the request
 def test_an_object_dropped_and_fetched_again_gets_a_new_id(m: reflectmgr.Manager) -> None:
     """The drained release reaches the manager before the request it rides on: the object leaves
     the table and comes back under a new id; the old id can only fail, never reach another object.
