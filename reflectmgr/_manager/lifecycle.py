@@ -1,6 +1,6 @@
 """``Manager``: start the manager process, talk to it, shut it down; ``connect`` to a running one.
 
-    Manager.start()  --multiprocess (spawn)-->  process.serve()   reports its address on a pipe
+    Manager.start()  --launch.py (a fresh interpreter)-->  process.serve()   reports its address
          |                                                          |
     Client (pool of channels) <------------- authenticated sockets -+
          |
@@ -37,6 +37,7 @@ from ..errors import BrokenManagerError, ManagerClosedError, ManagerTimeoutError
 from ..tls import travels
 from . import registry
 from .client import Client, default_authkey, get_client
+from .launch import launch
 from .namespace import Namespace, identity
 from .spawning import main_file_hidden_if_unreadable
 from .stats import Stats
@@ -234,7 +235,8 @@ class Manager(Factories):
     ``shutdown()`` whatever the manager does: it waits that long for an answer and for the exit,
     then terminates the manager, then kills it. ``ctx``: how the manager process starts, a start
     method's name (``multiprocess``'s context of that name) or a context of ``multiprocess`` or
-    ``multiprocessing``; by default spawn, a fresh interpreter.
+    ``multiprocessing``; by default (or ``"spawn"``) a fresh interpreter that, unlike a spawned
+    child, never runs the main script (see _manager/launch.py).
     """
 
     def __init__(
@@ -315,40 +317,26 @@ class Manager(Factories):
         if self.in_process:
             self._start_in_process()
             return
-        ctx = self._ctx
-        if ctx is None or isinstance(ctx, str):
-            # multiprocess's contexts, not the stdlib's: the stdlib refuses to start a process from
-            # a daemonic one (a multiprocessing.Pool worker), and the manager is no such child (it
-            # watches its owner and exits with it). Its child imports dill first (~25 ms).
-            import multiprocess
-
-            ctx = multiprocess.get_context(ctx or "spawn")
-        if not travels(self._ssl_context, ctx.get_start_method()):
+        arguments = {
+            "transport": self.transport,
+            "address": self._requested,
+            "authkey": self._authkey,
+            "owner_pid": os.getpid(),
+            "setup": self._setup,
+            "max_frame": self.max_frame,
+            "ssl_context": self._ssl_context,
+            "restricted": self._restricted,
+        }
+        ctx = self._context()
+        if not travels(self._ssl_context, ctx.get_start_method() if ctx is not None else "spawn"):
             raise TypeError(
                 "an ssl.SSLContext cannot be sent to the manager process: make it with "
                 "reflectmgr.tls.server_context(...), pass a function that returns it, or use in_process=True"
             )
-        from .process import serve  # loaded on start: a client-only process never needs it
-
-        reader, writer = ctx.Pipe(duplex=False)
-        process = ctx.Process(
-            target=serve,
-            args=(
-                self.transport,
-                self._requested,
-                self._authkey,
-                os.getpid(),
-                writer,
-                self._setup,
-                self.max_frame,
-                self._ssl_context,
-                self._restricted,
-            ),
-            name="reflectmgr-manager",
-        )
-        with main_file_hidden_if_unreadable():
-            process.start()
-        writer.close()
+        if ctx is None:
+            process, reader = launch(arguments)  # a fresh interpreter that runs only the manager
+        else:
+            process, reader = _start_with_context(ctx, arguments)
         try:
             if not reader.poll(START_TIMEOUT):
                 raise BrokenManagerError(f"the manager process did not report within {START_TIMEOUT} s")
@@ -377,6 +365,20 @@ class Manager(Factories):
         self._finalizer = weakref.finalize(
             self, _shutdown, self._client, process, self._owner_pid, self.shutdown_timeout, self._owner_secret
         )
+
+    def _context(self) -> Any:
+        """The process context ``ctx`` names, or None for the default (launch.py's)."""
+        ctx = self._ctx
+        if ctx is None or ctx == "spawn":
+            return None
+        if isinstance(ctx, str):
+            # multiprocess's contexts, not the stdlib's: the stdlib refuses to start a process from
+            # a daemonic one (a multiprocessing.Pool worker), and the manager is no such child (it
+            # watches its owner and exits with it).
+            import multiprocess
+
+            return multiprocess.get_context(ctx)
+        return ctx
 
     def _start_in_process(self) -> None:
         from .process import serve_in_process
@@ -472,6 +474,19 @@ def _stop_in_process(client: Client, server: Any, thread: Any, owner_pid: int, t
     client.close()
     server.stop()
     thread.join(timeout)
+
+
+def _start_with_context(ctx: Any, arguments: dict[str, Any]) -> tuple[Any, Any]:
+    """Start the manager with a context of multiprocess or multiprocessing; returns the process
+    and the pipe it reports on."""
+    from .process import serve  # loaded on start: a client-only process never needs it
+
+    reader, writer = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=serve, kwargs=dict(arguments, report=writer), name="reflectmgr-manager")
+    with main_file_hidden_if_unreadable():
+        process.start()
+    writer.close()
+    return process, reader
 
 
 def _stop_process(process: Any, grace: float) -> None:

@@ -1,7 +1,7 @@
 """What runs in the manager process: listen, report the address, serve, watch the parent.
 (``serve_in_process`` runs the same server in threads of the calling process instead.)
 
-parent: Manager.start() --spawn--> serve(...)
+parent: Manager.start() --launch.py--> boot(fd) --> serve(...)   (or a multiprocess context's Process)
                                      bind listener, send ("ok", address) on the pipe
                                      watchdog thread: parent gone? -> stop, kill children, exit
                                      Server.serve_forever() until SHUTDOWN or watchdog
@@ -32,6 +32,23 @@ from .stats import collect
 WATCHDOG_INTERVAL = 0.5
 # After the last thread of the manager is asked to stop: grace for its children before SIGKILL.
 CHILD_GRACE = 2.0
+
+
+def boot(fd: int) -> None:
+    """The manager process that launch.py started: ``fd`` is its connection to the parent, which
+    sends the parent's default authkey and :func:`serve`'s arguments, and gets the report."""
+    import multiprocessing
+    from multiprocessing.connection import Connection
+
+    report = Connection(fd)
+    try:
+        authkey, arguments = pickle.loads(report.recv_bytes())
+    except EOFError:
+        return  # the parent died before it sent them: nobody to serve
+
+    # As in a spawned child: what this process starts, and the proxies pickled here, use it.
+    multiprocessing.current_process().authkey = authkey
+    serve(report=report, **arguments)
 
 
 def serve(

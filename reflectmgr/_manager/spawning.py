@@ -4,9 +4,11 @@ A spawned child runs the parent's main script (as ``__mp_main__``) from its ``__
 what the script defines can be found by name. A script read from standard input (``python -
 <<EOF``) has ``"<stdin>"`` there, which the child cannot open: it dies before it starts (the
 stdlib's spawn does the same). Our children need nothing from ``__main__``: the classes and
-functions defined there reach them by value (cloudpickle). So while one of them is spawned, such a
-name is hidden, and the child starts as it does from ``python -c`` or the REPL, whose
-``__main__`` has no file. A script that exists is left alone.
+functions defined there reach them by value (cloudpickle). So while one of them is spawned (an
+executor's worker; a manager started with a spawn context given as ``ctx``: by default the
+manager never runs the script, see launch.py), such a name is hidden, and the child starts as it
+does from ``python -c`` or the REPL, whose ``__main__`` has no file. A script that exists is left
+alone.
 
 And a task for an executor's worker may name something of ``__main__`` (``ex.map(work, ...)``
 pickles ``partial(_process_chunk, work)``, an argument may be an instance of a class defined

@@ -112,6 +112,47 @@ def test_a_program_without_a_script_file_starts_a_manager_and_an_executor(how: s
         wait_until(lambda pid=pid: not psutil.pid_exists(pid), DEATH, f"process {pid} to exit")
 
 
+# A script with no `if __name__ == "__main__":` guard, as quick scripts are written. Under spawn,
+# the manager process ran the script again to start, started a manager of its own there, and died
+# (BrokenManagerError). Its module sits in a folder only the script adds to sys.path: the manager
+# imports it by name from there.
+_UNGUARDED = textwrap.dedent(
+    """
+    import os
+    import sys
+
+    import reflectmgr
+
+    print("top level", file=sys.stderr)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+    from shapes import Square
+
+    with reflectmgr.Manager() as m:
+        d = m.dict(a=1)
+        d["b"] = 2
+        square = m.new(Square, 3)
+        print(sorted(d.items()), square.area(), m.pid)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["script", "-m"])
+def test_a_script_without_a_main_guard_starts_a_manager_which_never_runs_it(tmp_path: Path, how: str) -> None:
+    (tmp_path / "unguarded.py").write_text(_UNGUARDED)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "shapes.py").write_text(
+        "class Square:\n    def __init__(self, side):\n        self.side = side\n\n"
+        "    def area(self):\n        return self.side * self.side\n"
+    )
+    args = [sys.executable, "unguarded.py"] if how == "script" else [sys.executable, "-m", "unguarded"]
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=CHILD)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("top level") == 1, proc.stderr  # the manager did not run the script
+    items, area, pid = proc.stdout.rsplit(" ", 2)
+    assert (items, area) == ("[('a', 1), ('b', 2)]", "9")
+    wait_until(lambda: not psutil.pid_exists(int(pid)), DEATH, "the manager to exit with the program")
+
+
 def test_connect_and_close_leave_the_managers_own_connection_alone() -> None:
     m = reflectmgr.Manager(shutdown_timeout=DEATH)
     m.start()
