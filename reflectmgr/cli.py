@@ -8,9 +8,9 @@ The authkey comes from an environment variable (``--authkey-env``, default REFLE
 a file (``--authkey-file``), never from the command line, where other users of the machine can
 read it in the process list.
 
-Exit codes: 0 done (``serve`` and ``stats --watch``: stopped by SIGTERM or SIGINT); 1 the command failed (nothing
-listens there, a wrong authkey, TLS refused, the benchmark failed); 2 a usage error (argparse's,
-and a missing authkey).
+Exit codes: 0 done (``serve`` and ``stats --watch``: stopped by SIGTERM or SIGINT); 1 the
+command failed (nothing listens there, a wrong authkey, TLS refused, the benchmark failed); 2 a
+usage error (argparse's, and a missing authkey).
 """
 
 from __future__ import annotations
