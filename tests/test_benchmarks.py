@@ -63,6 +63,14 @@ def test_executor_and_interpreter_benchmarks_run() -> None:
 @once_per_ci
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_startup_benchmark_runs_quiet_and_loaded() -> None:
+    text = _run(str(BENCH / "startup.py"), "--smoke")
+    assert "quiet:" in text and "every core busy" in text and text.count("script top level") == 2  # a row each
+
+
+@once_per_ci
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_version_comparison_runs_quiet_and_loaded() -> None:
     text = _run(str(BENCH / "versions.py"), "--quick", "--load", "1")
     assert "1 busy processes" in text and "Event set+wait" in text
