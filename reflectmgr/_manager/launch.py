@@ -15,8 +15,10 @@ What multiprocess's spawn would do, without its cost and its one trap:
 - the child imports neither multiprocess nor dill, and no resource tracker is started for it.
 
 It gets the parent's ``sys.path`` (so modules the parent imports by name import there), its
-interpreter flags, environment and working directory, and its default authkey (the one the
-children of a multiprocessing child inherit). The arguments are cloudpickled: an ``ssl_context``
+``sys.argv``, interpreter flags, environment and working directory, and its default authkey (the
+one the children of a multiprocessing child inherit). A frozen program (PyInstaller and the like)
+has no interpreter to run ``-c`` with: there the manager is spawned by multiprocess, which knows
+how (``freeze_support``). The arguments are cloudpickled: an ``ssl_context``
 given as a function defined in ``__main__`` travels by value.
 """
 
@@ -47,7 +49,7 @@ def launch(arguments: dict[str, Any]) -> tuple[ManagerProcess, Connection]:
     the end of the connection on which it reports (see :func:`process.boot`)."""
     if not sys.executable:
         raise BrokenManagerError("this Python has no sys.executable to start the manager process with")
-    payload = cloudpickle.dumps((default_authkey(), arguments))
+    payload = cloudpickle.dumps((default_authkey(), sys.argv, arguments))
     ours, theirs = socket.socketpair()
     try:
         command = [

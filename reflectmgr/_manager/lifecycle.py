@@ -20,6 +20,7 @@ import os
 import queue
 import shutil
 import ssl
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -369,8 +370,10 @@ class Manager(Factories):
     def _context(self) -> Any:
         """The process context ``ctx`` names, or None for the default (launch.py's)."""
         ctx = self._ctx
-        if ctx is None or ctx == "spawn":
-            return None
+        if (ctx is None or ctx == "spawn") and not getattr(sys, "frozen", False):
+            return None  # a frozen program has no python to run -c with: multiprocess's spawn does it
+        if ctx is None:
+            ctx = "spawn"
         if isinstance(ctx, str):
             # multiprocess's contexts, not the stdlib's: the stdlib refuses to start a process from
             # a daemonic one (a multiprocessing.Pool worker), and the manager is no such child (it

@@ -42,11 +42,13 @@ def boot(fd: int) -> None:
 
     report = Connection(fd)
     try:
-        authkey, arguments = pickle.loads(report.recv_bytes())
+        authkey, argv, arguments = pickle.loads(report.recv_bytes())
     except EOFError:
         return  # the parent died before it sent them: nobody to serve
 
-    # As in a spawned child: what this process starts, and the proxies pickled here, use it.
+    # As in a spawned child: the parent's argv for code run here (an initializer), and its
+    # authkey for what this process starts and the proxies pickled here.
+    sys.argv[:] = argv
     multiprocessing.current_process().authkey = authkey
     serve(report=report, **arguments)
 

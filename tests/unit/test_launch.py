@@ -25,11 +25,16 @@ def test_the_manager_runs_in_a_fresh_interpreter_with_our_sys_path_and_authkey(m
     assert manager.ppid() == os.getpid()
     assert "reflectmgr._manager.process import boot" in " ".join(manager.cmdline())
     assert list(m.new(_sys_path)) == [p for p in sys.path if isinstance(p, str)]
+    assert list(m.new(_sys_argv)) == sys.argv
     assert m.new(_default_authkey) == bytes(multiprocessing.current_process().authkey)
 
 
 def _sys_path() -> list[str]:
     return list(sys.path)
+
+
+def _sys_argv() -> list[str]:
+    return list(sys.argv)
 
 
 def _default_authkey() -> bytes:
@@ -66,3 +71,12 @@ def test_another_start_method_still_starts_the_manager_with_its_own_process(ctx:
         d = m.dict(a=1)
         d["b"] = 2
         assert d == {"a": 1, "b": 2}
+
+
+def test_a_frozen_program_starts_its_manager_with_multiprocess_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A frozen executable runs no "-c": multiprocess's spawn knows how to start one (freeze_support).
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    ctx = reflectmgr.Manager()._context()
+    assert ctx is not None and ctx.get_start_method() == "spawn" and type(ctx).__module__.startswith("multiprocess.")
+    monkeypatch.setattr(sys, "frozen", False)
+    assert reflectmgr.Manager()._context() is None and reflectmgr.Manager(ctx="spawn")._context() is None
