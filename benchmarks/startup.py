@@ -56,14 +56,15 @@ if __name__ == "__main__":
 
 
 def measure(script: Path, system: str, runs: int, top_level: float) -> list[float]:
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, str(script), system, str(runs), str(top_level)],
         capture_output=True,
         text=True,
-        check=True,
         cwd=Path(__file__).resolve().parents[1],
-    ).stdout
-    times: list[float] = json.loads(out.splitlines()[-1])
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{system} (top level {top_level} s) failed:\n{proc.stderr}")
+    times: list[float] = json.loads(proc.stdout.splitlines()[-1])
     return times
 
 

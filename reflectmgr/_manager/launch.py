@@ -16,10 +16,10 @@ What multiprocess's spawn would do, without its cost and its one trap:
 
 It gets the parent's ``sys.path`` (so modules the parent imports by name import there), its
 ``sys.argv``, interpreter flags, environment and working directory, and its default authkey (the
-one the children of a multiprocessing child inherit). A frozen program (PyInstaller and the like)
-has no interpreter to run ``-c`` with: there the manager is spawned by multiprocess, which knows
-how (``freeze_support``). The arguments are cloudpickled: an ``ssl_context``
-given as a function defined in ``__main__`` travels by value.
+one the children of a multiprocessing child inherit). The arguments are cloudpickled: an
+``ssl_context`` given as a function defined in ``__main__`` travels by value. A frozen program
+(PyInstaller and the like) has no interpreter to run ``-c`` with: there the manager is spawned by
+multiprocess, which knows how (``freeze_support``).
 """
 
 from __future__ import annotations
