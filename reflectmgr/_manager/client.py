@@ -150,8 +150,10 @@ class Client(Transfers, ForkHandling, Link):
         return context if isinstance(context, TLSContext) else None
 
     # -- connections -------------------------------------------------------------------------
-    def _open(self) -> Channel:
-        bound = CONNECT_TIMEOUT if self.timeout is None else min(CONNECT_TIMEOUT, self.timeout)
+    def _open(self, within: float | None = None) -> Channel:
+        """A new channel; connecting and the handshake wait at most CONNECT_TIMEOUT, the client's
+        timeout and ``within`` seconds, whichever is least."""
+        bound = min(t for t in (CONNECT_TIMEOUT, self.timeout, within) if t is not None)
         try:
             transport = connect(self.address, bound, self.ssl_context)
         except OSError as exc:
@@ -226,7 +228,7 @@ class Client(Transfers, ForkHandling, Link):
             self.adopt_inherited()
         if self.closed:
             raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
-        channel, spare = self._checkout()
+        channel, spare = self._checkout(timeout)  # a channel opened now: the handshake, within it too
         channel.transport.set_timeout(timeout)
         try:
             return self._call_on(channel, spare, op, oid, args)
@@ -277,7 +279,7 @@ class Client(Transfers, ForkHandling, Link):
         else:
             self._checkin(channel, spare)
 
-    def _checkout(self) -> tuple[Channel, bool]:
+    def _checkout(self, within: float | None = None) -> tuple[Channel, bool]:
         """This thread's own channel, so a thread always reaches the same manager thread (as
         RLock and Condition ownership require, like multiprocessing's thread-local connections);
         a spare one while it is busy (a call made from a callback that this thread is serving).
@@ -289,11 +291,11 @@ class Client(Transfers, ForkHandling, Link):
             try:
                 return self._pool.pop(), True
             except IndexError:
-                return self._open(), True
+                return self._open(within), True
         try:
             channel = self._pool.pop()
         except IndexError:
-            channel = self._open()
+            channel = self._open(within)
         self._local.mine = _ThreadChannel(channel)
         return channel, False
 

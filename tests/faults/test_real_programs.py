@@ -358,6 +358,20 @@ def test_shutdown_without_a_call_timeout_is_bounded_too() -> None:
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_shutdown_of_a_stopped_manager_never_called_waits_its_timeout_not_the_connect_timeout() -> None:
+    # No channel was open yet: shutdown's SHUTDOWN call opens one, and its handshake waited the
+    # 10 s connect timeout instead of the 0.5 s given (12 s in all, seen).
+    m = reflectmgr.Manager(shutdown_timeout=0.5)
+    m.start()
+    assert m.pid is not None
+    pid = m.pid
+    _stop(pid)
+    with pytest.raises(reflectmgr.ManagerTimeoutError, match=r"did not answer the handshake within 0\.5 s"):
+        m.client.call_within(0.5, Op.SHUTDOWN, 0, b"")  # what shutdown() sends first
+    m.shutdown()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
 def test_handshake_with_a_stopped_manager_says_it_did_not_answer(
     stoppable: reflectmgr.Manager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
