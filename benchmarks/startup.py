@@ -2,11 +2,15 @@
 
     python benchmarks/startup.py [--quick | --smoke] [--json FILE]
 
-Each system runs in a program of its own: a script written for the run, whose top level takes
+Each system runs in programs of its own: a script written for the run, whose top level takes
 ``TOP_LEVELS`` seconds outside any ``if __name__ == "__main__":`` guard (what a script's own
 imports take: NumPy, a model). A spawned manager runs that top level again before it serves;
-reflectmgr's manager never runs the main script. Quiet, then with every core busy with unrelated
-processes (``field.busy_cores``). Times are per start, median and p90 of the runs.
+reflectmgr's manager never runs the main script. Each program starts ``STARTS`` managers one
+after the other: its first start (a reflectmgr program launches an interpreter) is reported
+apart from its second (reflectmgr's starts the template then) and the later ones (forked from
+the template). Quiet, then with every core busy with unrelated processes
+(``field.busy_cores``). Times are per start, median and p90 over the programs (first, second) or
+over every later start of them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from field import busy_cores  # benchmarks/ is not a package
 
 SYSTEMS = ("reflectmgr", "stdlib fork", "stdlib spawn")
 TOP_LEVELS = (0.0, 0.3)
+STARTS = 5  # per program: the first, the second, then three later ones
+KINDS = ("first", "second", "later")
 
 PROGRAM = """
 import json, multiprocessing, sys, time
@@ -55,17 +61,23 @@ if __name__ == "__main__":
 """
 
 
-def measure(script: Path, system: str, runs: int, top_level: float) -> list[float]:
-    proc = subprocess.run(
-        [sys.executable, str(script), system, str(runs), str(top_level)],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{system} (top level {top_level} s) failed:\n{proc.stderr}")
-    times: list[float] = json.loads(proc.stdout.splitlines()[-1])
-    return times
+def measure(script: Path, system: str, programs: int, starts: int, top_level: float) -> dict[str, list[float]]:
+    """The first and second start of each of ``programs`` programs, and every later one."""
+    out: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for _ in range(programs):
+        proc = subprocess.run(
+            [sys.executable, str(script), system, str(starts), str(top_level)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"{system} (top level {top_level} s) failed:\n{proc.stderr}")
+        times: list[float] = json.loads(proc.stdout.splitlines()[-1])
+        out["first"].append(times[0])
+        out["second"].append(times[1])
+        out["later"].extend(times[2:])
+    return out
 
 
 def summary(times: list[float]) -> dict[str, float]:
@@ -75,11 +87,12 @@ def summary(times: list[float]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="5 starts per system and case (default 20)")
-    ap.add_argument("--smoke", action="store_true", help="1 start per system and case, one top level (for CI)")
+    ap.add_argument("--quick", action="store_true", help="4 programs per system and case (default 12)")
+    ap.add_argument("--smoke", action="store_true", help="1 program of 3 starts per system and case (for CI)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
-    runs = 1 if args.smoke else (5 if args.quick else 20)
+    programs = 1 if args.smoke else (4 if args.quick else 12)
+    starts = 3 if args.smoke else STARTS
     top_levels = TOP_LEVELS[-1:] if args.smoke else TOP_LEVELS
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -89,18 +102,24 @@ def main() -> None:
             with busy_cores() if load == "busy" else contextlib.nullcontext():
                 for top in top_levels:
                     for system in SYSTEMS:
-                        results[f"{load}|{top}|{system}"] = summary(measure(script, system, runs, top))
-    print(f"manager start + one call + shutdown, Python {sys.version.split()[0]}, {os.cpu_count()} cores, {runs} runs")
-    print("ms, median / p90; ratio = stdlib spawn's median over ours (above 1: ours is faster)")
+                        times = measure(script, system, programs, starts, top)
+                        results[f"{load}|{top}|{system}"] = {k: summary(v) for k, v in times.items()}
+    print(
+        f"manager start + one call + shutdown, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+        f"{programs} programs of {starts} starts each"
+    )
+    print("ms, median / p90; ratio = the stdlib's median over ours (above 1: ours is faster)")
     for load in ("quiet", "busy"):
         print("quiet:" if load == "quiet" else "every core busy with unrelated processes:")
         for top in top_levels:
-            row = [results[f"{load}|{top}|{s}"] for s in SYSTEMS]
-            cells = "  ".join(
-                f"{s} {r['median'] * 1e3:4.0f} / {r['p90'] * 1e3:4.0f}" for s, r in zip(SYSTEMS, row, strict=True)
-            )
-            ratio = row[2]["median"] / row[0]["median"]
-            print(f"  script top level {top:.1f} s:  {cells}  ratio {ratio:.2f}")
+            print(f"  script top level {top:.1f} s:")
+            for which in KINDS:
+                row = [results[f"{load}|{top}|{s}"][which] for s in SYSTEMS]
+                cells = "  ".join(
+                    f"{s} {r['median'] * 1e3:4.0f} / {r['p90'] * 1e3:4.0f}" for s, r in zip(SYSTEMS, row, strict=True)
+                )
+                fork, spawn = (row[i]["median"] / row[0]["median"] for i in (1, 2))
+                print(f"    {which + ' start:':14}{cells}  vs fork {fork:.2f}  vs spawn {spawn:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -11,6 +11,8 @@ import psutil
 import pytest
 
 import reflectmgr
+from reflectmgr._manager.launch import close_template
+from reflectmgr._manager.template import MARKER as TEMPLATE
 
 from .helpers import DEATH
 
@@ -25,11 +27,22 @@ def _children() -> dict[int, psutil.Process]:
     for p in psutil.Process().children(recursive=True):
         try:
             cmd = " ".join(p.cmdline())
+            # This process's manager template lives as long as it does (reflectmgr/_manager/
+            # template.py); the managers it forks share its command line and are checked.
+            template = TEMPLATE in cmd and p.ppid() == os.getpid()
         except psutil.Error:
             continue
-        if not any(name in cmd for name in _LONG_LIVED):
+        if not template and not any(name in cmd for name in _LONG_LIVED):
             out[p.pid] = p
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def template_ends_with_the_session() -> Iterator[None]:
+    """This worker's manager template exits before the session's end: it saves its coverage data
+    while pytest-cov still combines (it would exit with the worker, later)."""
+    yield
+    close_template()
 
 
 @pytest.fixture(autouse=True)

@@ -65,7 +65,8 @@ def test_executor_and_interpreter_benchmarks_run() -> None:
 @pytest.mark.timeout(120)
 def test_startup_benchmark_runs_quiet_and_loaded() -> None:
     text = _run(str(BENCH / "startup.py"), "--smoke")
-    assert "quiet:" in text and "every core busy" in text and text.count("script top level") == 2  # a row each
+    assert "quiet:" in text and "every core busy" in text and text.count("script top level") == 2  # a case each
+    assert all(text.count(f"{which} start:") == 2 for which in ("first", "second", "later"))
 
 
 @once_per_ci

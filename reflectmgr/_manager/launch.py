@@ -1,8 +1,14 @@
 """Starting the manager process: a fresh interpreter that runs reflectmgr's manager and nothing else.
 
     Manager.start() --subprocess: python -c BOOT fd sys.path...--> process.boot(fd)
-          |  socketpair: (authkey, serve's arguments) ----------------> serve(..., report)
+          |  socketpair: (authkey, argv, place, serve's arguments) --> serve(..., report)
           |  <------------------------------------- ("ok", addresses) or ("error", why)
+
+That is a process's first start. From its second on, the manager is forked from a template
+(template.py): an interpreter started the same way, with the manager's code imported, that forks
+one on request; the forked child then takes the same socketpair and the same path through
+``process.boot``. A start then costs a fork and the handshake (about 10 ms) instead of an
+interpreter's start and reflectmgr's import (about 200 ms).
 
 What multiprocess's spawn would do, without its cost and its one trap:
 - the child never runs the parent's main script. Spawn re-runs it as ``__mp_main__`` so that what
@@ -24,10 +30,12 @@ multiprocess, which knows how (``freeze_support``).
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -35,6 +43,7 @@ import cloudpickle
 
 from ..errors import BrokenManagerError
 from .registry import default_authkey
+from .template import ForkedManager, Template, environment_key
 
 # SIGINT is ignored first: a Ctrl-C meant for the program must not kill the manager (with a
 # traceback) while it imports. Then the parent's sys.path, then reflectmgr.
@@ -44,35 +53,124 @@ BOOT = (
 )
 
 
-def launch(arguments: dict[str, Any]) -> tuple[ManagerProcess, Connection]:
-    """Start ``process.serve(report, **arguments)`` in a new interpreter; returns its process and
-    the end of the connection on which it reports (see :func:`process.boot`)."""
+def launch(arguments: dict[str, Any], timeout: float) -> tuple[ManagerProcess | ForkedManager, Connection]:
+    """Start ``process.serve(report, **arguments)`` in a new interpreter, or fork it from this
+    process's template (see template.py); returns its process and the end of the connection on
+    which it reports (see :func:`process.boot`). ``timeout``: for the template's start and answer."""
     if not sys.executable:
         raise BrokenManagerError("this Python has no sys.executable to start the manager process with")
-    payload = cloudpickle.dumps((default_authkey(), sys.argv, arguments))
-    ours, theirs = socket.socketpair()
     try:
-        command = [
-            sys.executable,
-            *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]  # as multiprocessing's spawn
-            "-c",
-            BOOT,
-            str(theirs.fileno()),
-            *(entry for entry in sys.path if isinstance(entry, str)),
-        ]
-        popen = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "."  # removed: the manager stays in the template's (a launched one inherits the void)
+    path = [entry for entry in sys.path if isinstance(entry, str)]
+    payload = cloudpickle.dumps((default_authkey(), sys.argv, (path, cwd, dict(os.environ)), arguments))
+    process: ManagerProcess | ForkedManager | None = None
+    template = _template(timeout)
+    if template is not None:
+        ours, theirs = socket.socketpair()
+        try:
+            process = template.fork(theirs, timeout)
+        except OSError:
+            ours.close()  # a child forked all the same reads EOF and exits
+            _lost(template)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+    if process is None:
+        ours, theirs = socket.socketpair()
+        try:
+            command = [*_interpreter(), "-c", BOOT, str(theirs.fileno()), *path]
+            process = ManagerProcess(subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
     connection = Connection(ours.detach())
-    process = ManagerProcess(popen)
     try:
         connection.send_bytes(payload)
     except OSError:
         pass  # it died already: the caller reads EOF and reports the exit code
     return process, connection
+
+
+def _interpreter() -> list[str]:
+    """This Python with this process's interpreter flags (-X, -W, -O...), as multiprocessing's spawn."""
+    return [sys.executable, *subprocess._args_from_interpreter_flags()]  # type: ignore[attr-defined]
+
+
+class _Templates:
+    """This process's template: none before its second manager; one that could not start is not
+    tried again."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.starts = 0
+        self.template: Template | None = None
+        self.failed = False
+
+
+_templates = _Templates()
+
+
+def _template(timeout: float) -> Template | None:
+    """The template to fork this start's manager from, or None: launch one directly. The first
+    start of a process launches (a program with one manager gets no second process); the second
+    starts the template. A new one replaces it when it died, or when the environment differs from
+    the one it started with where imports see it (template.environment_key)."""
+    state = _templates
+    with state.lock:
+        state.starts += 1
+        if state.starts < 2 or state.failed:
+            return None
+        old = state.template
+        if old is not None and (old.dead or old.key != environment_key()):
+            state.template = None
+            old.close()
+        if state.template is None:
+            try:
+                state.template = Template(_interpreter(), timeout)
+            except (OSError, BrokenManagerError):
+                state.failed = True
+        return state.template
+
+
+def _lost(template: Template) -> None:
+    """It died or stopped answering: launch this start's manager, and replace it at the next."""
+    with _templates.lock:
+        if _templates.template is template:
+            _templates.template = None
+    template.close()
+
+
+def close_template() -> None:
+    """Let this process's template go and wait for its exit (the managers it forked go on); the
+    next start launches. For a test suite that must see every process's end (coverage data)."""
+    with _templates.lock:
+        template, _templates.template = _templates.template, None
+    if template is not None:
+        template.close()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's template is not this process's (see Template.forget)."""
+    global _templates
+    if _templates.template is not None:
+        _templates.template.forget()
+    _templates = _Templates()
+
+
+def _let_go_at_exit() -> None:
+    # Closing the socket is enough: the template exits when it reads EOF (nobody waits for it).
+    if _templates.template is not None:
+        _templates.template.forget()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+atexit.register(_let_go_at_exit)
 
 
 class ManagerProcess:

@@ -35,22 +35,45 @@ CHILD_GRACE = 2.0
 
 
 def boot(fd: int) -> None:
-    """The manager process that launch.py started: ``fd`` is its connection to the parent, which
-    sends the parent's default authkey and :func:`serve`'s arguments, and gets the report."""
+    """The manager process that launch.py started, or the template forked: ``fd`` is its
+    connection to the parent, which sends the parent's default authkey, argv, place (sys.path,
+    working directory, environment) and :func:`serve`'s arguments, and gets the report."""
     import multiprocessing
+    import tempfile
     from multiprocessing.connection import Connection
 
     report = Connection(fd)
     try:
-        authkey, argv, arguments = pickle.loads(report.recv_bytes())
+        authkey, argv, (path, cwd, environ), arguments = pickle.loads(report.recv_bytes())
     except EOFError:
         return  # the parent died before it sent them: nobody to serve
 
     # As in a spawned child: the parent's argv for code run here (an initializer), and its
-    # authkey for what this process starts and the proxies pickled here.
+    # authkey for what this process starts and the proxies pickled here. The place matters to a
+    # manager forked from the template, which started earlier (for a launched one it is the same).
     sys.argv[:] = argv
+    sys.path[:] = path
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass  # removed since: a launched child would sit in it still; this one stays where it is
+    if environ != os.environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    tempfile.tempdir = None  # TMPDIR as it is now
     multiprocessing.current_process().authkey = authkey
     serve(report=report, **arguments)
+
+
+def preload() -> None:
+    """Import and build what :func:`serve` would on its way (in the template, once for all the
+    managers it forks)."""
+    import psutil  # noqa: F401
+
+    from .._wire import memo_guard
+
+    if memo_guard.needed():
+        memo_guard._table()  # the opcode walk's regular expression: 7 ms at a manager's first request
 
 
 def serve(

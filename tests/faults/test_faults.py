@@ -103,20 +103,21 @@ class _Bomb:
         return (Path.touch, (Path(self.path),))
 
 
-def test_owner_death_stops_the_manager() -> None:
+@pytest.mark.parametrize("count", [1, 3], ids=["launched", "and-forked-from-a-template"])
+def test_owner_death_stops_the_manager(count: int) -> None:
     ctx = multiprocessing.get_context("spawn")
     report = ctx.Queue()
-    owner = ctx.Process(target=own_a_manager, args=(report,))
+    owner = ctx.Process(target=own_a_manager, args=(report, count))
     owner.start()
     try:
-        manager_pid = report.get(timeout=CHILD)
-        manager = psutil.Process(manager_pid)
-        assert manager.is_running()
+        started = [psutil.Process(pid) for pid in report.get(timeout=CHILD)]
+        # count managers, and from the second on their template (and their resource trackers)
+        assert len(started) >= count + (count > 1) and all(p.is_running() for p in started)
     finally:
         owner.kill()
         owner.join(CHILD)
-    manager.wait(DEATH)  # raises psutil.TimeoutExpired if the manager outlives its owner
-    assert not psutil.pid_exists(manager_pid) or manager.status() == psutil.STATUS_ZOMBIE
+    _, alive = psutil.wait_procs(started, DEATH)
+    assert not alive, f"outlived their owner: {[(p.pid, p.cmdline()) for p in alive]}"
     report.close()
     report.join_thread()
 

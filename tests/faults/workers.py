@@ -6,14 +6,18 @@ import time
 from typing import Any
 
 
-def own_a_manager(report: Any) -> None:
-    """Start a manager, report its pid, then wait to be killed."""
+def own_a_manager(report: Any, count: int = 1) -> None:
+    """Start ``count`` managers (the second and later fork from a template process), report the
+    pids of every process this one started, then wait to be killed."""
+    import psutil
+
     import reflectmgr
 
-    m = reflectmgr.Manager()
-    m.start()
-    report.put(m.pid)
-    time.sleep(600)  # the test SIGKILLs us long before; the manager must then exit on its own
+    managers = [reflectmgr.Manager() for _ in range(count)]
+    for m in managers:
+        m.start()
+    report.put([p.pid for p in psutil.Process().children(recursive=True)])
+    time.sleep(600)  # the test SIGKILLs us long before; the managers must then exit on their own
 
 
 def manager_in_a_pool_task(value: int) -> tuple[int, int]:

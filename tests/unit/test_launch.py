@@ -2,31 +2,165 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import signal
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
 
 import reflectmgr
-from reflectmgr._manager import process
+from reflectmgr._manager import launch, process, template
 from reflectmgr._manager.launch import ManagerProcess
+from reflectmgr._manager.template import MARKER as TEMPLATE
+from reflectmgr._manager.template import ForkedManager
 
-from ..helpers import DEATH
+from ..helpers import CHILD, DEATH, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
 
-def test_the_manager_runs_in_a_fresh_interpreter_with_our_sys_path_and_authkey(m: reflectmgr.Manager) -> None:
-    assert isinstance(m._process, ManagerProcess) and m._process.is_alive() and m._process.exitcode is None
-    manager = psutil.Process(m.pid)
-    assert manager.ppid() == os.getpid()
-    assert "reflectmgr._manager.process import boot" in " ".join(manager.cmdline())
-    assert list(m.new(_sys_path)) == [p for p in sys.path if isinstance(p, str)]
-    assert list(m.new(_sys_argv)) == sys.argv
-    assert m.new(_default_authkey) == bytes(multiprocessing.current_process().authkey)
+def test_the_manager_gets_our_sys_path_argv_and_authkey_launched_or_forked() -> None:
+    # The first start of a process launches a fresh interpreter, later ones fork from its
+    # template: whichever this test worker's start is, and a second one, which is forked.
+    with reflectmgr.Manager() as first, reflectmgr.Manager() as second:
+        assert isinstance(second._process, ForkedManager)
+        for m in (first, second):
+            assert isinstance(m._process, (ManagerProcess, ForkedManager)) and m._process.is_alive()
+            assert m._process.exitcode is None
+            parent = psutil.Process(m.pid).parent()
+            assert parent is not None
+            forked = TEMPLATE in " ".join(parent.cmdline()) and parent.ppid() == os.getpid()
+            assert parent.pid == os.getpid() or forked
+            assert list(m.new(_sys_path)) == [p for p in sys.path if isinstance(p, str)]
+            assert list(m.new(_sys_argv)) == sys.argv
+            assert m.new(_default_authkey) == bytes(multiprocessing.current_process().authkey)
+
+
+def test_a_forked_manager_writes_to_our_stdout_and_stderr_of_now(capfd: pytest.CaptureFixture[str]) -> None:
+    # The template started in some earlier test, with that test's captured stdout: a manager
+    # forked now writes where this process's fd 1 and 2 point now, as a launched one would.
+    with reflectmgr.Manager() as first, reflectmgr.Manager() as m:
+        del first
+        assert isinstance(m._process, ForkedManager)
+        m.new(_say, "to stdout", "to stderr")
+        out, err = capfd.readouterr()
+    assert "to stdout" in out and "to stderr" in err
+
+
+def _say(out: str, err: str) -> None:
+    print(out, flush=True)
+    print(err, file=sys.stderr, flush=True)
+
+
+def test_a_forked_manager_killed_reports_its_signal_as_exit_code() -> None:
+    with reflectmgr.Manager() as first, reflectmgr.Manager(shutdown_timeout=DEATH) as m:
+        del first
+        assert isinstance(m._process, ForkedManager)
+        os.kill(m.pid, signal.SIGKILL)
+        m.join(DEATH)
+        assert m._process.exitcode == -signal.SIGKILL and not m._process.is_alive()
+        with pytest.raises(reflectmgr.BrokenManagerError):
+            m.dict()
+
+
+def test_a_stuck_forked_manager_is_terminated_then_killed_by_its_template() -> None:
+    with reflectmgr.Manager() as first, reflectmgr.Manager(shutdown_timeout=0.5) as m:
+        del first
+        assert isinstance(m._process, ForkedManager)
+        pid = m.pid
+        os.kill(pid, signal.SIGSTOP)
+        m.shutdown()  # no answer: SIGTERM, pending on a stopped process, then SIGKILL
+        assert m._process.exitcode == -signal.SIGKILL and not psutil.pid_exists(pid)
+
+
+def test_a_template_that_cannot_start_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "_templates", launch._Templates())  # this process's own, untouched
+    monkeypatch.setattr(template, "TEMPLATE_BOOT", "raise SystemExit(3)")
+    managers = [reflectmgr.Manager() for _ in range(3)]
+    try:
+        for m in managers:
+            m.start()
+        assert all(isinstance(m._process, ManagerProcess) for m in managers)  # launched, all three
+        assert launch._templates.failed and launch._templates.template is None
+        assert launch._templates.starts == 3
+    finally:
+        for m in managers:
+            m.shutdown()
+
+
+_TEMPLATE_PROGRAM = """
+import json, os, signal, sys
+import psutil, reflectmgr
+
+def parent_of(m):
+    parent = psutil.Process(m.pid).parent()
+    return "me" if parent.pid == os.getpid() else parent.pid
+
+def seen():
+    import os, sys
+    return [os.getcwd(), os.environ.get("SOME_SETTING"), sys.path[0], os.environ.get("REFLECTMGR_COLOCATE")]
+
+out = {}
+with reflectmgr.Manager() as m1, reflectmgr.Manager() as m2, reflectmgr.Manager() as m3:
+    out["parents"] = [parent_of(m) for m in (m1, m2, m3)]
+    template = psutil.Process(out["parents"][1])
+    out["template"] = [template.pid, template.ppid() == os.getpid(), " ".join(template.cmdline())]
+    managers = [m1.pid, m2.pid, m3.pid]
+os.chdir(sys.argv[1])
+os.environ["SOME_SETTING"] = "set since"
+sys.path.insert(0, sys.argv[1])
+with reflectmgr.Manager() as m4:
+    out["forked, place of now"] = [parent_of(m4), list(m4.new(seen))]
+os.environ["REFLECTMGR_COLOCATE"] = "0"  # read at import: the template's children cannot have it
+with reflectmgr.Manager() as m5:
+    out["another import-time environment"] = [parent_of(m5), m5.new(seen)[3]]
+del os.environ["REFLECTMGR_COLOCATE"]
+with reflectmgr.Manager() as m5b:  # the same environment as the first template's again
+    out["back"] = parent_of(m5b)
+m6 = reflectmgr.Manager()
+m6.start()
+current = psutil.Process(parent_of(m6))
+current.kill()
+current.wait(10)
+m6.shutdown()
+out["template killed: m6 exit code"] = repr(m6._process.is_alive())
+with reflectmgr.Manager() as m7:
+    out["then launched"] = parent_of(m7)
+out["killed"] = current.pid
+out["templates"] = [t.pid for t in psutil.Process().children() if "serve_template" in " ".join(t.cmdline())]
+out["managers"] = managers + [m4.pid, m5.pid, m5b.pid, m6.pid, m7.pid]
+print(json.dumps(out))
+"""
+
+
+def test_a_program_forks_its_managers_after_the_first_from_one_template(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _TEMPLATE_PROGRAM, str(tmp_path)], capture_output=True, text=True, timeout=CHILD
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    first, second, third = out["parents"]
+    assert first == "me" and second == third != "me"  # the first launched, the next two forked
+    template, its_child, cmdline = out["template"]
+    assert template == second and its_child and TEMPLATE in cmdline
+    # What changed since the template started travels with the start: cwd, environment, sys.path.
+    assert out["forked, place of now"] == [template, [str(tmp_path), "set since", str(tmp_path), None]]
+    # A variable read at import differs from the template's: a template of its own, which has it.
+    second_template, colocate = out["another import-time environment"]
+    assert second_template not in ("me", template) and colocate == "0"
+    assert out["back"] not in ("me", template, second_template)  # one template at a time
+    assert out["template killed: m6 exit code"] == "False"  # waited for without its parent
+    assert out["killed"] == out["back"]
+    assert out["then launched"] not in ("me", template, second_template, out["back"])  # replaced
+    assert out["templates"] == [out["then launched"]]
+    for pid in [*out["managers"], *out["templates"], template, second_template, out["back"]]:
+        wait_until(lambda pid=pid: not psutil.pid_exists(pid), DEATH, f"process {pid} to exit")
 
 
 def _sys_path() -> list[str]:
