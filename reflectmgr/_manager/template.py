@@ -156,14 +156,16 @@ class Template:
         """Read messages until ``done()`` (called with the lock held), the timeout, or the template's
         loss. One thread reads at a time; the others wait for what it records."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        read = False  # at least once, even with a timeout of 0
         with self._cond:
             while not done():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if self.dead or (remaining is not None and remaining < 0):
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if self.dead or (remaining == 0 and (read or self._reading)):
                     return False
                 if self._reading:
                     self._cond.wait(remaining)
                     continue
+                read = True
                 self._reading = True
                 self._cond.release()
                 try:
@@ -201,7 +203,7 @@ def _receive(sock: socket.socket, timeout: float | None) -> tuple[list[tuple[Any
             if not readable:
                 return messages, False
             data = sock.recv(MESSAGE_SIZE)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: closed meanwhile (close() from another thread)
             return messages, True
         if not data:
             return messages, True
