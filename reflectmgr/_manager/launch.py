@@ -104,12 +104,14 @@ def _interpreter() -> list[str]:
 
 class _Templates:
     """This process's template: none before its second manager; one that could not start is not
-    tried again."""
+    tried again. A template replaced while managers it forked run is retired: it goes on
+    reporting their exits and signalling them until they are all gone."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.starts = 0
         self.template: Template | None = None
+        self.retired: list[Template] = []
         self.failed = False
 
 
@@ -126,10 +128,16 @@ def _template(timeout: float) -> Template | None:
         state.starts += 1
         if state.starts < 2 or state.failed:
             return None
+        for idle in [t for t in state.retired if t.dead or t.idle()]:
+            state.retired.remove(idle)
+            idle.close()
         old = state.template
         if old is not None and (old.dead or old.key != environment_key()):
             state.template = None
-            old.close()
+            if old.dead:
+                old.close()
+            else:
+                state.retired.append(old)
         if state.template is None:
             try:
                 state.template = Template(_interpreter(), timeout)
@@ -147,26 +155,28 @@ def _lost(template: Template) -> None:
 
 
 def close_template() -> None:
-    """Let this process's template go and wait for its exit (the managers it forked go on); the
-    next start launches. For a test suite that must see every process's end (coverage data)."""
+    """Let this process's templates go and wait for their exit (the managers they forked go on);
+    the next start starts a new one. For a test suite that must see every process's end (coverage
+    data)."""
     with _templates.lock:
-        template, _templates.template = _templates.template, None
-    if template is not None:
+        templates = [*_templates.retired, *([_templates.template] if _templates.template else [])]
+        _templates.template, _templates.retired = None, []
+    for template in templates:
         template.close()
 
 
 def _forget_after_fork() -> None:
-    """In a forked child: the parent's template is not this process's (see Template.forget)."""
+    """In a forked child: the parent's templates are not this process's (see Template.forget)."""
     global _templates
-    if _templates.template is not None:
-        _templates.template.forget()
+    for template in [*_templates.retired, *([_templates.template] if _templates.template else [])]:
+        template.forget()
     _templates = _Templates()
 
 
 def _let_go_at_exit() -> None:
-    # Closing the socket is enough: the template exits when it reads EOF (nobody waits for it).
-    if _templates.template is not None:
-        _templates.template.forget()
+    # Closing the sockets is enough: a template exits when it reads EOF (nobody waits for it).
+    for template in [*_templates.retired, *([_templates.template] if _templates.template else [])]:
+        template.forget()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 from ..errors import BrokenManagerError
@@ -66,6 +67,7 @@ class Template:
         self._replies: dict[int, int | None] = {}  # request number -> pid (None: not forked)
         self._exits: dict[int, int] = {}  # request number -> exit code, as Popen.returncode
         self._next = 0
+        self._forked = 0
         self.dead = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -101,38 +103,44 @@ class Template:
             raise OSError(f"the template process did not fork within {timeout} s")
         with self._cond:
             pid = self._replies.pop(number)
+            if pid is not None:
+                self._forked += 1
         if pid is None:
             raise OSError("the template process could not fork")
         return ForkedManager(self, number, pid)
 
-    def signal(self, number: int, signum: int) -> None:
+    def signal(self, number: int, signum: int) -> bool:
         """Send ``signum`` to child ``number``, never to a process that reused its pid: the
-        template, its parent, sends it only while the child is not reaped."""
-        with self._cond:
-            if number in self._exits or self.dead:
-                return
-            try:
-                self._sock.send(pickle.dumps(("signal", number, signum)))
-            except OSError:
-                self._lost()
-
-    def exitcode(self, number: int, pid: int) -> int | None:
-        """Child ``number``'s exit code once the template reported it; None while it runs. If the
-        template is gone, the exit code is unknown: BrokenManagerError once the child is gone too."""
-        self._wait_for(lambda: number in self._exits, 0)
+        template, its parent, sends it only while the child is not reaped. False if the template
+        is gone (the caller signals it itself)."""
         with self._cond:
             if number in self._exits:
-                return self._exits[number]
-            if self.dead and not _running(pid):
-                raise BrokenManagerError(f"the template process is gone: manager {pid}'s exit code is unknown")
-            return None
+                return True
+            if not self.dead:
+                try:
+                    self._sock.send(pickle.dumps(("signal", number, signum)))
+                    return True
+                except OSError:
+                    self._lost()
+            return False
 
-    def wait(self, number: int, pid: int, timeout: float | None) -> None:
-        """Until child ``number`` exited, or ``timeout`` seconds (None: no limit)."""
-        if not self._wait_for(lambda: number in self._exits, timeout) and self.dead:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while _running(pid) and (deadline is None or time.monotonic() < deadline):
-                time.sleep(0.01)  # no parent of it here, nor a template to ask: psutil can only poll
+    def exitcode(self, number: int) -> int | None:
+        """Child ``number``'s exit code once the template reported it, else None (it runs, or the
+        template is gone: see ``dead``)."""
+        self._wait_for(lambda: number in self._exits, 0)
+        with self._cond:
+            return self._exits.get(number)
+
+    def wait(self, number: int, timeout: float | None) -> bool:
+        """Until child ``number``'s exit is reported (True), ``timeout`` seconds (None: no limit)
+        or the template's loss."""
+        return self._wait_for(lambda: number in self._exits, timeout)
+
+    def idle(self) -> bool:
+        """Whether every child it forked has exited, as far as it reported yet."""
+        self._wait_for(lambda: False, 0)
+        with self._cond:
+            return len(self._exits) >= self._forked
 
     def close(self) -> None:
         """Let the template go (its managers go on), and reap it."""
@@ -223,24 +231,24 @@ def _standard_streams() -> list[int]:
     return fds
 
 
-def _running(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 class ForkedManager:
     """A manager forked by the template, with the interface of launch.ManagerProcess. Only the
-    process that started it may wait for it."""
+    process that started it may wait for it. Should the template be killed, a pidfd (Linux 5.3+)
+    still tells the manager's exit and signals it without a pid's reuse to fear; its exit code
+    is then unknown (``exitcode`` raises BrokenManagerError once it is gone)."""
 
     def __init__(self, template: Template, number: int, pid: int) -> None:
         self._template = template
         self._number = number
         self._parent = os.getpid()
         self.pid = pid
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # not Linux 5.3+, or gone already (then its exit is reported)
+            pass
+        else:
+            weakref.finalize(self, os.close, self._pidfd)
 
     def _check_parent(self) -> None:
         if os.getpid() != self._parent:
@@ -249,26 +257,57 @@ class ForkedManager:
     @property
     def exitcode(self) -> int | None:
         self._check_parent()
-        return self._template.exitcode(self._number, self.pid)
+        code = self._template.exitcode(self._number)
+        if code is None and self._template.dead and not self._running(0):
+            raise BrokenManagerError(f"the template process is gone: manager {self.pid}'s exit code is unknown")
+        return code
 
     def is_alive(self) -> bool:
         self._check_parent()
-        try:
-            return self._template.exitcode(self._number, self.pid) is None
-        except BrokenManagerError:
+        if self._template.exitcode(self._number) is not None:
             return False
+        return not self._template.dead or self._running(0)
 
     def join(self, timeout: float | None = None) -> None:
         self._check_parent()
-        self._template.wait(self._number, self.pid, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._template.wait(self._number, timeout) and self._template.dead:
+            self._running(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def terminate(self) -> None:
-        self._check_parent()
-        self._template.signal(self._number, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
         self._check_parent()
-        self._template.signal(self._number, signal.SIGKILL)
+        if self._template.signal(self._number, signum):
+            return
+        try:
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            else:
+                os.kill(self.pid, signum)  # no pidfd here: a reused pid is the risk left
+        except ProcessLookupError:
+            pass
+
+    def _running(self, timeout: float | None) -> bool:
+        """Without its template: whether it still runs after waiting up to ``timeout`` for its end."""
+        import select
+
+        if self._pidfd is not None:
+            readable, _, _ = select.select([self._pidfd], [], [], timeout)
+            return not readable
+        import psutil
+
+        try:
+            psutil.Process(self.pid).wait(timeout)
+        except psutil.TimeoutExpired:
+            return True
+        except psutil.Error:
+            pass
+        return False
 
 
 # The template's side -----------------------------------------------------------------------------

@@ -117,24 +117,41 @@ os.environ["SOME_SETTING"] = "set since"
 sys.path.insert(0, sys.argv[1])
 with reflectmgr.Manager() as m4:
     out["forked, place of now"] = [parent_of(m4), list(m4.new(seen))]
+kept = reflectmgr.Manager()  # runs while its template is replaced
+kept.start()
 os.environ["REFLECTMGR_COLOCATE"] = "0"  # read at import: the template's children cannot have it
 with reflectmgr.Manager() as m5:
     out["another import-time environment"] = [parent_of(m5), m5.new(seen)[3]]
 del os.environ["REFLECTMGR_COLOCATE"]
 with reflectmgr.Manager() as m5b:  # the same environment as the first template's again
     out["back"] = parent_of(m5b)
+out["kept"] = [parent_of(kept), kept.dict(a=1)["a"]]
+kept.shutdown()
+out["kept's exit code, from its retired template"] = kept._process.exitcode
 m6 = reflectmgr.Manager()
 m6.start()
 current = psutil.Process(parent_of(m6))
 current.kill()
 current.wait(10)
+m6._process.kill()  # its template gone: through a pidfd
+m6._process.join(10)
+try:
+    code = m6._process.exitcode
+except reflectmgr.BrokenManagerError as exc:
+    code = str(exc)
+def running(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # reaped by init, or not yet
+    except psutil.NoSuchProcess:
+        return False
+
+out["template killed: m6"] = [m6._process.is_alive(), running(m6.pid), code]
 m6.shutdown()
-out["template killed: m6 exit code"] = repr(m6._process.is_alive())
 with reflectmgr.Manager() as m7:
     out["then launched"] = parent_of(m7)
 out["killed"] = current.pid
 out["templates"] = [t.pid for t in psutil.Process().children() if "serve_template" in " ".join(t.cmdline())]
-out["managers"] = managers + [m4.pid, m5.pid, m5b.pid, m6.pid, m7.pid]
+out["managers"] = managers + [m4.pid, kept.pid, m5.pid, m5b.pid, m6.pid, m7.pid]
 print(json.dumps(out))
 """
 
@@ -154,13 +171,23 @@ def test_a_program_forks_its_managers_after_the_first_from_one_template(tmp_path
     # A variable read at import differs from the template's: a template of its own, which has it.
     second_template, colocate = out["another import-time environment"]
     assert second_template not in ("me", template) and colocate == "0"
-    assert out["back"] not in ("me", template, second_template)  # one template at a time
-    assert out["template killed: m6 exit code"] == "False"  # waited for without its parent
+    assert out["back"] not in ("me", template, second_template)  # a new one
+    # The first template, retired, still served the manager it had forked, to its exit code.
+    assert out["kept"] == [template, 1] and out["kept's exit code, from its retired template"] == 0
+    alive, running, code = out["template killed: m6"]  # killed and waited for without its parent
+    assert not alive and not running and "exit code is unknown" in code
     assert out["killed"] == out["back"]
     assert out["then launched"] not in ("me", template, second_template, out["back"])  # replaced
     assert out["templates"] == [out["then launched"]]
     for pid in [*out["managers"], *out["templates"], template, second_template, out["back"]]:
-        wait_until(lambda pid=pid: not psutil.pid_exists(pid), DEATH, f"process {pid} to exit")
+        wait_until(lambda pid=pid: _gone(pid), DEATH, f"process {pid} to exit")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # left to init, which reaps
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _sys_path() -> list[str]:
