@@ -43,7 +43,7 @@ import cloudpickle
 
 from ..errors import BrokenManagerError
 from .registry import default_authkey
-from .template import ForkedManager, Template, environment_key
+from .template import ForkedManager, StartedProcess, Template, environment_key
 
 # SIGINT is ignored first: a Ctrl-C meant for the program must not kill the manager (with a
 # traceback) while it imports. Then the parent's sys.path, then reflectmgr.
@@ -183,18 +183,13 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 atexit.register(_let_go_at_exit)
 
 
-class ManagerProcess:
+class ManagerProcess(StartedProcess):
     """The manager's process, with the part of ``multiprocess.Process``'s interface that
-    ``Manager`` uses. Only the process that started it may wait for it."""
+    ``Manager`` uses."""
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        super().__init__(popen.pid)
         self._popen = popen
-        self._parent = os.getpid()
-        self.pid = popen.pid
-
-    def _check_parent(self) -> None:
-        if os.getpid() != self._parent:
-            raise BrokenManagerError(f"only the process that started the manager (pid {self._parent}) can wait for it")
 
     @property
     def exitcode(self) -> int | None:

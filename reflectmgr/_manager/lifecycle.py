@@ -335,7 +335,7 @@ class Manager(Factories):
                 "reflectmgr.tls.server_context(...), pass a function that returns it, or use in_process=True"
             )
         if ctx is None:
-            process, reader = launch(arguments, START_TIMEOUT)  # a fresh interpreter that runs only the manager
+            process, reader = launch(arguments, START_TIMEOUT)  # a fresh interpreter, or a fork of the template
         else:
             process, reader = _start_with_context(ctx, arguments)
         try:

@@ -231,17 +231,29 @@ def _standard_streams() -> list[int]:
     return fds
 
 
-class ForkedManager:
-    """A manager forked by the template, with the interface of launch.ManagerProcess. Only the
-    process that started it may wait for it. Should the template be killed, a pidfd (Linux 5.3+)
-    still tells the manager's exit and signals it without a pid's reuse to fear; its exit code
-    is then unknown (``exitcode`` raises BrokenManagerError once it is gone)."""
+class StartedProcess:
+    """A manager's process as ``Manager`` sees it: only the process that started it may wait for
+    it or signal it (a forked child of that process inherits the object, not the process)."""
 
-    def __init__(self, template: Template, number: int, pid: int) -> None:
-        self._template = template
-        self._number = number
+    def __init__(self, pid: int) -> None:
         self._parent = os.getpid()
         self.pid = pid
+
+    def _check_parent(self) -> None:
+        if os.getpid() != self._parent:
+            raise BrokenManagerError(f"only the process that started the manager (pid {self._parent}) can wait for it")
+
+
+class ForkedManager(StartedProcess):
+    """A manager forked by the template, with the interface of launch.ManagerProcess. Should the
+    template be killed, a pidfd (Linux 5.3+) still tells the manager's exit and signals it without
+    a pid's reuse to fear; its exit code is then unknown (``exitcode`` raises BrokenManagerError
+    once it is gone)."""
+
+    def __init__(self, template: Template, number: int, pid: int) -> None:
+        super().__init__(pid)
+        self._template = template
+        self._number = number
         self._pidfd: int | None = None
         try:
             self._pidfd = os.pidfd_open(pid)
@@ -249,10 +261,6 @@ class ForkedManager:
             pass
         else:
             weakref.finalize(self, os.close, self._pidfd)
-
-    def _check_parent(self) -> None:
-        if os.getpid() != self._parent:
-            raise BrokenManagerError(f"only the process that started the manager (pid {self._parent}) can wait for it")
 
     @property
     def exitcode(self) -> int | None:
