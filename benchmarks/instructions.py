@@ -6,9 +6,10 @@ within about 1%, whatever else the machine does). So a change to the call path i
 first, then on the clock (run.py's field scenarios).
 
     python3 benchmarks/instructions.py              # reflectmgr shm and the stdlib, d[k]
-    python3 benchmarks/instructions.py --calls 500  # fewer calls (the smoke test)
+    python3 benchmarks/instructions.py --calls 500  # fewer calls
     python3 benchmarks/instructions.py --op missing # d[missing]: the KeyError's way back
     python3 benchmarks/instructions.py --op queue   # a Queue put and get (two calls)
+    python3 benchmarks/instructions.py --systems reflectmgr  # ours alone (half the time: the smoke test)
 
 Each system runs twice under ``valgrind --tool=callgrind --trace-children=yes``, each run pinned to
 one CPU (so nobody spins: with one usable core reflectmgr never does; the four runs go at once,
@@ -34,6 +35,7 @@ from pathlib import Path
 _REFS = re.compile(r"==(\d+)== I\s+refs:\s+([\d,]+)")
 _COMMAND = re.compile(r"==(\d+)== Command: (.*)")
 OPS = ("d[k]", "missing", "queue")
+SYSTEMS = ("stdlib", "reflectmgr")
 # How long shutdown() waits for a manager to exit before it terminates, then kills it. Under
 # callgrind, with the other runs beside it on a busy machine, a manager's exit takes seconds (the
 # stdlib's default is 1 s), and a killed process never prints its count: so, long.
@@ -102,6 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000, help="calls in the short run (the long one makes 5x)")
     ap.add_argument("--op", choices=OPS, default="d[k]", help="the call counted (default d[k])")
+    ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="default: both")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -112,7 +115,7 @@ def main() -> None:
         return
     short, long = args.calls, 5 * args.calls
     per_call: dict[str, dict[str, float]] = {}
-    runs = [(kind, calls) for kind in ("stdlib", "reflectmgr") for calls in (short, long)]
+    runs = [(kind, calls) for kind in args.systems for calls in (short, long)]
     cpus: list[int | None] = [None]
     if hasattr(os, "sched_getaffinity") and shutil.which("taskset"):
         cpus = sorted(os.sched_getaffinity(0))
@@ -122,7 +125,7 @@ def main() -> None:
             for i, (kind, calls) in enumerate(runs)
         ]
         counts = {run: future.result() for run, future in zip(runs, futures, strict=True)}
-    for kind in ("stdlib", "reflectmgr"):
+    for kind in args.systems:
         a, b = counts[kind, short], counts[kind, long]
         per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
     call = {"d[k]": "d[k]", "missing": "d[missing] (KeyError)", "queue": "Queue put+get (two calls)"}[args.op]
@@ -131,9 +134,10 @@ def main() -> None:
     for kind, roles in per_call.items():
         total = roles["client"] + roles["manager"]
         print(f"{kind:12s}{roles['client']:10,.0f}{roles['manager']:10,.0f}{total:10,.0f}")
-    ours, theirs = per_call["reflectmgr"], per_call["stdlib"]
-    ratio = (ours["client"] + ours["manager"]) / (theirs["client"] + theirs["manager"])
-    print(f"reflectmgr / stdlib: {ratio:.2f}x the instructions")
+    if len(per_call) == len(SYSTEMS):
+        ours, theirs = per_call["reflectmgr"], per_call["stdlib"]
+        ratio = (ours["client"] + ours["manager"]) / (theirs["client"] + theirs["manager"])
+        print(f"reflectmgr / stdlib: {ratio:.2f}x the instructions")
 
 
 if __name__ == "__main__":

@@ -92,15 +92,17 @@ def test_ray_benchmark_runs() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt install valgrind)")
-def test_instruction_counts_come_out_for_both_systems() -> None:
-    text = _run(str(BENCH / "instructions.py"), "--calls", "50")
+def test_instruction_counts_come_out() -> None:
+    # Ours alone: four interpreters under callgrind take about 50 s of CPU (two systems, two run
+    # lengths, each a client and a manager) for a check that the script works; the stdlib's side
+    # is four lines of SyncManager. The full table: python3 benchmarks/instructions.py
+    text = _run(str(BENCH / "instructions.py"), "--calls", "50", "--systems", "reflectmgr")
     rows = {}
     for line in text.splitlines():
         if line.startswith(("stdlib ", "reflectmgr ")) and "/" not in line:  # the table, not the ratio
             name, *cells = line.split()
             rows[name] = [int(cell.replace(",", "")) for cell in cells]
-    assert set(rows) == {"stdlib", "reflectmgr"}, text
+    assert set(rows) == {"reflectmgr"}, text
     for client, manager, total in rows.values():
         assert client > 0 and manager > 0, text
         assert abs(total - client - manager) <= 1, text  # each cell rounded on its own
-    assert "reflectmgr / stdlib:" in text
