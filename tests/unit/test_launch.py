@@ -69,6 +69,26 @@ def test_a_forked_manager_killed_reports_its_signal_as_exit_code() -> None:
             m.dict()
 
 
+def test_a_forked_child_of_the_owner_starts_its_managers_without_its_parents_template() -> None:
+    with reflectmgr.Manager() as first, reflectmgr.Manager() as second:
+        del first
+        template = psutil.Process(second.pid).ppid()
+        child = os.fork()
+        if child == 0:  # the child inherits the template's socket, which is not its to use
+            code = 1
+            try:
+                with reflectmgr.Manager() as c, reflectmgr.Manager() as d:
+                    parent_of_c, parent_of_d = psutil.Process(c.pid).ppid(), psutil.Process(d.pid).ppid()
+                    own_template = psutil.Process(parent_of_d).ppid() == os.getpid()
+                    code = 0 if parent_of_c == os.getpid() and parent_of_d != template and own_template else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # 3: a manager of the child's came from elsewhere
+        with reflectmgr.Manager() as third:  # the parent's template still serves the parent
+            assert psutil.Process(third.pid).ppid() == template
+
+
 def test_a_stuck_forked_manager_is_terminated_then_killed_by_its_template() -> None:
     with reflectmgr.Manager() as first, reflectmgr.Manager(shutdown_timeout=0.5) as m:
         del first
