@@ -27,6 +27,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = PROMPT, message: s
         delay = min(delay * 2, 0.05)
 
 
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended: it no longer exists, or is a zombie (ended, not reaped
+    yet). Whoever reaps it (a manager's template does at once) may do so between two looks."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def baseline_objects(m: Any) -> int:
     """Objects the manager holds for clients once every released proxy has been flushed."""
     import gc

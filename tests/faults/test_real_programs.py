@@ -27,7 +27,7 @@ import reflectmgr
 from reflectmgr._manager import client as client_module
 from reflectmgr._wire.opcodes import Op
 
-from ..helpers import CHILD, DEATH, PROMPT, baseline_objects, second_session, wait_until
+from ..helpers import CHILD, DEATH, PROMPT, baseline_objects, gone, second_session, wait_until
 from ..integration.objects import CallsBackOnDel, InterruptsIn, RaisesOnLoad, load_after_connect_then_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -342,7 +342,7 @@ def test_a_stopped_manager_times_calls_out_and_shutdown_is_bounded(stoppable: re
     started = time.monotonic()
     m.shutdown()  # SHUTDOWN times out, SIGTERM stays pending on a stopped process, SIGKILL ends it
     assert time.monotonic() - started < DEATH
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
 
 
 def test_shutdown_without_a_call_timeout_is_bounded_too() -> None:
@@ -355,7 +355,7 @@ def test_shutdown_without_a_call_timeout_is_bounded_too() -> None:
     started = time.monotonic()
     m.shutdown()
     assert time.monotonic() - started < DEATH
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
 
 
 def test_shutdown_of_a_stopped_manager_never_called_waits_its_timeout_not_the_connect_timeout() -> None:
@@ -369,7 +369,7 @@ def test_shutdown_of_a_stopped_manager_never_called_waits_its_timeout_not_the_co
     with pytest.raises(reflectmgr.ManagerTimeoutError, match=r"did not answer the handshake within 0\.5 s"):
         m.client.call_within(0.5, Op.SHUTDOWN, 0, b"")  # what shutdown() sends first
     m.shutdown()
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
 
 
 def test_handshake_with_a_stopped_manager_says_it_did_not_answer(

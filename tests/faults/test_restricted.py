@@ -14,7 +14,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import reflectmgr
@@ -23,7 +22,7 @@ from reflectmgr._transport.sockets import connect as raw_connect
 from reflectmgr._wire import codec
 from reflectmgr._wire.opcodes import FLAG_RELEASES, Op
 
-from ..helpers import DEATH, PROMPT, second_session, wait_until
+from ..helpers import DEATH, PROMPT, gone, second_session, wait_until
 from ..integration.objects import Inventory, Vector
 
 pytestmark = pytest.mark.timeout(90)
@@ -189,14 +188,7 @@ def test_only_the_owner_stops_a_restricted_manager() -> None:
             other.close()
         pid = m.pid
         assert pid is not None
-
-    def exited() -> bool:  # a zombie until its parent reaps it
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-    wait_until(exited, DEATH, "the manager process to exit")  # the owner stopped it
+    wait_until(lambda: gone(pid), DEATH, "the manager process to exit")  # the owner stopped it
 
 
 def test_restricted_options_are_checked() -> None:

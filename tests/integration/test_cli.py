@@ -14,13 +14,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 import reflectmgr
 from reflectmgr.cli import parse_address
 
-from ..helpers import DEATH, PROMPT
+from ..helpers import DEATH, PROMPT, gone
 
 pytestmark = [pytest.mark.tcp, pytest.mark.timeout(120)]
 KEY = "cli test key"
@@ -112,7 +111,7 @@ def test_serve_prints_its_address_logs_clients_and_stops_cleanly(served: Served,
     assert code == 0, err
     assert re.search(rf"client pid {os.getpid()} connected from 127\.0\.0\.1:\d+", err), err
     assert "stopping" in err and "Traceback" not in err
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
 
 
 def test_stats_prints_a_reading_and_json(served: Served) -> None:

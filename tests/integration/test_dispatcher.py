@@ -8,13 +8,12 @@ import queue
 import threading
 from typing import Any
 
-import psutil
 import pytest
 
 import reflectmgr
 from reflectmgr._transport import waiting
 
-from ..helpers import CHILD, PROMPT, second_session
+from ..helpers import CHILD, PROMPT, gone, second_session
 from .objects import Inventory
 
 pytestmark = [
@@ -142,7 +141,7 @@ def test_shutdown_while_a_connection_is_served_by_its_thread(monkeypatch: pytest
         inv = mgr.new(Inventory)
         inv.add("y")  # handed over: the connection's thread holds the ring
         pid = mgr.pid
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
 
 
 def test_by_default_every_client_has_a_thread_of_its_own_beyond_the_cores_too(monkeypatch: pytest.MonkeyPatch) -> None:

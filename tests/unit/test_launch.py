@@ -20,7 +20,7 @@ from reflectmgr._manager.launch import ManagerProcess
 from reflectmgr._manager.template import MARKER as TEMPLATE
 from reflectmgr._manager.template import ForkedManager
 
-from ..helpers import CHILD, DEATH, wait_until
+from ..helpers import CHILD, DEATH, gone, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
@@ -200,14 +200,7 @@ def test_a_program_forks_its_managers_after_the_first_from_one_template(tmp_path
     assert out["then launched"] not in ("me", template, second_template, out["back"])  # replaced
     assert out["templates"] == [out["then launched"]]
     for pid in [*out["managers"], *out["templates"], template, second_template, out["back"]]:
-        wait_until(lambda pid=pid: _gone(pid), DEATH, f"process {pid} to exit")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # left to init, which reaps
-    except psutil.NoSuchProcess:
-        return True
+        wait_until(lambda pid=pid: gone(pid), DEATH, f"process {pid} to exit")
 
 
 def _sys_path() -> list[str]:
