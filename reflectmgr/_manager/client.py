@@ -118,6 +118,9 @@ class Client(Transfers, ForkHandling, Link):
         self._generation = registry.generation[0]
         self._token = os.urandom(16)
         self._flusher: ReleaseFlusher | None = None
+        # Held while the flusher thread sends releases, which flush() waits for (reentrant: a
+        # callback served during that send may call flush() on the same thread).
+        self._sending_releases = threading.RLock()
         self._fork_lock = threading.Lock()
         self._local = threading.local()
         # Every transport opened and not yet closed: close() and fork handling go through it, and
@@ -307,10 +310,13 @@ class Client(Transfers, ForkHandling, Link):
 
     # -- releases ----------------------------------------------------------------------------
     def _start_flusher(self) -> None:
-        anchor = self._anchor
-        self._flusher = ReleaseFlusher(
-            lambda: self.cache.has_releases, lambda: anchor.call(int(Op.RELEASE), 0, ()), self.reap_if_idle
-        )
+        anchor, sending = self._anchor, self._sending_releases
+
+        def send() -> None:
+            with sending:
+                anchor.call(int(Op.RELEASE), 0, ())
+
+        self._flusher = ReleaseFlusher(lambda: self.cache.has_releases, send, self.reap_if_idle)
 
     def reap_if_idle(self) -> bool:
         """Close this client if it has been idle for ``idle_timeout``: implicit, no connection
@@ -343,9 +349,12 @@ class Client(Transfers, ForkHandling, Link):
             self._flusher = None
 
     def flush(self) -> None:
-        """Send pending releases now (tests and benchmarks use it to observe frees promptly)."""
-        if self.cache.has_releases:
-            self.call(Op.RELEASE, 0)
+        """Send pending releases now, and wait for those the flusher thread is sending: the
+        releases of proxies dropped before this call are applied when it returns (stats() and
+        the stdlib's _number_of_objects() count after it)."""
+        with self._sending_releases:
+            if self.cache.has_releases:
+                self.call(Op.RELEASE, 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:

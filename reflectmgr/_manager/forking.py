@@ -70,6 +70,7 @@ class ForkHandling:
         self._transports.clear()
         self._local = threading.local()  # the forking thread's channel is the parent's
         self._stop_flusher()  # its thread did not survive the fork; forget it
+        self._sending_releases = threading.RLock()  # which that thread may have held at the fork
 
     def adopt_inherited(self) -> None:
         """In a forked child: a session of its own, adopting the references it inherited."""
