@@ -347,10 +347,10 @@ class Channel:
         self, result: Any, shared: bool, buffers: list[Any], exported: list[int]
     ) -> tuple[int, bytes, set[int]]:
         refs = plan(result, shared)
+        peer = self.peer
         if refs is None:
             value = result.target if type(result) is Value else result
-            return (*encode((_OK, (), value), oob=buffers), set())
-        peer = self.peer
+            return (*self._encode_with_releases(value, None, buffers), set())
         if len(refs) == 1 and id(result) in refs:  # one object by reference: no pickler subclass needed
             target = refs[id(result)]
             desc = peer.describer.describe(type(target))
@@ -392,32 +392,38 @@ class Channel:
             new_types.add(tid)
             return (oid, desc)
 
+        return (*self._encode_with_releases(result, persistent_id, buffers), new_types)
+
+    def _encode_with_releases(self, result: Any, persistent_id: Any, buffers: list[Any]) -> tuple[int, bytes]:
+        """An OK reply with the releases due to the peer: every reply carries them, or a peer whose
+        calls all return containers would never hear that we dropped its objects."""
+        peer = self.peer
         releases = peer.take_releases()
         try:
-            flags, payload = encode((_OK, releases, result), persistent_id, buffers)
+            return encode((_OK, releases, result), persistent_id, buffers)
         except BaseException:
             if releases:
                 peer.return_releases(releases)
             raise
-        return flags, payload, new_types
 
     def _send_error(self, exc: BaseException) -> None:
         tb = capture(exc)  # formatted by the reader, if ever read (see _wire/tracebacks.py)
+        releases = self.peer.take_releases()  # an error is a reply too: they ride on it
         prev = swap_encoding(self.peer.home)
         try:
             named = compact(exc)
             if named is not None:  # KeyError, StopIteration...: by name, and they load wherever Python runs
-                msg = (_ERR, (), named, tb)
+                msg = (_ERR, releases, named, tb)
                 flags, payload = 0, dumps_plain(msg, OOB_MIN) or pickle.dumps(msg, PROTOCOL)
             elif type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
-                flags, payload = 0, pickle.dumps((_ERR, (), exc, tb), PROTOCOL)  # with attributes
+                flags, payload = 0, pickle.dumps((_ERR, releases, exc, tb), PROTOCOL)  # with attributes
             else:
-                flags, payload = encode((_ERR, (), exc, tb))
+                flags, payload = encode((_ERR, releases, exc, tb))
                 pickle.loads(payload)  # an exception that pickles but does not load would break the reader
         except Exception:
             text = f'\n"""\n{render(tb)}"""'
             err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
-            flags, payload = encode((_ERR, (), err, text))
+            flags, payload = encode((_ERR, releases, err, text))
         finally:
             swap_encoding(prev)
         self.transport.send(flags, payload)

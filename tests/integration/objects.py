@@ -196,6 +196,14 @@ class EventBus:
     def apply(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
+    def drop_handlers(self, fail: bool = False) -> list[int]:
+        """Forget every handler (the byref proxies die here, now); returns a list, or raises."""
+        count = len(self.handlers)
+        self.handlers.clear()
+        if fail:
+            raise LookupError(f"dropped {count}")
+        return [count]
+
 
 def slow_echo(x: Any, seconds: float) -> Any:
     import time

@@ -74,6 +74,22 @@ def test_byref_objects_are_released_when_the_manager_drops_them(m: reflectmgr.Ma
     assert wait_until(lambda: (m.stats(), len(m.client.table) == 0)[1], message="the manager's release")
 
 
+@pytest.mark.parametrize("reply", ["a list", "an error"])
+def test_the_release_of_a_byref_object_rides_on_any_reply(m: reflectmgr.Manager, reply: str) -> None:
+    # The manager's proxy dies during the call: its release rides on that call's reply, whatever
+    # the reply is (it once rode only on scalars and references: a client whose calls return
+    # containers or raise kept its byref objects alive for ever).
+    bus = m.new(EventBus)
+    bus.subscribe(reflectmgr.byref(len))
+    assert len(m.client.table) == 1
+    if reply == "a list":
+        assert bus.drop_handlers() == [1]
+    else:
+        with pytest.raises(LookupError, match="dropped 1"):
+            bus.drop_handlers(True)
+    assert len(m.client.table) == 0
+
+
 def test_byref_outside_a_call_refuses_to_pickle() -> None:
     import pickle
 
