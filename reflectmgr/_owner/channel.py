@@ -192,7 +192,12 @@ class Channel:
                 if releases:
                     peer.apply_releases(releases)
                 self._dispatch(op, oid, args)
-                if done(msg):
+                stop = done(msg)
+                # Served: nothing of the request may outlive it here while the next one is awaited
+                # (a caller's argument, a byref proxy, would live until this connection's next
+                # request, though released everywhere else).
+                msg = args = None
+                if stop:
                     return
         finally:
             _tls.channel = prev

@@ -164,6 +164,7 @@ class Dispatcher:
             transport.send(*pending.frame)  # a reply the dispatcher could not send without waiting
         else:
             channel.run(*pending)
+        pending = None  # served: its arguments must not live on while this thread serves the ring
         streak = 0
 
         def more() -> bool:

@@ -95,3 +95,18 @@ def test_byref_outside_a_call_refuses_to_pickle() -> None:
 
     with pytest.raises(pickle.PicklingError):
         pickle.dumps(reflectmgr.byref(len))
+
+
+def test_a_served_request_keeps_nothing_alive_while_its_connection_waits(manager: reflectmgr.Manager) -> None:
+    # The subscribe call's arguments (the byref proxy) were still referenced by the thread that
+    # served it, until that connection's next request: released by another thread's connection,
+    # the bus died in the manager but the handler did not, and its release never came back.
+    bus = manager.new(EventBus)
+    bus.subscribe(reflectmgr.byref(len))
+    assert len(manager.client.table) == 1
+    del bus
+    gc.collect()
+    other = threading.Thread(target=manager.client.flush)  # the release goes on the thread's own connection
+    other.start()
+    other.join()
+    assert len(manager.client.table) == 0
