@@ -157,13 +157,7 @@ class Dispatcher:
         if conn.handoff is not None:
             raise conn.handoff  # the connection failed: the thread ends it (and keeps the turn)
         channel, transport = conn.channel, conn.transport
-        if pending is _READ_FRAME:
-            releases, call = channel.take_request(*transport.recv())
-            channel.run(releases, *(call or (NO_CALL, None, ())))
-        elif isinstance(pending, RingFull):
-            transport.send(*pending.frame)  # a reply the dispatcher could not send without waiting
-        else:
-            channel.run(*pending)
+        _serve_pending(conn, pending)
         pending = None  # served: its arguments must not live on while this thread serves the ring
         streak = 0
 
@@ -324,3 +318,16 @@ class Dispatcher:
             conn.pending = None
             self._handed -= 1
             conn.turn.release()
+
+
+def _serve_pending(conn: _Connection, pending: Any) -> None:
+    """Serve what the dispatcher handed over; a function of its own, so that nothing of the
+    request (its arguments) outlives it in the frame of the thread that goes on serving."""
+    channel, transport = conn.channel, conn.transport
+    if pending is _READ_FRAME:
+        releases, call = channel.take_request(*transport.recv())
+        channel.run(releases, *(call or (NO_CALL, None, ())))
+    elif isinstance(pending, RingFull):
+        transport.send(*pending.frame)  # a reply the dispatcher could not send without waiting
+    else:
+        channel.run(*pending)
