@@ -5,22 +5,66 @@
 1. Task overhead: N trivial tasks through ``m.executor()`` and through the standard
    ``ProcessPoolExecutor`` (same start method, same worker count), interleaved, several rounds.
 2. Scaling: a CPU-bound task that reads shared configuration through proxies, on 1 and 2 workers.
+3. Start: an executor of 2 workers made, its first 2 results, shut down; in programs of their own
+   (each makes ``STARTS`` executors one after the other, the first reported apart), for
+   ``m.executor()`` (workers forked from the template), ``m.executor()`` with spawn, and
+   ``ProcessPoolExecutor`` with spawn, forkserver and fork. Quiet, then with every core busy with
+   unrelated processes (``field.busy_cores``). The scripts' top level is empty: a spawned worker
+   (and ours) runs it again, so a script with heavy imports adds their time to each worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import reflectmgr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from field import busy_cores  # benchmarks/ is not a package
+
+START_SYSTEMS = ("reflectmgr", "reflectmgr spawn", "stdlib spawn", "stdlib forkserver", "stdlib fork")
+STARTS = 5  # per program: the first, then four later ones
+
+START_PROGRAM = """
+import json, multiprocessing, sys, time
+from concurrent.futures import ProcessPoolExecutor
+
+
+def trivial(x):
+    return x
+
+
+if __name__ == "__main__":
+    import reflectmgr
+
+    system, runs = sys.argv[1], int(sys.argv[2])
+    times = []
+    with reflectmgr.Manager() as m:
+        for _ in range(runs):
+            began = time.perf_counter()
+            if system == "reflectmgr":
+                ex = m.executor(2)
+            elif system == "reflectmgr spawn":
+                ex = m.executor(2, mp_context=multiprocessing.get_context("spawn"))
+            else:
+                ex = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(system.split()[1]))
+            with ex:
+                list(ex.map(trivial, range(2)))
+            times.append(time.perf_counter() - began)
+    print(json.dumps(times))
+"""
 
 
 def trivial(x: int) -> int:
@@ -67,6 +111,38 @@ def scaling(m: reflectmgr.Manager, tasks: int, n: int) -> dict[str, Any]:
     return {"seconds": out, "speedup": out[1] / out[2]}
 
 
+def starts(programs: int, runs: int) -> dict[str, Any]:
+    """Each system's first executor and its later ones (median, p90), quiet and busy."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "start_an_executor.py"
+        script.write_text(START_PROGRAM)
+        for load in ("quiet", "busy"):
+            with busy_cores() if load == "busy" else contextlib.nullcontext():
+                for system in START_SYSTEMS:
+                    first: list[float] = []
+                    later: list[float] = []
+                    for _ in range(programs):
+                        proc = subprocess.run(
+                            [sys.executable, str(script), system, str(runs)],
+                            capture_output=True,
+                            text=True,
+                            cwd=Path(__file__).resolve().parents[1],
+                        )
+                        if proc.returncode != 0:
+                            raise SystemExit(f"{system} failed:\n{proc.stderr}")
+                        times = json.loads(proc.stdout.splitlines()[-1])
+                        first.append(times[0])
+                        later.extend(times[1:])
+                    out[f"{load}|{system}"] = {"first": _summary(first), "later": _summary(later)}
+    return out
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    return {"median": statistics.median(ordered), "p90": ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -75,6 +151,8 @@ def main() -> None:
     with reflectmgr.Manager() as m:
         overhead = task_overhead(m, n=1000 if args.quick else 10_000, rounds=2 if args.quick else 5)
         scale = scaling(m, tasks=4 if args.quick else 8, n=200_000 if args.quick else 2_000_000)
+    programs, runs = (1, 3) if args.quick else (6, STARTS)
+    start = starts(programs, runs)
     print(f"executor benchmarks, Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     per = overhead["per_task"]
     print(
@@ -87,8 +165,19 @@ def main() -> None:
         f"CPU-bound tasks reading shared config: 1 worker {secs[1]:.2f} s, 2 workers {secs[2]:.2f} s, "
         f"speedup {scale['speedup']:.2f}x (2 cores)"
     )
+    print(
+        f"executor start (2 workers made, their first 2 results, shutdown; {programs} programs of {runs} "
+        "executors): ms, median / p90"
+    )
+    for load in ("quiet", "busy"):
+        print("  quiet:" if load == "quiet" else "  every core busy with unrelated processes:")
+        for which in ("first", "later"):
+            row = {system: start[f"{load}|{system}"][which] for system in START_SYSTEMS}
+            cells = "  ".join(f"{system} {r['median'] * 1e3:.0f} / {r['p90'] * 1e3:.0f}" for system, r in row.items())
+            ratio = row["stdlib spawn"]["median"] / row["reflectmgr"]["median"]
+            print(f"    {which + ' executor:':17}{cells}  (stdlib spawn / reflectmgr: {ratio:.2f}x)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"overhead": overhead, "scaling": scale}, indent=2))
+        Path(args.json).write_text(json.dumps({"overhead": overhead, "scaling": scale, "start": start}, indent=2))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def test_benchmark_suite_runs(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_executor_and_interpreter_benchmarks_run() -> None:
-    assert "task overhead" in _run(str(BENCH / "executor.py"), "--quick")
+    out = _run(str(BENCH / "executor.py"), "--quick")
+    assert "task overhead" in out and out.count("reflectmgr spawn") == 4  # first and later, quiet and busy
     text = _run(str(BENCH / "interpreters.py"), "--quick")
     assert ("ratio" in text) if sys.version_info >= (3, 13) else ("skipped" in text)
 

@@ -43,7 +43,7 @@ import cloudpickle
 
 from ..errors import BrokenManagerError
 from .registry import default_authkey
-from .template import ForkedManager, StartedProcess, Template, environment_key
+from .template import ForkedChild, StartedProcess, Template, environment_key
 
 # SIGINT is ignored first: a Ctrl-C meant for the program must not kill the manager (with a
 # traceback) while it imports. Then the parent's sys.path, then reflectmgr.
@@ -53,7 +53,7 @@ BOOT = (
 )
 
 
-def launch(arguments: dict[str, Any], timeout: float) -> tuple[ManagerProcess | ForkedManager, Connection]:
+def launch(arguments: dict[str, Any], timeout: float) -> tuple[ManagerProcess | ForkedChild, Connection]:
     """Start ``process.serve(report, **arguments)`` in a new interpreter, or fork it from this
     process's template (see template.py); returns its process and the end of the connection on
     which it reports (see :func:`process.boot`). ``timeout``: for the template's start and answer."""
@@ -65,7 +65,7 @@ def launch(arguments: dict[str, Any], timeout: float) -> tuple[ManagerProcess | 
         cwd = "."  # removed: the manager stays in the template's (a launched one inherits the void)
     path = [entry for entry in sys.path if isinstance(entry, str)]
     payload = cloudpickle.dumps((default_authkey(), sys.argv, (path, cwd, dict(os.environ)), arguments))
-    process: ManagerProcess | ForkedManager | None = None
+    process: ManagerProcess | ForkedChild | None = None
     template = _template(timeout)
     if template is not None:
         ours, theirs = socket.socketpair()
@@ -126,28 +126,44 @@ def _template(timeout: float) -> Template | None:
     state = _templates
     with state.lock:
         state.starts += 1
-        if state.starts < 2 or state.failed:
+        if state.starts < 2:
             return None
-        for idle in [t for t in state.retired if t.dead or t.idle()]:
-            state.retired.remove(idle)
-            idle.close()
-        old = state.template
-        if old is not None and (old.dead or old.key != environment_key()):
-            state.template = None
-            if old.dead:
-                old.close()
-            else:
-                state.retired.append(old)
-        if state.template is None:
-            try:
-                state.template = Template(_interpreter(), timeout)
-            except (OSError, BrokenManagerError):
-                state.failed = True
-        return state.template
+        return _current(timeout)
+
+
+def template_for_workers(timeout: float) -> Template | None:
+    """The template to fork an executor's worker from (started now if there is none: a worker
+    forked from it costs less than one spawned, from the first), or None: spawn it."""
+    with _templates.lock:
+        return _current(timeout)
+
+
+def _current(timeout: float) -> Template | None:
+    """The template of now, replaced or started as needed; None if one could not start (lock held)."""
+    state = _templates
+    if state.failed:
+        return None
+    for idle in [t for t in state.retired if t.dead or t.idle()]:
+        state.retired.remove(idle)
+        idle.close()
+    old = state.template
+    if old is not None and (old.dead or old.key != environment_key()):
+        state.template = None
+        if old.dead:
+            old.close()
+        else:
+            state.retired.append(old)
+    if state.template is None:
+        try:
+            state.template = Template(_interpreter(), timeout)
+        except (OSError, BrokenManagerError):
+            state.failed = True
+    return state.template
 
 
 def _lost(template: Template) -> None:
-    """It died or stopped answering: launch this start's manager, and replace it at the next."""
+    """It died or stopped answering: launch this start's manager (spawn this worker), and replace
+    it at the next."""
     with _templates.lock:
         if _templates.template is template:
             _templates.template = None

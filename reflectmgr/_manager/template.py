@@ -1,9 +1,13 @@
-"""The template: one interpreter per owner, with the manager's code imported, that forks managers.
+"""The template: one interpreter per owner, with reflectmgr imported, that forks managers and
+executor workers.
 
     owner (launch.py)                          template (python -c TEMPLATE_BOOT fd sys.path...)
       Template(): Popen, wait ("ready",)  <---  imports process.py and what serve() needs, once
-      ("fork", n) + report fd, stdout, stderr ->  os.fork(): the child dup2s stdout/stderr and runs
-                                                process.boot(report fd) as a launched manager does
+      ("fork", n, entry) + stdout, stderr, -->  os.fork(): the child dup2s stdout/stderr and runs
+        the entry's fds                         process.boot(report fd) as a launched manager does
+                                                (entry "manager"), or "module:function"(fds) (an
+                                                executor's worker: _pools/forked.py), the module
+                                                imported in the template first, once
       ("forked", n, pid)                  <---  (pid None: the fork failed)
       ("signal", n, sig) -------------------->  os.kill, only while child n is not reaped
       ("exited", n, code)                 <---  SIGCHLD: waitpid, then reported
@@ -48,6 +52,9 @@ TEMPLATE_BOOT = (
 MARKER = "reflectmgr._manager.template import serve_template"  # in its command line, for ps and tests
 # Every message is a small pickle: a request, a reply or an exit.
 MESSAGE_SIZE = 4096
+# The most file descriptors a request carries (a worker's: its pipes, the resource tracker's, the
+# ones its Process object pickles: the executor's queues).
+MAX_FDS = 32
 
 
 def environment_key() -> tuple[tuple[str, str], ...]:
@@ -85,19 +92,31 @@ class Template:
             self.close()
             raise BrokenManagerError(f"the template process did not start within {timeout} s")
 
-    def fork(self, report: socket.socket, timeout: float) -> ForkedManager:
+    def fork(self, report: socket.socket, timeout: float) -> ForkedChild:
         """A manager forked from the template, which will run ``process.boot`` on ``report``.
         Raises OSError if the template is gone, could not fork, or does not answer in time."""
+        return self._fork("manager", [report.fileno()], timeout)
+
+    def fork_entry(self, entry: str, fds: list[int], timeout: float) -> ForkedChild:
+        """A child forked from the template that runs ``entry`` ("module:function") with ``fds``
+        and exits with what it returns (an executor's worker: _pools/forked.py). The template
+        imports the module before it forks, once: every later child has it. Raises OSError as
+        :meth:`fork` (also when the module does not import there)."""
+        if len(fds) + 2 > MAX_FDS:
+            raise OSError(f"{len(fds)} file descriptors are more than a request carries")
+        return self._fork(entry, fds, timeout)
+
+    def _fork(self, entry: str, fds: list[int], timeout: float) -> ForkedChild:
         with self._cond:
             if self.dead:
                 raise OSError("the template process is gone")
             number = self._next
             self._next += 1
-            fds = [report.fileno(), *_standard_streams()]
+            streams = _standard_streams()
             try:
-                socket.send_fds(self._sock, [pickle.dumps(("fork", number))], fds)
+                socket.send_fds(self._sock, [pickle.dumps(("fork", number, entry))], [*streams, *fds])
             finally:
-                for fd in fds[1:]:
+                for fd in streams:
                     os.close(fd)
         if not self._wait_for(lambda: number in self._replies, timeout):
             raise OSError(f"the template process did not fork within {timeout} s")
@@ -107,7 +126,7 @@ class Template:
                 self._forked += 1
         if pid is None:
             raise OSError("the template process could not fork")
-        return ForkedManager(self, number, pid)
+        return ForkedChild(self, number, pid)
 
     def signal(self, number: int, signum: int) -> bool:
         """Send ``signum`` to child ``number``, never to a process that reused its pid: the
@@ -244,11 +263,11 @@ class StartedProcess:
             raise BrokenManagerError(f"only the process that started the manager (pid {self._parent}) can wait for it")
 
 
-class ForkedManager(StartedProcess):
-    """A manager forked by the template, with the interface of launch.ManagerProcess. Should the
-    template be killed, a pidfd (Linux 5.3+) still tells the manager's exit and signals it without
-    a pid's reuse to fear; its exit code is then unknown (``exitcode`` raises BrokenManagerError
-    once it is gone)."""
+class ForkedChild(StartedProcess):
+    """A manager or a worker forked by the template, with the interface of
+    launch.ManagerProcess. Should the template be killed, a pidfd (Linux 5.3+) still tells the
+    child's exit and signals it without a pid's reuse to fear; its exit code is then unknown
+    (``exitcode`` raises BrokenManagerError once it is gone)."""
 
     def __init__(self, template: Template, number: int, pid: int) -> None:
         super().__init__(pid)
@@ -267,7 +286,7 @@ class ForkedManager(StartedProcess):
         self._check_parent()
         code = self._template.exitcode(self._number)
         if code is None and self._template.dead and not self._running(0):
-            raise BrokenManagerError(f"the template process is gone: manager {self.pid}'s exit code is unknown")
+            raise BrokenManagerError(f"the template process is gone: process {self.pid}'s exit code is unknown")
         return code
 
     def is_alive(self) -> bool:
@@ -283,12 +302,12 @@ class ForkedManager(StartedProcess):
             self._running(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
+        self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
 
-    def _signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         self._check_parent()
         if self._template.signal(self._number, signum):
             return
@@ -322,11 +341,11 @@ class ForkedManager(StartedProcess):
 
 
 def serve_template(fd: int) -> None:
-    """The template process: fork a manager per request until the owner closes the socket."""
+    """The template process: fork a manager or another entry per request until the owner closes
+    the socket."""
     import selectors
 
     from . import process  # what every manager runs, imported once for all of them
-    from .process import boot
 
     process.preload()
     sock = socket.socket(fileno=fd)
@@ -347,7 +366,7 @@ def serve_template(fd: int) -> None:
                     _drain(wake_r)  # a SIGCHLD: reaped below
                     continue
                 try:
-                    data, fds, _, _ = socket.recv_fds(sock, MESSAGE_SIZE, 3)
+                    data, fds, _, _ = socket.recv_fds(sock, MESSAGE_SIZE, MAX_FDS)
                 except BlockingIOError:
                     continue
                 if not data:
@@ -355,12 +374,15 @@ def serve_template(fd: int) -> None:
                 request = pickle.loads(data)
                 if request[0] == "fork":
                     pid: int | None = None
+                    run = _entry(request[2])
                     try:
-                        pid = os.fork()
+                        if run is not None:
+                            pid = os.fork()
                     except OSError:
                         pass  # EAGAIN, ENOMEM: the owner launches this one instead
                     if pid == 0:
-                        _become_manager(boot, fds, sock, [wake_r, wake_w], selector)
+                        assert run is not None
+                        _become_child(run, fds, sock, [wake_r, wake_w], selector)
                     for received in fds:
                         os.close(received)
                     if pid is not None:
@@ -389,8 +411,28 @@ def _reap(sock: socket.socket, children: dict[int, int]) -> None:
             sock.send(pickle.dumps(("exited", number, os.waitstatus_to_exitcode(status))))
 
 
-def _become_manager(boot: Any, fds: list[int], sock: socket.socket, wake: list[int], selector: Any) -> None:
-    """In the forked child: shed the template, take the owner's stdout and stderr, and boot."""
+def _entry(entry: str) -> Any:
+    """What a forked child runs with its fds: the manager's boot, or "module:function" imported
+    here (before the fork: every later child has it); None if it does not import."""
+    if entry == "manager":
+        from .process import boot
+
+        return lambda fds: boot(*fds)  # the report socket
+    import importlib
+
+    module, _, name = entry.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()  # the owner is told "not forked", and starts it its own way
+        return None
+
+
+def _become_child(run: Any, fds: list[int], sock: socket.socket, wake: list[int], selector: Any) -> None:
+    """In the forked child: shed the template, take the owner's stdout and stderr, and run the
+    entry with the rest of the fds; it returns the exit code (None: 0)."""
     code = 0
     try:
         selector.close()
@@ -399,12 +441,12 @@ def _become_manager(boot: Any, fds: list[int], sock: socket.socket, wake: list[i
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in wake:
             os.close(fd)
-        report, stdout, stderr = fds
+        stdout, stderr, *rest = fds
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
         os.close(stdout)
         os.close(stderr)
-        boot(report)
+        code = run(rest) or 0
     except BaseException:
         import traceback
 

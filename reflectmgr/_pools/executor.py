@@ -12,7 +12,6 @@ BrokenProcessPool when a worker dies) is the standard executor's own behaviour.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import weakref
@@ -24,6 +23,7 @@ from typing import Any
 from .._manager.client import Client
 from .._manager.spawning import main_file_hidden_if_unreadable, main_runs_in_children
 from ..errors import ReflectmgrPicklingError
+from .forked import WorkerContext
 from .worker import init_worker, run_task
 
 
@@ -39,8 +39,9 @@ class ManagerExecutor(ProcessPoolExecutor):
         mp_context: Any = None,
     ) -> None:
         if mp_context is None:
-            # spawn: workers inherit no threads or locks from this (threaded) client process
-            mp_context = multiprocessing.get_context("spawn")
+            # spawn's semantics (workers inherit no threads or locks from this threaded client
+            # process), forked from the template where there is one (forked.py)
+            mp_context = WorkerContext()
         if (
             getattr(initializer, "__module__", None) == "__main__"
             and mp_context.get_start_method() != "fork"

@@ -18,7 +18,7 @@ import reflectmgr
 from reflectmgr._manager import launch, process, template
 from reflectmgr._manager.launch import ManagerProcess
 from reflectmgr._manager.template import MARKER as TEMPLATE
-from reflectmgr._manager.template import ForkedManager
+from reflectmgr._manager.template import ForkedChild
 
 from ..helpers import CHILD, DEATH, gone, wait_until
 
@@ -29,9 +29,9 @@ def test_the_manager_gets_our_sys_path_argv_and_authkey_launched_or_forked() -> 
     # The first start of a process launches a fresh interpreter, later ones fork from its
     # template: whichever this test worker's start is, and a second one, which is forked.
     with reflectmgr.Manager() as first, reflectmgr.Manager() as second:
-        assert isinstance(second._process, ForkedManager)
+        assert isinstance(second._process, ForkedChild)
         for m in (first, second):
-            assert isinstance(m._process, (ManagerProcess, ForkedManager)) and m._process.is_alive()
+            assert isinstance(m._process, (ManagerProcess, ForkedChild)) and m._process.is_alive()
             assert m._process.exitcode is None
             parent = psutil.Process(m.pid).parent()
             assert parent is not None
@@ -47,7 +47,7 @@ def test_a_forked_manager_writes_to_our_stdout_and_stderr_of_now(capfd: pytest.C
     # forked now writes where this process's fd 1 and 2 point now, as a launched one would.
     with reflectmgr.Manager() as first, reflectmgr.Manager() as m:
         del first
-        assert isinstance(m._process, ForkedManager)
+        assert isinstance(m._process, ForkedChild)
         m.new(_say, "to stdout", "to stderr")
         out, err = capfd.readouterr()
     assert "to stdout" in out and "to stderr" in err
@@ -61,7 +61,7 @@ def _say(out: str, err: str) -> None:
 def test_a_forked_manager_killed_reports_its_signal_as_exit_code() -> None:
     with reflectmgr.Manager() as first, reflectmgr.Manager(shutdown_timeout=DEATH) as m:
         del first
-        assert isinstance(m._process, ForkedManager)
+        assert isinstance(m._process, ForkedChild)
         os.kill(m.pid, signal.SIGKILL)
         wait_until(lambda: not m._process.is_alive(), DEATH, "the template to report the exit")  # no join
         assert m._process.exitcode == -signal.SIGKILL
@@ -92,7 +92,7 @@ def test_a_forked_child_of_the_owner_starts_its_managers_without_its_parents_tem
 def test_a_stuck_forked_manager_is_terminated_then_killed_by_its_template() -> None:
     with reflectmgr.Manager() as first, reflectmgr.Manager(shutdown_timeout=0.5) as m:
         del first
-        assert isinstance(m._process, ForkedManager)
+        assert isinstance(m._process, ForkedChild)
         pid = m.pid
         os.kill(pid, signal.SIGSTOP)
         m.shutdown()  # no answer: SIGTERM, pending on a stopped process, then SIGKILL
