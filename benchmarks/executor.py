@@ -151,7 +151,7 @@ def main() -> None:
     with reflectmgr.Manager() as m:
         overhead = task_overhead(m, n=1000 if args.quick else 10_000, rounds=2 if args.quick else 5)
         scale = scaling(m, tasks=4 if args.quick else 8, n=200_000 if args.quick else 2_000_000)
-    programs, runs = (1, 3) if args.quick else (6, STARTS)
+    programs, runs = (1, 2) if args.quick else (6, STARTS)
     start = starts(programs, runs)
     print(f"executor benchmarks, Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     per = overhead["per_task"]
