@@ -33,6 +33,7 @@ import reflectmgr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from field import busy_cores  # benchmarks/ is not a package
+from startup import summary
 
 START_SYSTEMS = ("reflectmgr", "reflectmgr spawn", "stdlib spawn", "stdlib forkserver", "stdlib fork")
 STARTS = 5  # per program: the first, then four later ones
@@ -134,13 +135,8 @@ def starts(programs: int, runs: int) -> dict[str, Any]:
                         times = json.loads(proc.stdout.splitlines()[-1])
                         first.append(times[0])
                         later.extend(times[1:])
-                    out[f"{load}|{system}"] = {"first": _summary(first), "later": _summary(later)}
+                    out[f"{load}|{system}"] = {"first": summary(first), "later": summary(later)}
     return out
-
-
-def _summary(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {"median": statistics.median(ordered), "p90": ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]}
 
 
 def main() -> None:
