@@ -72,9 +72,12 @@ class Template:
         self._cond = threading.Condition()
         self._reading = False
         self._replies: dict[int, int | None] = {}  # request number -> pid (None: not forked)
-        self._exits: dict[int, int] = {}  # request number -> exit code, as Popen.returncode
+        # Request number -> exit code, as Popen.returncode, while its ForkedChild lives (a pool
+        # that replaces its workers for days must not keep one entry per worker it ever had).
+        self._exits: dict[int, int] = {}
+        self._known: set[int] = set()  # children forked whose ForkedChild lives
+        self._running: set[int] = set()  # children forked and not reported exited
         self._next = 0
-        self._forked = 0
         self.dead = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -122,8 +125,6 @@ class Template:
             raise OSError(f"the template process did not fork within {timeout} s")
         with self._cond:
             pid = self._replies.pop(number)
-            if pid is not None:
-                self._forked += 1
         if pid is None:
             raise OSError("the template process could not fork")
         return ForkedChild(self, number, pid)
@@ -159,7 +160,13 @@ class Template:
         """Whether every child it forked has exited, as far as it reported yet."""
         self._wait_for(lambda: False, 0)
         with self._cond:
-            return len(self._exits) >= self._forked
+            return not self._running
+
+    def forget_child(self, number: int) -> None:
+        """Its ForkedChild is gone: nobody will ask for child ``number``'s exit code."""
+        with self._cond:
+            self._known.discard(number)
+            self._exits.pop(number, None)
 
     def close(self) -> None:
         """Let the template go (its managers go on), and reap it."""
@@ -206,8 +213,13 @@ class Template:
                         self._replies[-1] = 0
                     elif message[0] == "forked":
                         self._replies[message[1]] = message[2]
+                        if message[2] is not None:
+                            self._known.add(message[1])
+                            self._running.add(message[1])
                     elif message[0] == "exited":
-                        self._exits[message[1]] = message[2]
+                        self._running.discard(message[1])
+                        if message[1] in self._known:
+                            self._exits[message[1]] = message[2]
                 if lost:
                     self._lost()
             return True
@@ -273,6 +285,7 @@ class ForkedChild(StartedProcess):
         super().__init__(pid)
         self._template = template
         self._number = number
+        weakref.finalize(self, template.forget_child, number)
         self._pidfd: int | None = None
         try:
             self._pidfd = os.pidfd_open(pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -142,3 +143,17 @@ def test_an_entry_the_template_cannot_import_is_refused_and_the_template_goes_on
         template.fork_entry("reflectmgr_no_such_module:run", [], CHILD)
     with m.executor(1) as ex:
         assert ex.submit(os.getppid).result(CHILD) == template.pid
+
+
+def test_the_template_forgets_the_workers_a_pool_replaced(m: reflectmgr.Manager) -> None:
+    # A pool that replaces its workers (max_tasks_per_child) for days must not leave an entry per
+    # worker it ever had in the owner's side of the template.
+    template = launch.template_for_workers(CHILD)
+    assert template is not None
+    known = set(template._known)  # this test's manager, if forked from it, and the like
+    with m.executor(1, max_tasks_per_child=1) as ex:
+        workers = {ex.submit(os.getpid).result(CHILD) for _ in range(6)}
+    del ex
+    gc.collect()
+    assert len(workers) == 6
+    assert template._known <= known and set(template._exits) <= known
