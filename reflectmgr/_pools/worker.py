@@ -32,8 +32,37 @@ def init_worker(
         with registry.lock:
             registry.tls[registry.key(address)] = ssl_context
     _client = get_client(address, authkey)
+    _leave_with_the_owner()
     if initializer is not None:
         initializer(*initargs)
+
+
+def _leave_with_the_owner() -> None:
+    """Exit when the process that started this worker is gone. A pool's worker waits for its
+    next task on a queue whose write end it holds itself, so it would never see its owner die (the
+    standard executor's workers outlive a killed owner). multiprocessing gives every child a
+    sentinel that becomes readable when its parent ends; a daemon thread waits on it."""
+    import multiprocessing
+    import threading
+
+    sentinel = getattr(multiprocessing.parent_process(), "sentinel", None)
+    if sentinel is None:  # not a child process (a subinterpreter of the owner)
+        return
+
+    def watch() -> None:
+        import os
+        from multiprocessing.connection import wait
+
+        try:
+            wait([sentinel])
+        except OSError:  # closed by the task's own code: nothing left to watch
+            return
+        os._exit(_OWNER_GONE)
+
+    threading.Thread(target=watch, name="reflectmgr-owner-watch", daemon=True).start()
+
+
+_OWNER_GONE = 70  # the exit code of a worker whose owner died (EX_SOFTWARE)
 
 
 def execute(blob: bytes) -> Any:

@@ -106,11 +106,16 @@ class _Bomb:
         return (Path.touch, (Path(self.path),))
 
 
-@pytest.mark.parametrize("count", [1, 3], ids=["launched", "and-forked-from-a-template"])
-def test_owner_death_stops_the_manager(count: int) -> None:
+@pytest.mark.parametrize(
+    ("count", "executor"),
+    [(1, None), (3, None), (1, "template"), (1, "spawn")],
+    ids=["launched", "and-forked-from-a-template", "and-its-executor", "and-its-spawned-executor"],
+)
+def test_owner_death_stops_the_manager(count: int, executor: str | None) -> None:
+    # ... and its executor's workers, which wait on a queue whose write end they hold themselves
     ctx = multiprocessing.get_context("spawn")
     report = ctx.Queue()
-    owner = ctx.Process(target=own_a_manager, args=(report, count))
+    owner = ctx.Process(target=own_a_manager, args=(report, count, executor))
     owner.start()
     try:
         started = [psutil.Process(pid) for pid in report.get(timeout=CHILD)]

@@ -6,9 +6,12 @@ import time
 from typing import Any
 
 
-def own_a_manager(report: Any, count: int = 1) -> None:
-    """Start ``count`` managers (the second and later fork from a template process), report the
-    pids of every process this one started, then wait to be killed."""
+def own_a_manager(report: Any, count: int = 1, executor: str | None = None) -> None:
+    """Start ``count`` managers (the second and later fork from a template process), and an
+    executor of two workers on the first (``executor``: "template", its default, or "spawn"),
+    report the pids of every process this one started, then wait to be killed."""
+    import multiprocessing
+
     import psutil
 
     import reflectmgr
@@ -16,6 +19,12 @@ def own_a_manager(report: Any, count: int = 1) -> None:
     managers = [reflectmgr.Manager() for _ in range(count)]
     for m in managers:
         m.start()
+    if executor is not None:
+        ctx = multiprocessing.get_context("spawn") if executor == "spawn" else None
+        pool = managers[0].executor(2, mp_context=ctx)
+        list(pool.map(abs, range(4)))
+        while len(pool._processes) < 2:  # type: ignore[attr-defined]  # the second worker may come later
+            pool.submit(abs, 0).result()
     report.put([p.pid for p in psutil.Process().children(recursive=True)])
     time.sleep(600)  # the test SIGKILLs us long before; the managers must then exit on their own
 
