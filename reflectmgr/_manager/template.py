@@ -270,8 +270,12 @@ class StartedProcess:
         self._parent = os.getpid()
         self.pid = pid
 
+    def started_here(self) -> bool:
+        """Whether this process started it (not a forked child of the one that did)."""
+        return os.getpid() == self._parent
+
     def _check_parent(self) -> None:
-        if os.getpid() != self._parent:
+        if not self.started_here():
             raise BrokenManagerError(f"only the process that started the manager (pid {self._parent}) can wait for it")
 
 

@@ -106,7 +106,7 @@ class WorkerPopen(popen_spawn_posix.Popen):
     def poll(self, flag: int = os.WNOHANG) -> int | None:
         if self.returncode is None:
             child = self._child
-            if os.getpid() != child._parent:
+            if not child.started_here():
                 return None  # a forked child of the owner: not its worker (as waitpid would say)
             if flag != os.WNOHANG:
                 child.join()
@@ -117,7 +117,7 @@ class WorkerPopen(popen_spawn_posix.Popen):
         return self.returncode
 
     def _send_signal(self, sig: int) -> None:
-        if self.returncode is None and os.getpid() == self._child._parent:
+        if self.returncode is None and self._child.started_here():
             self._child.send_signal(sig)
 
 
