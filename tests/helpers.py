@@ -72,3 +72,17 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t, out
+
+
+def until_dropped(t: Any, *recv_args: Any) -> list[Any]:
+    """What the raw transport ``t`` receives until its peer closes the connection (EOF or a
+    reset). A timeout fails the test: the peer kept the connection open. (A socket timeout is an
+    ``OSError`` too, so ``pytest.raises((EOFError, OSError))`` would take it for a drop.)"""
+    received = []
+    while True:
+        try:
+            received.append(t.recv(*recv_args))
+        except TimeoutError:
+            raise AssertionError(f"the peer kept the connection open; it sent {received!r}") from None
+        except (EOFError, ConnectionError):
+            return received
