@@ -81,9 +81,12 @@ def test_a_futex_wait_returns_at_once_when_the_word_moved_and_at_its_bound_other
 
 def test_the_load_sample_counts_runnable_tasks() -> None:
     waiting.load.stale()
-    assert isinstance(waiting.load.cores_free(), bool)
+    free = waiting.load.cores_free()
+    # Read at once: a second cores_free() samples again once SAMPLE_NS has passed (a preempted
+    # test saw a sample of 4 against its first answer).
     running = waiting.load._running
-    assert waiting.load.cores_free() is (running <= waiting.CORES)
+    assert running >= 1  # this thread at least
+    assert free is (running <= waiting.CORES)
 
 
 @pytest.fixture
