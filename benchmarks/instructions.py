@@ -9,7 +9,8 @@ first, then on the clock (run.py's field scenarios).
     python3 benchmarks/instructions.py --calls 500  # fewer calls
     python3 benchmarks/instructions.py --op missing # d[missing]: the KeyError's way back
     python3 benchmarks/instructions.py --op queue   # a Queue put and get (two calls)
-    python3 benchmarks/instructions.py --systems reflectmgr  # ours alone (half the time: the smoke test)
+    python3 benchmarks/instructions.py --systems reflectmgr  # ours alone (half the time)
+    python3 benchmarks/instructions.py --systems reflectmgr --smoke  # one run, start-up included: the suite's check
 
 Each system runs twice under ``valgrind --tool=callgrind --trace-children=yes``, each run pinned to
 one CPU (so nobody spins: with one usable core reflectmgr never does; the four runs go at once,
@@ -105,6 +106,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000, help="calls in the short run (the long one makes 5x)")
     ap.add_argument("--op", choices=OPS, default="d[k]", help="the call counted (default d[k])")
     ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="default: both")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one run per system, counted whole (start-up and shutdown included): checks that the tools work",
+    )
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -115,7 +121,7 @@ def main() -> None:
         return
     short, long = args.calls, 5 * args.calls
     per_call: dict[str, dict[str, float]] = {}
-    runs = [(kind, calls) for kind in args.systems for calls in (short, long)]
+    runs = [(kind, calls) for kind in args.systems for calls in ((short,) if args.smoke else (short, long))]
     cpus: list[int | None] = [None]
     if hasattr(os, "sched_getaffinity") and shutil.which("taskset"):
         cpus = sorted(os.sched_getaffinity(0))
@@ -125,15 +131,23 @@ def main() -> None:
             for i, (kind, calls) in enumerate(runs)
         ]
         counts = {run: future.result() for run, future in zip(runs, futures, strict=True)}
-    for kind in args.systems:
-        a, b = counts[kind, short], counts[kind, long]
-        per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
     call = {"d[k]": "d[k]", "missing": "d[missing] (KeyError)", "queue": "Queue put+get (two calls)"}[args.op]
-    print(f"instructions per {call} call (callgrind, user space, {long - short} calls, one CPU)")
-    print(f"{'':12s}{'client':>10s}{'manager':>10s}{'total':>10s}")
+    for kind in args.systems:
+        a = counts[kind, short]
+        if args.smoke:
+            per_call[kind] = {role: float(a[role]) for role in ("client", "manager")}
+            continue
+        b = counts[kind, long]
+        per_call[kind] = {role: (b[role] - a[role]) / (long - short) for role in ("client", "manager")}
+    if args.smoke:
+        print(f"instructions of a whole run of {short} {call} calls, start-up and shutdown included (callgrind, smoke)")
+    else:
+        print(f"instructions per {call} call (callgrind, user space, {long - short} calls, one CPU)")
+    w = 14 if args.smoke else 10  # a whole run's counts are in the hundreds of millions
+    print(f"{'':12s}{'client':>{w}s}{'manager':>{w}s}{'total':>{w}s}")
     for kind, roles in per_call.items():
         total = roles["client"] + roles["manager"]
-        print(f"{kind:12s}{roles['client']:10,.0f}{roles['manager']:10,.0f}{total:10,.0f}")
+        print(f"{kind:12s}{roles['client']:{w},.0f}{roles['manager']:{w},.0f}{total:{w},.0f}")
     if len(per_call) == len(SYSTEMS):
         ours, theirs = per_call["reflectmgr"], per_call["stdlib"]
         ratio = (ours["client"] + ours["manager"]) / (theirs["client"] + theirs["manager"])
