@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -86,3 +87,12 @@ def until_dropped(t: Any, *recv_args: Any) -> list[Any]:
             raise AssertionError(f"the peer kept the connection open; it sent {received!r}") from None
         except (EOFError, ConnectionError):
             return received
+
+
+def untraced_env(**extra: str) -> dict[str, str]:
+    """This process's environment without coverage's subprocess measurement, for a process that
+    runs none of reflectmgr's lines worth measuring (a tool, a benchmark): coverage's start-up
+    and its tracer made mypy 20% slower, mkdocs 50% (16.8 s against 19.9, 3.7 against 5.6)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_PROCESS_", "COV_CORE_"))}
+    env.update(extra)
+    return env

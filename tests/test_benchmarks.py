@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import untraced_env
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SMOKE_TIMEOUT = 240.0
 
@@ -26,9 +28,13 @@ once_per_ci = pytest.mark.skipif(
 def _run(*args: str) -> str:
     # Without coverage's subprocess patch: every process of a benchmark traced made these tests
     # about a third slower (77 s against 57 s here), for lines the rest of the suite covers.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_PROCESS_", "COV_CORE_"))}
     proc = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=SMOKE_TIMEOUT, cwd=BENCH.parent, env=env
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        cwd=BENCH.parent,
+        env=untraced_env(),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout

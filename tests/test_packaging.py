@@ -16,12 +16,17 @@ import pytest
 
 import reflectmgr
 
+from .helpers import untraced_env
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_TIMEOUT = 240.0
 
 
 def _run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+    # Untraced: the build and pip run none of this checkout's lines, nor does the installed copy.
+    return subprocess.run(
+        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=untraced_env()
+    )
 
 
 @pytest.mark.slow

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .helpers import untraced_env
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC_TIMEOUT = 55.0  # mypy on a cold cache takes ~10-20 s here
@@ -15,7 +16,12 @@ STATIC_TIMEOUT = 55.0  # mypy on a cold cache takes ~10-20 s here
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=STATIC_TIMEOUT
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=STATIC_TIMEOUT,
+        env=untraced_env(),
     )
 
 
@@ -46,7 +52,7 @@ def test_the_docs_site_builds_strict(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=100,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        env=untraced_env(NO_MKDOCS_2_WARNING="1"),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     api = (tmp_path / "site" / "api" / "index.html").read_text()

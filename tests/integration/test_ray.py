@@ -28,7 +28,8 @@ from reflectmgr._manager import registry  # noqa: E402
 
 from ..helpers import CHILD, DEATH, wait_until  # noqa: E402
 
-pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.timeout(120)]
+# slow: a cluster starts (10-17 s in CI), and the group runs on one worker: first, not as the tail
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray"), pytest.mark.timeout(120)]
 
 
 def _ray_processes() -> dict[int, psutil.Process]:
