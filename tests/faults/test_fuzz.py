@@ -13,9 +13,12 @@ import pytest
 FUZZ = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz.py"
 FRAMES = 10_000
 # CI replays one seed, so that a run fails for a change, never for the draw. Other seeds are for
-# `python3 benchmarks/fuzz.py` runs by hand; seed 579931532 reproduces a stall not yet explained
-# (the legitimate client waits ~5 s on the TCP manager after authentication; see the session note
-# of 2026-12-02), which this seed does not reach.
+# `python3 benchmarks/fuzz.py` runs by hand. Seed 579931532 (100 000 frames) found the ~5 s stall
+# that reflectmgr/_wire/memo_guard.py now prevents (worst round trip 3-20 ms since); it also
+# prints "SystemError: deallocated bytearray object has exported buffers" from the pipe and tcp
+# managers: CPython's PyByteArray_FromStringAndSize, on a failed allocation (a bit flip makes a
+# BYTEARRAY8 announce 8.6e18 bytes), frees the new object with its export count not yet set.
+# The unpickler then raises MemoryError, which the sender gets as its answer; nothing is lost.
 SEED = 1
 
 
