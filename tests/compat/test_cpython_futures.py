@@ -5,10 +5,10 @@ here on executor mixins whose ``executor_type`` is ``m.executor`` of one manager
 ``m.executor()``'s default context (workers forked from the manager's template, with spawn's
 semantics: its start method is "spawn") and the two other start methods the stdlib tests (fork
 and forkserver, which ``mp_context=`` selects): the pool and initializer tests with all three,
-the others with the default (SUITES says why). An explicit ``mp_context`` of spawn, which the
-default falls back to where there is no template, is left to tests/integration/
-test_executor_workers.py: it is the default's behaviour, started the slow way. Nothing in the
-stdlib's code is changed.
+the others with the default (SUITES says why). An explicit ``mp_context`` of spawn (the
+default's behaviour, started the slow way; what it falls back to where there is no template) is
+left to tests/integration: test_executor.py runs every start method, test_executor_workers.py
+the fallback. Nothing in the stdlib's code is changed.
 
 The suite ships with Python 3.13 as installed here; the 3.11 build has no
 ``test.test_concurrent_futures`` package (Debian keeps it in ``libpython3.11-testsuite``, which CI
