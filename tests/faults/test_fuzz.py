@@ -35,6 +35,9 @@ def test_ten_thousand_malformed_frames_leave_the_manager_serving(tmp_path: Path)
     )
     # On failure the output names the seed that replays it: benchmarks/fuzz.py --seed N.
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The managers inherit the script's stderr: a traceback, a thread's unhandled error or a
+    # warning logged while it served garbage would show there.
+    assert proc.stderr == "", proc.stderr
     report = json.loads(out.read_text())
     assert sum(phase["frames"] for phase in report["phases"].values()) >= FRAMES
     transports = ["pipe", "tcp"] + (["shm"] if "shm after auth" in report["phases"] else [])
