@@ -39,7 +39,7 @@ from ..errors import (
     RemoteTraceback,
 )
 from . import registry
-from .flusher import ReleaseFlusher
+from .flusher import RELEASE_INTERVAL, ReleaseFlusher
 from .forking import ForkHandling
 from .transfer import Transfers
 
@@ -108,7 +108,7 @@ class Client(Transfers, ForkHandling, Link):
         # An implicit client (nobody's connection) with no proxy alive for this long closes, and
         # its manager drops the session: for processes that are reused for other work (Ray's
         # workers). None: never. ``touched`` is set whenever the registry hands the client out.
-        self.idle_timeout: float | None = None
+        self._idle_timeout: float | None = None
         self.touched = True  # a new client is about to be used: at least one look passes first
         self.claims = 0  # proxies being unpickled through this client now (under registry.lock)
         self._idle_since: float | None = None
@@ -316,13 +316,31 @@ class Client(Transfers, ForkHandling, Link):
             with sending:
                 anchor.call(int(Op.RELEASE), 0, ())
 
-        self._flusher = ReleaseFlusher(lambda: self.cache.has_releases, send, self.reap_if_idle)
+        cache = self.cache
+        self._flusher = ReleaseFlusher(lambda: cache.has_releases, send, cache.bell, self._next_look)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self._idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, seconds: float | None) -> None:
+        self._idle_timeout = seconds
+        self.cache.bell.poke()  # the flusher may sleep with no bound: it must start looking
+
+    def _next_look(self) -> bool | float | None:
+        """For the flusher, after each wake-up: True once :meth:`reap_if_idle` closed the client;
+        else when to look again (every RELEASE_INTERVAL while an idle timeout applies; None: when
+        something is released)."""
+        if self.reap_if_idle():
+            return True
+        return None if self._idle_timeout is None else RELEASE_INTERVAL
 
     def reap_if_idle(self) -> bool:
         """Close this client if it has been idle for ``idle_timeout``: implicit, no connection
         using it, no proxy alive or being unpickled (``claims``), nothing to release, and not
         handed out by the registry since the last look. Runs on the flusher's thread every
-        RELEASE_INTERVAL; True once closed."""
+        RELEASE_INTERVAL while ``idle_timeout`` is set; True once closed."""
         if self.idle_timeout is None or not self.implicit or self.handles > 0 or self.closed:
             return False
         cache = self.cache

@@ -7,13 +7,16 @@
                           reference for us (an executor task received it without a round trip)
 
 The weakref callback never sends and never takes a lock: it can run in any thread, in the middle
-of a send or while this thread holds the cache lock (a GC pass), so it only appends to a deque.
+of a send or while this thread holds the cache lock (a GC pass), so it only appends to a deque,
+and rings the cache's bell if the release flusher sleeps on it (one byte on a pipe: no lock).
 A reference that arrives again while its entry is dead but not yet drained *takes the entry over*:
 the count goes on, and the pending release is cancelled (drain sees a live proxy and skips it).
 """
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 import weakref
 from collections import deque
@@ -23,17 +26,91 @@ from typing import Any
 Releases = tuple[tuple[int, int], ...]
 
 
-class _Entry:
-    __slots__ = ("count", "dead", "oid", "ref")
+class Bell:
+    """How the release flusher sleeps until there is something to release, with no periodic
+    wake-up: a pipe (opened at the first :meth:`arm`: a manager's caches never need one) that
+    :meth:`ring` writes one byte to, only while the flusher is armed. Rung from weakref
+    callbacks, so it takes no lock: the flusher arms, then looks at the queue; a death appends,
+    then rings; under the GIL one of the two sees the other. A forked child opens a pipe of its
+    own (the inherited one is the parent's flusher's)."""
 
-    def __init__(self, oid: int, dead: deque[_Entry]) -> None:
+    def __init__(self) -> None:
+        self.armed = False
+        self._w = self._r = -1
+        self._finalizer: weakref.finalize[Any, Bell] | None = None
+        _bells.add(self)
+
+    def arm(self) -> None:
+        if self._r < 0:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._finalizer = weakref.finalize(self, _close_pipe, r, w)
+            self._finalizer.atexit = False  # a daemon flusher may sleep on it until the very end
+            self._r, self._w = r, w
+        self.armed = True
+
+    def ring(self) -> None:
+        if self.armed:
+            self.armed = False
+            try:
+                os.write(self._w, b"!")
+            except OSError:
+                pass  # full (it holds a wake-up already), or no pipe yet (nobody sleeps on it)
+
+    def poke(self) -> None:
+        """Wake the flusher whether it is armed or not (an extra wake-up costs one look)."""
+        self.armed = True
+        self.ring()
+
+    def wait(self, timeout: float | None) -> None:
+        """Once armed: sleep until rung or ``timeout`` seconds (None: until rung); disarms. One
+        read empties the pipe: a byte is written only by a ring that disarmed (or a poke)."""
+        try:
+            if select.select([self._r], [], [], timeout)[0]:
+                os.read(self._r, 4096)
+        finally:
+            self.armed = False
+
+    def _after_fork(self) -> None:
+        self.armed = False
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+            _close_pipe(self._r, self._w)  # this process's copies; the parent keeps its own
+            self._w = self._r = -1
+
+
+def _close_pipe(r: int, w: int) -> None:
+    os.close(r)
+    os.close(w)
+
+
+_bells: weakref.WeakSet[Bell] = weakref.WeakSet()
+
+
+def _renew_bells() -> None:
+    for bell in list(_bells):
+        bell._after_fork()
+
+
+os.register_at_fork(after_in_child=_renew_bells)
+
+
+class _Entry:
+    __slots__ = ("bell", "count", "dead", "oid", "ref")
+
+    def __init__(self, oid: int, dead: deque[_Entry], bell: Bell) -> None:
         self.oid = oid
         self.count = 0
         self.dead = dead
+        self.bell = bell
         self.ref: weakref.ref[Any] | None = None
 
     def died(self, _ref: weakref.ref[Any]) -> None:
         self.dead.append(self)
+        if self.bell.armed:
+            self.bell.ring()
 
 
 class ProxyCache:
@@ -41,6 +118,7 @@ class ProxyCache:
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}
         self._dead: deque[_Entry] = deque()
+        self.bell = Bell()
         self._pending: list[tuple[int, int]] = []
         self._acquires = False
 
@@ -52,7 +130,7 @@ class ProxyCache:
         with self._lock:
             entry = self._entries.get(oid)
             if entry is None:
-                entry = self._entries[oid] = _Entry(oid, self._dead)
+                entry = self._entries[oid] = _Entry(oid, self._dead, self.bell)
             elif entry.ref is not None:
                 proxy = entry.ref()
                 if proxy is not None:
@@ -100,6 +178,7 @@ class ProxyCache:
         with self._lock:
             self._pending.append((oid, -1))
             self._acquires = True
+        self.bell.ring()
 
     def take_releases(self) -> Releases:
         if not self._dead and not self._pending:
@@ -120,6 +199,7 @@ class ProxyCache:
         """Put back releases whose message could not be sent (they go with the next one)."""
         with self._lock:
             self._pending.extend(releases)
+        self.bell.ring()
 
     def clear(self) -> None:
         with self._lock:

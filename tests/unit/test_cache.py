@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import time
 
 import pytest
 
@@ -70,3 +72,75 @@ def test_a_proxy_that_failed_to_be_made_is_made_on_the_next_arrival() -> None:
     del p
     gc.collect()
     assert cache.take_releases() == ((5, 1),)
+
+
+# -- the bell the release flusher sleeps on (no periodic wake-up) ------------------------------
+
+
+def _rung(cache: ProxyCache) -> bool:
+    """Whether the bell holds a wake-up: a wait that does not block returns at once."""
+    bell = cache.bell
+    bell.arm()
+    started = time.monotonic()
+    bell.wait(0.5)
+    return time.monotonic() - started < 0.4
+
+
+def test_a_death_rings_the_bell_only_while_the_flusher_is_armed() -> None:
+    cache = ProxyCache()
+    p = cache.get_or_create(1, P)
+    q = cache.get_or_create(2, P)
+    del p
+    gc.collect()  # not armed: appended, no byte written
+    assert cache.has_releases and not cache.bell.armed
+    cache.bell.arm()
+    del q
+    gc.collect()  # armed: the death rings and disarms (the next deaths write nothing)
+    assert not cache.bell.armed
+    cache.bell.wait(None)  # returns: the byte is there
+    assert not _rung(cache)  # and one read took it
+    assert cache.take_releases() == ((1, 1), (2, 1))
+
+
+def test_acquires_and_returned_releases_ring_too() -> None:
+    cache = ProxyCache()
+    cache.bell.arm()
+    cache.acquire(4)
+    assert _rung(cache)
+    cache.bell.arm()
+    cache.return_releases(((3, 1),))
+    assert _rung(cache)
+
+
+def test_a_poke_wakes_an_unarmed_bell_and_is_harmless_before_any_pipe() -> None:
+    cache = ProxyCache()
+    cache.bell.poke()  # no pipe yet: nothing to write to, nothing raised
+    cache.bell.arm()
+    cache.bell.armed = False
+    cache.bell.poke()
+    assert _rung(cache)
+
+
+def test_a_full_pipe_keeps_its_wake_up() -> None:
+    cache = ProxyCache()
+    bell = cache.bell
+    bell.arm()  # opens the pipe
+    for _ in range(70_000):  # more than a pipe holds (64 KiB): the writes that do not fit are dropped
+        bell.poke()
+    assert _rung(cache)
+
+
+def test_after_fork_a_bell_opens_a_pipe_of_its_own() -> None:
+    armed, never = ProxyCache().bell, ProxyCache().bell
+    armed.arm()
+    inherited = (armed._r, armed._w)
+    armed._after_fork()  # what the child's fork hook does (the real fork: tests/integration)
+    never._after_fork()
+    assert not armed.armed and armed._r == -1
+    for fd in inherited:  # this process's copies were closed
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    armed.arm()
+    armed.poke()
+    assert armed._r >= 0
+    armed.wait(None)
