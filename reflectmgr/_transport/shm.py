@@ -12,9 +12,12 @@ free and spinning has paid lately), then announces that it sleeps and blocks: on
 head's low word (Linux), else on the socket. A writer that publishes data and finds its reader
 asleep wakes it (FUTEX_WAKE, or one byte on the socket); otherwise it makes no system call. The
 writer of a full ring waits for space the same way, on the tail. The sleep flag and the position
-are a Dekker pair (store mine, fence, load theirs on both sides), so a wake-up is never lost; a
-blocked wait still looks again every SAFETY_MS (which is also how a futex sleeper notices a peer
-that died without closing: the socket shows EOF).
+are a Dekker pair (store mine, fence, load theirs on both sides), so a wake-up is never lost. A
+peer that died without closing shows as EOF on the socket: a futex sleeper is woken for it by the
+process's hang-up watcher (``hangup.py``, epoll), which also repeats the wake-ups of a close for
+a while (a sleeper about to sleep would miss a single one); a sleeper otherwise sleeps for
+WATCHED_SAFETY_S, so an idle connection makes no wake-up. Without the watcher (not Linux, or a
+process that cannot start its thread) a blocked wait looks again every SAFETY_MS.
 
 The segment is an anonymous memfd passed over the authenticated socket (SCM_RIGHTS): it has no
 name, so nothing can open it but the two peers, and nothing outlives them. When either peer dies
@@ -39,7 +42,7 @@ from typing import TypeGuard
 from .._wire.framing import HEADER_SIZE, unpack_header, whole_frame, write_frame
 from .._wire.opcodes import FLAG_OOB
 from ..errors import ProtocolError, ReflectmgrError
-from . import waiting
+from . import hangup, waiting
 from .base import Transport
 from .stream import SocketEnd, StreamTransport
 
@@ -57,9 +60,11 @@ _HEAD, _TAIL, _READER_ASLEEP, _WRITER_ASLEEP, _DIRECT, _WOKEN_AT = 0, 8, 16, 24,
 _READER_CPU = 17  # on the "reader asleep" line: the CPU the reader last ran on, plus one
 _CLOSED = 41  # on the writer's last line: its side closed the connection (its reader stops waiting)
 SEGMENT_SIZE = 2 * (_CTL + RING_SIZE)
-# A blocked side looks at its ring, and at the socket for EOF, at least this often.
+# A blocked side looks at its ring, and at the socket for EOF, at least this often; where the
+# hang-up watcher wakes it when the peer is gone, every WATCHED_SAFETY_S (a look that should
+# never find anything: a belt).
 SAFETY_MS = 200
-_SAFETY = SAFETY_MS / 1000
+WATCHED_SAFETY_S = 30.0
 # How the two ends wake each other: decided by the manager, told in its answer to REQUEST. With
 # the futex, the manager also passes its *bell*: one page that every client maps, where the
 # manager's dispatcher sleeps while no ring has a request (see _owner/dispatcher.py).
@@ -273,6 +278,27 @@ def upgrade_client(stream: Transport) -> ShmTransport:
             os.close(fd)
 
 
+def _on_hangup(in_closed: int, words: tuple[object, ...]) -> tuple[Callable[[], None], Callable[[], None]]:
+    """For the hang-up watcher (hangup.py): ``gone`` marks our in-ring closed by its writer (the
+    peer is gone: what its own close would have written) and wakes our sleepers; ``wake`` wakes
+    them (they look, and see the close). They hold addresses, not the transport: a transport
+    dropped without close() must still be collected (its __del__ closes it, which unregisters it
+    before its memory goes; the watcher calls ``gone`` only while it is registered)."""
+    flag = ctypes.c_uint64.from_address(in_closed)
+
+    def wake() -> None:
+        for word in words:
+            waiting.futex_wake(word)
+
+    def gone() -> None:
+        flag.value = 1
+        _acquire()  # FULL: the flag is visible before the wake-up (the sleeper looks at it after)
+        _release()
+        wake()
+
+    return gone, wake
+
+
 class RingFull(Exception):  # noqa: N818 - a signal to hand the send over, not an error
     """A frame that does not fit in the ring's free space, refused unsent (see ``refuse_wait``)."""
 
@@ -296,6 +322,7 @@ class ShmTransport(SocketEnd):
         self, sock: socket.socket, fd: int, writer_ring: int, spin: bool = True, futex: bool = waiting.FUTEX
     ) -> None:
         super().__init__(sock, spin)
+        self._watch: hangup.Watch | None = None  # the hang-up watcher's registration (below)
         # The socket only carries wake-ups (MSG_DONTWAIT both ways) and EOF: in blocking mode, or a
         # timeout left from the handshake would turn a non-blocking look into a wait.
         sock.settimeout(None)
@@ -338,6 +365,13 @@ class ShmTransport(SocketEnd):
                     base + in_base + 8 * _TAIL + low,
                 )
             )
+        # How long one sleep may last with nothing new: see WATCHED_SAFETY_S.
+        self._safety = SAFETY_MS / 1000
+        if futex:
+            gone, wake = _on_hangup(base + in_base + 8 * _CLOSED, self._words[:2])
+            self._watch = hangup.watch(sock.fileno(), gone, wake)
+        if self._watch is not None:
+            self._safety = WATCHED_SAFETY_S
 
     # -- the positions and the bell -------------------------------------------------------------
     @property
@@ -374,7 +408,7 @@ class ShmTransport(SocketEnd):
                 raise EOFError("the channel was closed")
             bound = self._bound
             if bound is None:
-                got = ends.take(max_size or self.max_frame, _SAFETY)
+                got = ends.take(max_size or self.max_frame, self._safety)
                 if type(got) is tuple:
                     return got
                 deadline = None
@@ -607,7 +641,7 @@ class ShmTransport(SocketEnd):
         raises EOFError if we closed, TimeoutError past the deadline."""
         if self.closed:
             raise EOFError("the channel was closed")
-        timeout = SAFETY_MS / 1000
+        timeout = self._safety
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -631,6 +665,12 @@ class ShmTransport(SocketEnd):
                 if self._poll.poll(int(timeout * 1000) + 1):
                     self._drain()
             return
+        if word == 1 and self._watch is not None:
+            # A writer waiting for space: nothing in the ring tells it that its reader is gone (a
+            # reader does see the watcher's mark), so it looks at the socket first (rare: a full ring).
+            self._drain()
+            if self._eof:
+                return
         waiting.futex_wait(self._words[word], seen, timeout)
         if (self._in_ctl[_HEAD] if word == 0 else self._out_ctl[_TAIL]) == seen:
             self._looked_around()  # woken for nothing, or timed out
@@ -667,6 +707,8 @@ class ShmTransport(SocketEnd):
             self._out_ctl[_CLOSED] = 1
             _acquire()
             _release()
+            if self._watch is not None:
+                hangup.closing(self._watch)  # before the socket's number is free again
         super()._shut()
         if self.futex and self._anchor is not None:
             for address in self._words:
@@ -775,6 +817,8 @@ class ShmTransport(SocketEnd):
         if self.bell is not None:
             self.bell.close()
             self.bell = None
+        if self._watch is not None:
+            hangup.forget(self._watch)  # no wake on the words once they are unmapped
         for view in (self._out_ctl, self._out, self._in_ctl, self._in):
             view.release()
         if self.futex:
