@@ -84,14 +84,38 @@ def serve(adapter: str, slow: bool = True) -> None:
 
 
 def _idle(mod: Any, state: Any, seconds: float) -> dict[str, float]:
-    """CPU used by this client and by the server while nothing is asked of them."""
+    """CPU used by this client and by the server while nothing is asked of them, and (Linux) how
+    often their threads woke up: voluntary context switches a second, the client's own sleep here
+    taken off."""
     import psutil
 
     me, server = psutil.Process(), psutil.Process(mod.server_pid(state))
     c0, s0 = sum(me.cpu_times()[:2]), sum(server.cpu_times()[:2])
+    w0 = (_switches(me.pid), _switches(server.pid))
     time.sleep(seconds)  # the measurement itself: wall time with no calls
+    w1 = (_switches(me.pid), _switches(server.pid))
     c1, s1 = sum(me.cpu_times()[:2]), sum(server.cpu_times()[:2])
-    return {"client %": 100 * (c1 - c0) / seconds, "server %": 100 * (s1 - s0) / seconds}
+    out = {"client %": 100 * (c1 - c0) / seconds, "server %": 100 * (s1 - s0) / seconds}
+    if None not in w0 + w1:
+        out["client wake-ups/s"] = max(0, w1[0] - w0[0] - 1) / seconds  # type: ignore[operator]
+        out["server wake-ups/s"] = (w1[1] - w0[1]) / seconds  # type: ignore[operator]
+    return out
+
+
+def _switches(pid: int) -> int | None:
+    """Voluntary context switches of every thread of ``pid`` (Linux /proc), or None."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                total += int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
 
 
 def _proxy_memory(state: Any, n: int) -> dict[str, float]:
@@ -268,6 +292,10 @@ def table(runs: list[dict[str, Any]], limits: dict[str, float]) -> str:
         idle = r.get("idle")
         if idle:
             notes.append(f"idle CPU: client {idle['client %']:.2f}%, server {idle['server %']:.2f}%")
+            if "server wake-ups/s" in idle:
+                notes.append(
+                    f"idle wake-ups/s: client {idle['client wake-ups/s']:.1f}, server {idle['server wake-ups/s']:.1f}"
+                )
         mem = r.get("memory")
         if mem:
             notes.append(f"{mem['proxies']} proxies made and dropped: manager RSS {mem['rss growth MB']:+.1f} MB")
