@@ -25,11 +25,14 @@ parent's (registrations are shared), and only the child's descriptor of it is cl
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger("reflectmgr.transport")
 
 REPEAT = 0.2
 LINGER = 2.0
@@ -112,14 +115,23 @@ class _Watcher:
                     entry = self._watched.pop(fd, None)
                     if entry is not None:
                         self._epoll.unregister(fd)  # level-triggered: it would fire on every poll
-                        entry.gone()  # under the lock: the transport has not closed (its memory is there)
+                        _call(entry.gone)  # under the lock: the transport has not closed (its memory is there)
                         self._waking[entry] = time.monotonic() + LINGER
                 now = time.monotonic()
                 for entry, until in list(self._waking.items()):
                     if until < now:
                         del self._waking[entry]
                     else:
-                        entry.wake()
+                        _call(entry.wake)
+
+
+def _call(fn: Callable[[], None]) -> None:
+    """One transport's callback; whatever it raises must not end the thread that serves them all
+    (its sleepers would then wait their WATCHED_SAFETY_S)."""
+    try:
+        fn()
+    except Exception:
+        log.exception("the hang-up watcher's callback failed")
 
 
 def _read_some(fd: int) -> bytes:
@@ -148,7 +160,10 @@ def watch(fd: int, gone: Callable[[], None], wake: Callable[[], None]) -> Watch 
                 _unavailable = True
                 return None
         watcher = _watcher
-    return watcher.watch(fd, gone, wake)
+    try:
+        return watcher.watch(fd, gone, wake)
+    except OSError:  # the epoll could not take it (ENOMEM, ENOSPC: max_user_watches)
+        return None
 
 
 def closing(entry: Watch) -> None:
