@@ -292,15 +292,22 @@ def test_a_peer_gone_without_closing_wakes_a_sleeping_reader_at_once(
     assert time.monotonic() - began < 2.0
 
 
+def _peer_killed_and_watcher_done(client: ShmTransport, server: ShmTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's end as a killed peer's (above), then wait until the server's watcher has done
+    all it does about it: marked the ring, woken once, no repeat to follow (LINGER 0). What the
+    caller does next must see the peer gone by itself."""
+    monkeypatch.setattr(hangup, "LINGER", 0.0)
+    client.sock.shutdown(socket.SHUT_RDWR)
+    assert wait_until(lambda: server._in_ctl[shm._CLOSED], PROMPT, "the watcher to mark the ring closed")
+    assert wait_until(lambda: not hangup.repeating(), PROMPT, "the watcher to rest")
+
+
 @watched
 def test_a_wait_that_begins_after_the_peer_is_gone_ends_at_once(
     sleepy: tuple[ShmTransport, ShmTransport], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, server = sleepy
-    monkeypatch.setattr(hangup, "LINGER", 0.0)  # no repeated wake-up to rely on
-    client.sock.shutdown(socket.SHUT_RDWR)  # a killed peer (as above)
-    assert wait_until(lambda: server._in_ctl[shm._CLOSED], PROMPT, "the watcher to mark the ring closed")
-    assert wait_until(lambda: not hangup.repeating(), PROMPT, "the watcher to rest")
+    _peer_killed_and_watcher_done(client, server, monkeypatch)
     began = time.monotonic()
     with pytest.raises(EOFError):
         server.recv()
@@ -312,9 +319,7 @@ def test_a_writer_waiting_for_space_sees_its_reader_gone(
     sleepy: tuple[ShmTransport, ShmTransport], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, server = sleepy
-    monkeypatch.setattr(hangup, "LINGER", 0.0)
-    client.sock.shutdown(socket.SHUT_RDWR)  # the reader of the server's out ring is gone
-    assert wait_until(lambda: not hangup.repeating(), PROMPT, "the watcher to rest")
+    _peer_killed_and_watcher_done(client, server, monkeypatch)  # the reader of the server's out ring
     began = time.monotonic()
     with pytest.raises(OSError):  # BrokenPipeError once the ring is full
         server.send(0, os.urandom(2 * RING_SIZE))
