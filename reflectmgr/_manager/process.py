@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
 from typing import Any
 
+from .._fdwait import readable
 from .._owner.restricted import Restriction
 from .._owner.server import Server
 from .._proxy.calls import CallingChannel
@@ -184,7 +184,7 @@ def _watch(server: Server, owner_pid: int) -> None:
         # process that took its pid meanwhile. The thread is a daemon: it dies with the manager.
         try:
             if not gone():
-                select.select([pidfd], [], [])
+                readable(pidfd, None)
         finally:
             os.close(pidfd)
         server.stop()

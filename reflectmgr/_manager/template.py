@@ -40,6 +40,7 @@ import time
 import weakref
 from typing import Any
 
+from .._fdwait import readable
 from ..errors import BrokenManagerError
 
 # Read when an interpreter starts or a module is imported: a template started under other values
@@ -232,14 +233,11 @@ class Template:
 def _receive(sock: socket.socket, timeout: float | None) -> tuple[list[tuple[Any, ...]], bool]:
     """What arrives within ``timeout`` (at least one message, unless none comes), and whether the
     template is gone."""
-    import select
-
     messages: list[tuple[Any, ...]] = []
     wait = timeout
     while True:
         try:
-            readable, _, _ = select.select([sock], [], [], wait)
-            if not readable:
+            if not readable(sock.fileno(), wait):
                 return messages, False
             data = sock.recv(MESSAGE_SIZE)
         except (OSError, ValueError):  # ValueError: closed meanwhile (close() from another thread)
@@ -338,11 +336,8 @@ class ForkedChild(StartedProcess):
 
     def _running(self, timeout: float | None) -> bool:
         """Without its template: whether it still runs after waiting up to ``timeout`` for its end."""
-        import select
-
         if self._pidfd is not None:
-            readable, _, _ = select.select([self._pidfd], [], [], timeout)
-            return not readable
+            return not readable(self._pidfd, timeout)
         import psutil
 
         try:

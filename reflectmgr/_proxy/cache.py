@@ -16,12 +16,13 @@ the count goes on, and the pending release is cancelled (drain sees a live proxy
 from __future__ import annotations
 
 import os
-import select
 import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from .._fdwait import readable
 
 Releases = tuple[tuple[int, int], ...]
 
@@ -67,7 +68,7 @@ class Bell:
         """Once armed: sleep until rung or ``timeout`` seconds (None: until rung); disarms. One
         read empties the pipe: a byte is written only by a ring that disarmed (or a poke)."""
         try:
-            if select.select([self._r], [], [], timeout)[0]:
+            if readable(self._r, timeout):
                 os.read(self._r, 4096)
         finally:
             self.armed = False
