@@ -637,7 +637,8 @@ class ShmTransport(SocketEnd):
 
     # -- sleeping and waking ------------------------------------------------------------------
     def _sleep_bound(self, deadline: float | None) -> float:
-        """How long the next sleep may last (seconds): SAFETY_MS, or less to meet ``deadline``;
+        """How long the next sleep may last (seconds): ``_safety`` (SAFETY_MS, or WATCHED_SAFETY_S
+        where the hang-up watcher wakes us), or less to meet ``deadline``;
         raises EOFError if we closed, TimeoutError past the deadline."""
         if self.closed:
             raise EOFError("the channel was closed")
@@ -657,7 +658,7 @@ class ShmTransport(SocketEnd):
         self._drain()
 
     def _sleep(self, word: int, seen: int, deadline: float | None) -> None:
-        """Block until woken, EOF, or SAFETY_MS; ``word`` 0 is our in-ring head, 1 our out-ring
+        """Block until woken, EOF, or ``_safety``; ``word`` 0 is our in-ring head, 1 our out-ring
         tail, ``seen`` the value we wait to change. Sets ``_eof`` when the peer is gone."""
         timeout = self._sleep_bound(deadline)
         if not self.futex:
@@ -699,10 +700,11 @@ class ShmTransport(SocketEnd):
 
     def _shut(self) -> None:
         # The peer sees EOF on the socket; then wake every sleeper on the rings, theirs (to look at
-        # the socket now, not at their next SAFETY_MS) and ours (a thread of ours blocked here).
-        # The closed flag first: a reader about to sleep (its flag not yet up when we wake) sees it,
-        # as it sees a head we publish (the same Dekker pair), so no close goes unnoticed. Never in
-        # a forked child: the connection is its parent's.
+        # the socket now) and ours (a thread of ours blocked here). The closed flag first: a reader
+        # that looks after it sees it. One that looked before it and has not yet entered its futex
+        # wait misses this wake-up (the futex word does not change on a close): the hang-up
+        # watcher repeats the wake-ups for a while (``closing``; the peer's watcher does the same
+        # when our socket ends). Never in a forked child: the connection is its parent's.
         if os.getpid() == self._owner_pid:
             self._out_ctl[_CLOSED] = 1
             _acquire()
