@@ -64,6 +64,19 @@ def test_benchmark_suite_runs(tmp_path: Path) -> None:
 def test_executor_benchmark_runs() -> None:
     out = _run(str(BENCH / "executor.py"), "--quick")
     assert "task overhead" in out and out.count("reflectmgr spawn") == 4  # first and later, quiet and busy
+    assert out.count("us/task, ratio") == 2 and "every core busy reflectmgr" in out  # the overhead's loaded twin
+
+
+@once_per_ci
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_placement_benchmark_runs_free_and_placed() -> None:
+    text = _run(str(BENCH / "placement.py"), "--smoke", "--clients", "1", "2")
+    if len(os.sched_getaffinity(0)) < 2:
+        assert text.startswith("skipped")
+        return
+    assert "1 client :" in text and "2 clients:" in text
+    assert text.count("free ") == 2 and text.count("placed ") == 2
 
 
 @pytest.mark.slow
