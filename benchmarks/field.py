@@ -82,6 +82,7 @@ def _measure(op: Any, plan: dict[str, Any]) -> dict[str, Any]:
     """One client's figures for one op: with ``work``, blocks of compute-only rounds alternating
     with compute+call rounds; without, calls for ``seconds`` with each one's latency."""
     lat = array("q")
+    now = time.perf_counter_ns
     cpu = time.process_time()
     compute_only = 0.0
     if plan["work"]:
@@ -95,11 +96,12 @@ def _measure(op: Any, plan: dict[str, Any]) -> dict[str, Any]:
             t1 = time.perf_counter()
             for _ in range(per_block):
                 burn(work)
+                began = now()
                 op()
+                lat.append(now() - began)  # the call's own time (the added time also counts its wake on the compute)
             compute_only += t1 - t0
             wall += time.perf_counter() - t1
     else:
-        now = time.perf_counter_ns
         began = time.perf_counter()
         n, end = 0, now() + int(plan["seconds"] * 1e9)
         t0 = now()
@@ -238,6 +240,7 @@ def run(children: list[Any], quick: bool, smoke: bool) -> dict[str, dict[str, An
             res = c.ask(field={"clients": CORES, "plan": {"ops": ops, "work": work, "rounds": rounds}})
             for op in ops:
                 put(c, f"workers {op}", res[op]["added"])
+                put(c, f"workers call {op}", res[op])
     # (b) several clients at once, and (d) the CPU per call of one
     for n in CLIENT_COUNTS:
         for rep in range(reps):
@@ -278,6 +281,8 @@ def report(runs: list[dict[str, Any]], fmt: Any, floor: float | None = None) -> 
     rows: list[tuple[str, str, str]] = []  # (label, key, what)
     for op in FIELD_OPS:
         rows.append((f"(a) {CORES} workers: {op}", f"workers {op}", "value"))
+    for op in FIELD_OPS:
+        rows.append((f"(a) the call itself: {op} p50/p99", f"workers call {op}", "p50/p99"))
     for n in CLIENT_COUNTS:
         rows.append((f"(b) {n} client{'s' if n > 1 else ''}: calls/s", f"clients {n}", "rate"))
         rows.append((f"(b) {n} client{'s' if n > 1 else ''}: p50/p99", f"clients {n}", "p50/p99"))
@@ -298,7 +303,8 @@ def report(runs: list[dict[str, Any]], fmt: Any, floor: float | None = None) -> 
         lines.append(row)
     lines.append("")
     lines.append(
-        "(a) wall time a call adds to a CPU-bound worker, one worker per core; (b) aggregate over the "
+        "(a) wall time a call adds to a CPU-bound worker, one worker per core, and the call's own time "
+        "(p50/p99 over the workers' calls); (b) aggregate over the "
         "clients; (c) one client, every core running an unrelated busy loop; (d) client + server CPU "
         "per call; (e) one client, it and the server confined to one CPU (a call's whole cost, "
         "nothing overlapping). Nx = how many times better than the stdlib (>1: better)."
