@@ -22,6 +22,7 @@ both), and report their counts, wall and CPU times and per-call latencies for ea
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import importlib
 import multiprocessing
@@ -81,7 +82,7 @@ def _client(adapter: str, info: Any, plan: dict[str, Any], ready: Any, turn: Any
 def _measure(op: Any, plan: dict[str, Any]) -> dict[str, Any]:
     """One client's figures for one op: with ``work``, blocks of compute-only rounds alternating
     with compute+call rounds; without, calls for ``seconds`` with each one's latency."""
-    lat = array("q")
+    lat, starts = array("q"), array("q")  # starts: (a) only, to find the calls that met another's
     now = time.perf_counter_ns
     cpu = time.process_time()
     compute_only = 0.0
@@ -99,6 +100,7 @@ def _measure(op: Any, plan: dict[str, Any]) -> dict[str, Any]:
                 began = now()
                 op()
                 lat.append(now() - began)  # the call's own time (the added time also counts its wake on the compute)
+                starts.append(began)  # perf_counter: one clock for every process (CLOCK_MONOTONIC on Linux)
             compute_only += t1 - t0
             wall += time.perf_counter() - t1
     else:
@@ -112,7 +114,14 @@ def _measure(op: Any, plan: dict[str, Any]) -> dict[str, Any]:
             t0 = t1
             n += 1
         wall = time.perf_counter() - began
-    return {"n": n, "wall": wall, "cpu": time.process_time() - cpu, "lat": lat.tobytes(), "base": compute_only}
+    return {
+        "n": n,
+        "wall": wall,
+        "cpu": time.process_time() - cpu,
+        "lat": lat.tobytes(),
+        "starts": starts.tobytes(),
+        "base": compute_only,
+    }
 
 
 def run_clients(adapter: str, info: Any, server_pid: int, clients: int, plan: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +175,43 @@ def _figures(reports: list[dict[str, Any]], server_cpu: float) -> dict[str, Any]
         ordered = sorted(lat)
         out["p50"] = ordered[len(ordered) // 2] / 1e9
         out["p99"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e9
+    if len(reports) > 1 and all(r.get("starts") for r in reports):
+        out.update(_meetings(reports))
     return out
+
+
+def _meetings(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """(a): the calls that overlapped another worker's call (the manager served both at once:
+    its threads share one GIL) against those that did not, their share and mean times."""
+    spans = []
+    for r in reports:
+        starts, lat = array("q"), array("q")
+        starts.frombytes(r["starts"])
+        lat.frombytes(r["lat"])
+        spans.append(sorted((b, b + d) for b, d in zip(starts, lat, strict=True)))
+    alone: list[int] = []
+    met: list[int] = []
+    for i, mine in enumerate(spans):
+        others = sorted(span for j, theirs in enumerate(spans) if j != i for span in theirs)
+        begins = [b for b, _ in others]
+        longest = max((e - b for b, e in others), default=0)
+        for b, e in mine:
+            # another's call overlaps [b, e) if it began before e and ended after b; it began at
+            # most `longest` before b
+            k = bisect.bisect_left(begins, b - longest)
+            overlaps = False
+            while k < len(others) and others[k][0] < e:
+                if others[k][1] > b:
+                    overlaps = True
+                    break
+                k += 1
+            (met if overlaps else alone).append(e - b)
+    calls = len(alone) + len(met)
+    return {
+        "met share": len(met) / calls if calls else 0.0,
+        "alone mean": sum(alone) / len(alone) / 1e9 if alone else 0.0,
+        "met mean": sum(met) / len(met) / 1e9 if met else 0.0,
+    }
 
 
 def _confine(server: Any, cpu: int) -> dict[int, set[int]]:
@@ -283,6 +328,7 @@ def report(runs: list[dict[str, Any]], fmt: Any, floor: float | None = None) -> 
         rows.append((f"(a) {CORES} workers: {op}", f"workers {op}", "value"))
     for op in FIELD_OPS:
         rows.append((f"(a) the call itself: {op} p50/p99", f"workers call {op}", "p50/p99"))
+    rows.append(("(a) d[k] mean: alone/meeting another", "workers call d[k]", "met"))
     for n in CLIENT_COUNTS:
         rows.append((f"(b) {n} client{'s' if n > 1 else ''}: calls/s", f"clients {n}", "rate"))
         rows.append((f"(b) {n} client{'s' if n > 1 else ''}: p50/p99", f"clients {n}", "p50/p99"))
@@ -291,11 +337,11 @@ def report(runs: list[dict[str, Any]], fmt: Any, floor: float | None = None) -> 
     rows.append(("(d) CPU/call quiet (d[k])", "clients 1", "cpu"))
     rows.append(("(d) CPU/call cores busy", "busy d[k]", "cpu"))
     rows.append(("(e) one core: d[k] p50/p99", "one core", "p50/p99"))
-    width = 26
-    lines = [f"{'scenario':<34}" + "".join(f"{r['name']:>{width}}" for r in runs)]
+    width, label_width = 32, 44
+    lines = [f"{'scenario':<{label_width}}" + "".join(f"{r['name']:>{width}}" for r in runs)]
     lines.append("-" * len(lines[0]))
     for label, key, what in rows:
-        row = f"{label:<34}"
+        row = f"{label:<{label_width}}"
         for r in runs:
             fig = (r.get("field") or {}).get(key)
             base = (anchor or {}).get("field", {}).get(key) if anchor is not None and r is not anchor else None
@@ -304,7 +350,8 @@ def report(runs: list[dict[str, Any]], fmt: Any, floor: float | None = None) -> 
     lines.append("")
     lines.append(
         "(a) wall time a call adds to a CPU-bound worker, one worker per core, and the call's own time "
-        "(p50/p99 over the workers' calls); (b) aggregate over the "
+        "(p50/p99 over the workers' calls; the mean of the calls alone and of those that overlapped "
+        "another worker's call, with their share); (b) aggregate over the "
         "clients; (c) one client, every core running an unrelated busy loop; (d) client + server CPU "
         "per call; (e) one client, it and the server confined to one CPU (a call's whole cost, "
         "nothing overlapping). Nx = how many times better than the stdlib (>1: better)."
@@ -354,6 +401,13 @@ def _cell(fig: Any, base: Any, what: str, fmt: Any) -> str:
         text, ratio = f"{fig['rate']:,.0f}", (fig["rate"] / base["rate"] if base else None)
     elif what == "cpu":
         text, ratio = fmt(fig["cpu"]), (base["cpu"] / fig["cpu"] if base else None)
+    elif what == "met":  # (a): the calls alone / the calls that met another worker's, and their share
+        if "met mean" not in fig:
+            return "n/a"
+        text = f"{fmt(fig['alone mean'])}/{fmt(fig['met mean'])} ({fig['met share'] * 100:.0f}%)"
+        if base and "met mean" in base and fig["alone mean"] > 0 and fig["met mean"] > 0:
+            return f"{text} {base['alone mean'] / fig['alone mean']:.1f}x/{base['met mean'] / fig['met mean']:.1f}x"
+        return text
     else:
         text = f"{fmt(fig['p50'])}/{fmt(fig['p99'])}"
         ratio = None
