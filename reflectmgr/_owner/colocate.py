@@ -18,8 +18,14 @@ are freed for one period, to look again. Freed, they get the CPUs the main threa
 manager under CPU-bound workers stays below ``HIGH`` (its clients compute between calls, and
 the CPU a waiting client leaves is the best place for its answer), so it is never pinned.
 
-A process forked from a pinned thread (``multiprocessing``, ``os.fork``) gets the manager's whole
-affinity back at once. A thread, or a process started without a fork handler (``subprocess``),
+Under CPU-bound workers the opposite placement pays: while no core is free and the serving
+threads are mostly idle (their clients compute between calls), each connection's thread
+*follows* its client, pinned to the CPU the client last waited on, so that the client's wake-up
+puts it there rather than behind another worker (``follow``; FOLLOW_NS, FOLLOW_AFTER). Never
+while the threads are pinned together.
+
+A process forked from a pinned (or following) thread (``multiprocessing``, ``os.fork``) gets the
+manager's whole affinity back at once. A thread, or a process started without a fork handler (``subprocess``),
 that user code starts from a call while the threads are pinned inherits the one-CPU affinity
 until it sets its own. ``REFLECTMGR_COLOCATE=0`` turns the whole thing off.
 """
@@ -46,6 +52,17 @@ LOW = 0.4  # ...and unpin below this one: the hysteresis keeps a busy manager fr
 # a pinned process cannot show it, pinned threads are freed every REPROBE periods to look again.
 MAX_BUSY = 1.25
 REPROBE = 20
+# Under load (no core free), while the serving threads are mostly idle (their clients work
+# between calls: CPU-bound workers), a connection's thread follows its client (shared memory,
+# where the client says where it waits): pinned to that CPU, so that the client's wake-up puts it
+# there, where the client sleeps or yields (and the caches are warm), not on another CPU, behind
+# that CPU's task (the other worker, or a second client's call). Never while the serving threads
+# are busy (clients calling back to back: each pair would take turns on one CPU, where colocation
+# does better) nor before a period has measured them. It looks every FOLLOW_NS at most, and
+# follows once that has held on FOLLOW_AFTER more looks than not (one busy moment is not load);
+# it is freed when the looks even out again, or at once when the threads are pinned together.
+FOLLOW_NS = 1_000_000
+FOLLOW_AFTER = 3
 
 
 def _available() -> bool:
@@ -77,13 +94,17 @@ class Colocation:
         self._cpu = 0
         self._seen: set[int] = set()  # the threads that served a request in this period
         self._main_serves = False  # the main thread registered once (a test's, an embedding's)
+        self._followers: dict[int, _Follower] = {}  # native id -> its pin to its client's CPU
+        self.busy = 1.0  # the serving threads' CPU use over the last period (busy until measured)
 
-    def serve(self, channel: Any, stopping: Callable[[], bool]) -> None:
-        """``channel.serve_forever(stopping)`` on this thread, counted for the decision."""
+    def serve(self, channel: Any, stopping: Callable[[], bool], client_cpu: Callable[[], int] | None = None) -> None:
+        """``channel.serve_forever(stopping)`` on this thread, counted for the decision;
+        ``client_cpu``: where its client last waited (-1: unknown), for following it under load."""
         if not self.enabled:
             channel.serve_forever(stopping)
             return
         tid = threading.get_native_id()
+        follower = _Follower(tid, client_cpu) if client_cpu is not None else None
 
         def more() -> bool:
             return not stopping()
@@ -93,23 +114,49 @@ class Colocation:
             if now - self._at >= PERIOD_NS:
                 self.decide(now, self.cpu_time())
             self._seen.add(tid)
+            if follower is not None and now - follower.looked >= FOLLOW_NS:
+                self.follow(follower, now)
             return False
 
-        with self.hold():
+        with self.hold(follower):
             channel.serve_while(more, done)
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self, follower: _Follower | None = None) -> Iterator[None]:
         """A context in which this thread is one of the serving threads (pinned with them)."""
         if not self.enabled:
             yield
             return
         tid = threading.get_native_id()
-        self._join(tid)
+        self._join(tid, follower)
         try:
             yield
         finally:
             self._leave(tid)
+
+    def follow(self, follower: _Follower, now: int) -> None:
+        """A look of ``follower``'s (on its own thread): pin it to its client's CPU under load
+        while the serving threads are mostly idle; free it when either goes; never while the
+        threads are pinned together."""
+        follower.looked = now
+        with self._lock:
+            if self.pinned >= 0:  # pinned together: that pin rules (and reset the count)
+                follower.cpu, follower.load = -1, 0
+                return
+            if self.busy >= LOW or waiting.load.cores_free():
+                follower.load = max(0, follower.load - 1)
+                if follower.load == 0 and follower.cpu >= 0:
+                    follower.cpu = -1
+                    _set_affinity(follower.tid, self._free_mask())
+                return
+            follower.load = min(FOLLOW_AFTER, follower.load + 1)
+            if follower.load < FOLLOW_AFTER:
+                return
+            cpu = follower.client_cpu()
+            if cpu < 0 or cpu == follower.cpu or cpu not in self._free_mask():
+                return
+            follower.cpu = cpu
+            _set_affinity(follower.tid, {cpu})
 
     def cpu_time(self) -> int:
         """CPU time (ns) the serving threads have used while registered: theirs, not the rest of
@@ -122,25 +169,28 @@ class Colocation:
                 continue
         return total
 
-    def _join(self, tid: int) -> None:
+    def _join(self, tid: int, follower: _Follower | None = None) -> None:
         clock = time.pthread_getcpuclockid(threading.get_ident())
         with self._lock:
             if tid == threading.main_thread().native_id:
                 self._main_serves = True
             self._threads[tid] = (clock, time.clock_gettime_ns(clock))
+            if follower is not None:
+                self._followers[tid] = follower
             if self.pinned >= 0:
                 _set_affinity(tid, {self.pinned})
 
     def _leave(self, tid: int) -> None:
         with self._lock:
             entry = self._threads.pop(tid, None)
+            follower = self._followers.pop(tid, None)
             if entry is None:  # a forked child leaving its parent's block: nothing of it is here
                 return
             clock, start = entry
             self._gone += time.clock_gettime_ns(clock) - start
-            if self.pinned >= 0:
+            if self.pinned >= 0 or (follower is not None and follower.cpu >= 0):
                 _set_affinity(tid, self._free_mask())  # a thread that goes on (the dispatcher's) is freed
-                if not self._threads:  # the last one: the next connection starts free, not pinned
+                if self.pinned >= 0 and not self._threads:  # the last one: the next connection starts free
                     self.pinned = -1
 
     def _free_mask(self) -> set[int]:
@@ -165,7 +215,7 @@ class Colocation:
                 return  # decided just now by another thread
             busy = (cpu - self._cpu) / elapsed
             active = len(self._seen)
-            self._at, self._cpu, self._seen = now, cpu, set()
+            self._at, self._cpu, self._seen, self.busy = now, cpu, set(), busy
             if self.pinned < 0:
                 if HIGH <= busy <= MAX_BUSY and active >= 2:
                     self._mask = os.sched_getaffinity(0)  # unpinned now: what to give back later
@@ -174,6 +224,8 @@ class Colocation:
                         self.pinned, self._held = here, 0
                         for tid in self._threads:
                             _set_affinity(tid, {here})
+                        for follower in self._followers.values():  # the pin together replaces theirs
+                            follower.cpu, follower.load = -1, 0
             else:
                 self._held += 1
                 if busy < LOW or active < 2 or self._held >= REPROBE:
@@ -183,6 +235,19 @@ class Colocation:
                         _set_affinity(tid, mask)
         finally:
             self._lock.release()
+
+
+class _Follower:
+    """A serving thread's pin to its client's CPU (:meth:`Colocation.follow`)."""
+
+    __slots__ = ("client_cpu", "cpu", "load", "looked", "tid")
+
+    def __init__(self, tid: int, client_cpu: Callable[[], int]) -> None:
+        self.tid = tid
+        self.client_cpu = client_cpu
+        self.cpu = -1  # the CPU it is pinned to now, or -1
+        self.load = 0  # looks that saw it worth following, less those that did not (0..FOLLOW_AFTER)
+        self.looked = _now()  # when it last looked (perf_counter_ns)
 
 
 def _set_affinity(tid: int, cpus: set[int]) -> None:
@@ -204,10 +269,12 @@ def _before_fork() -> None:
 def _after_fork_in_child() -> None:
     tid = _forking[0]
     for colocation in list(_all):
-        if colocation.pinned >= 0 and tid in colocation._threads:
+        follower = colocation._followers.get(tid)
+        if (colocation.pinned >= 0 and tid in colocation._threads) or (follower is not None and follower.cpu >= 0):
             _set_affinity(0, colocation._mask)
         colocation.pinned = -1  # the child serves nothing of its parent's
         colocation._threads = {}
+        colocation._followers = {}
         colocation._lock = threading.Lock()  # another thread of the parent may have held it
 
 

@@ -271,7 +271,8 @@ class Server:
             if shm.dispatched(transport):  # it rings the bell: REFLECTMGR_DISPATCHER=always
                 self._dispatcher_for().serve(channel, transport)
             else:
-                self._colocation.serve(channel, self._stopping.is_set)
+                client_cpu = transport.peer_cpu if isinstance(transport, shm.ShmTransport) else None
+                self._colocation.serve(channel, self._stopping.is_set, client_cpu)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
         except ReflectmgrError as exc:  # a wrong authkey, garbage: the peer's problem, not ours

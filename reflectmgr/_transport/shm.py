@@ -756,6 +756,11 @@ class ShmTransport(SocketEnd):
     def _apply_timeout(self, seconds: float | None) -> None:
         self._bound = seconds
 
+    def peer_cpu(self) -> int:
+        """The CPU the peer last waited on (it says so on our out ring when it begins a wait),
+        or -1 if it has not waited yet."""
+        return int(self._out_ctl[_READER_CPU]) - 1
+
     def spin_only_when(self, allowed: Callable[[], bool]) -> None:
         """Spin (as the policy allows) only while ``allowed()``: in a manager, where a spinning
         thread would hold the GIL that the other serving threads need."""

@@ -291,3 +291,135 @@ def test_the_cpu_counted_is_the_serving_threads_own_and_never_goes_back(colocati
         during = colocation.cpu_time()
         assert during - before >= 40_000_000
     assert colocation.cpu_time() >= during  # a thread that left keeps what it used
+
+
+# -- under load, a connection's thread follows its client ----------------------------------------
+class _Load:
+    """What ``waiting.load.cores_free()`` says, set by the test."""
+
+    def __init__(self) -> None:
+        self.free = False
+
+    def cores_free(self) -> bool:
+        return self.free
+
+
+@pytest.fixture
+def load(monkeypatch: pytest.MonkeyPatch, colocation: Colocation) -> _Load:
+    """No core free, and serving threads measured mostly idle (clients working between calls)."""
+    fake = _Load()
+    monkeypatch.setattr(waiting, "load", fake)
+    _period(colocation, LOW / 4)
+    return fake
+
+
+class _Client:
+    """Where the client last waited, set by the test (-1: it has not waited yet)."""
+
+    def __init__(self, cpu: int) -> None:
+        self.cpu = cpu
+
+    def __call__(self) -> int:
+        return self.cpu
+
+
+def _looks(c: Colocation, follower: Any, n: int) -> None:
+    """``n`` looks of the follower's, each FOLLOW_NS after the one before."""
+    for _ in range(n):
+        c.follow(follower, follower.looked + colocate.FOLLOW_NS)
+
+
+def test_under_load_a_serving_thread_follows_its_client_and_is_freed_when_the_load_goes(
+    colocation: Colocation, load: _Load
+) -> None:
+    mask = os.sched_getaffinity(0)
+    first, last = min(mask), max(mask)
+    client = _Client(last)
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), client)):
+        _looks(colocation, follower, colocate.FOLLOW_AFTER - 1)
+        assert os.sched_getaffinity(0) == mask, "a moment without a free core is not load"
+        _looks(colocation, follower, 1)
+        assert os.sched_getaffinity(0) == {last}
+        client.cpu = first  # the client moved: the thread goes with it
+        _looks(colocation, follower, 1)
+        assert os.sched_getaffinity(0) == {first}
+        load.free = True
+        _looks(colocation, follower, colocate.FOLLOW_AFTER - 1)
+        assert os.sched_getaffinity(0) == {first}, "freed once the looks even out, not at the first free one"
+        _looks(colocation, follower, 1)
+        assert os.sched_getaffinity(0) == mask
+        assert follower.cpu == -1
+
+
+def test_a_thread_whose_client_never_waited_or_waits_elsewhere_stays_free(colocation: Colocation, load: _Load) -> None:
+    mask = os.sched_getaffinity(0)
+    client = _Client(-1)
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), client)):
+        _looks(colocation, follower, colocate.FOLLOW_AFTER + 2)
+        assert os.sched_getaffinity(0) == mask
+        client.cpu = max(mask) + 1000  # a CPU this process may not use (another cpuset)
+        _looks(colocation, follower, 2)
+        assert os.sched_getaffinity(0) == mask
+
+
+def test_pinned_together_the_followers_stand_down(colocation: Colocation, load: _Load) -> None:
+    mask = os.sched_getaffinity(0)
+    other = _Thread(colocation)
+    try:
+        with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(max(mask)))):
+            _looks(colocation, follower, colocate.FOLLOW_AFTER)
+            assert os.sched_getaffinity(0) == {max(mask)}
+            here = _pin(colocation, other.tid, threading.get_native_id())
+            assert follower.cpu == -1
+            assert os.sched_getaffinity(0) == other.affinity() == {here}
+            _looks(colocation, follower, colocate.FOLLOW_AFTER)  # no look moves it off the shared CPU
+            assert os.sched_getaffinity(0) == {here}
+    finally:
+        other.end()
+
+
+def test_a_following_thread_leaving_gets_its_affinity_back(colocation: Colocation, load: _Load) -> None:
+    mask = os.sched_getaffinity(0)
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(max(mask)))):
+        _looks(colocation, follower, colocate.FOLLOW_AFTER)
+        assert os.sched_getaffinity(0) == {max(mask)}
+    assert os.sched_getaffinity(0) == mask
+    assert not colocation._followers
+
+
+def test_a_process_forked_from_a_following_thread_gets_the_whole_affinity(colocation: Colocation, load: _Load) -> None:
+    mask = os.sched_getaffinity(0)
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(max(mask)))):
+        _looks(colocation, follower, colocate.FOLLOW_AFTER)
+        assert os.sched_getaffinity(0) == {max(mask)}
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, json.dumps(sorted(os.sched_getaffinity(0))).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            cpus = json.loads(f.read())
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert cpus == sorted(mask)
+
+
+def test_busy_serving_threads_are_not_followers(colocation: Colocation, load: _Load) -> None:
+    # Clients calling back to back: each thread with its client would take turns on one CPU
+    # (colocation puts the serving threads together instead). And before a period has measured
+    # them, they count as busy.
+    mask = os.sched_getaffinity(0)
+    assert Colocation().busy >= LOW
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(max(mask)))):
+        _period(colocation, (HIGH + LOW) / 2)  # busy, but not enough to be pinned together
+        _looks(colocation, follower, colocate.FOLLOW_AFTER + 2)
+        assert os.sched_getaffinity(0) == mask
+        _period(colocation, LOW / 4)  # the clients work between their calls again
+        _looks(colocation, follower, colocate.FOLLOW_AFTER)
+        assert os.sched_getaffinity(0) == {max(mask)}
+        _period(colocation, (HIGH + LOW) / 2)
+        _looks(colocation, follower, colocate.FOLLOW_AFTER)
+        assert os.sched_getaffinity(0) == mask

@@ -172,6 +172,27 @@ def test_a_sleeping_reader_is_woken_by_the_doorbell(sleepy: tuple[ShmTransport, 
     assert out == [(3, b"wake up")]
 
 
+def test_a_side_knows_the_cpu_its_peer_last_waited_on(sleepy: tuple[ShmTransport, ShmTransport]) -> None:
+    # What a manager's thread follows under load (colocate.py): the client's CPU, said by the
+    # client when it begins a wait.
+    if not hasattr(os, "sched_setaffinity") or waiting.current_cpu() < 0:
+        pytest.skip("needs thread affinity and sched_getcpu (Linux)")
+    client, server = sleepy
+    assert client.peer_cpu() == -1, "the peer has not waited yet"
+    there = max(os.sched_getaffinity(0))
+
+    def wait_there() -> Any:
+        os.sched_setaffinity(0, {there})  # this thread only
+        return server.recv()
+
+    t, out = in_thread(wait_there)
+    wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to go to sleep")
+    assert client.peer_cpu() == there
+    client.send(3, b"done")
+    t.join(PROMPT)
+    assert out == [(3, b"done")]
+
+
 def test_a_writer_waiting_for_space_is_woken_when_the_reader_catches_up(
     sleepy: tuple[ShmTransport, ShmTransport],
 ) -> None:
