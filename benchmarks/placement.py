@@ -7,10 +7,11 @@ CPU, every thread of the manager on another: ``sched_setaffinity`` from outside,
 clients have connected; a library must not do that to its user's processes, a benchmark may).
 
 1. Several clients. Scenario (b) of field.py asks whether 2 and 4 clients calling ``d[k]`` at
-once make as many calls a second in total as one client alone. On a 2-core machine one client already uses both cores
-(it spins on one while the manager's thread answers on the other), so the others share a core,
-and where each one runs is the scheduler's choice. If the placed figures reach one client's while
-the free ones do not, the design is not what bounds (b) on this machine: the placement is.
+   once make as many calls a second in total as one client alone. On a 2-core machine one client
+   already uses both cores (it spins on one while the manager's thread answers on the other), so
+   the others share a core, and where each one runs is the scheduler's choice. If the placed
+   figures reach one client's while the free ones do not, the design is not what bounds (b) on
+   this machine: the placement is.
 
 2. Bursts after a pause. run.py's quiet table times a few hundred calls at a time, while the
    other systems run in between. Here one client makes ``BURST`` calls of ``d[k]`` after each

@@ -25,9 +25,9 @@ puts it there rather than behind another worker (``follow``; FOLLOW_NS, FOLLOW_A
 while the threads are pinned together.
 
 A process forked from a pinned (or following) thread (``multiprocessing``, ``os.fork``) gets the
-manager's whole affinity back at once. A thread, or a process started without a fork handler (``subprocess``),
-that user code starts from a call while the threads are pinned inherits the one-CPU affinity
-until it sets its own. ``REFLECTMGR_COLOCATE=0`` turns the whole thing off.
+manager's whole affinity back at once. A thread, or a process started without a fork handler
+(``subprocess``), that user code starts from a call while the threads are pinned inherits the
+one-CPU affinity until it sets its own. ``REFLECTMGR_COLOCATE=0`` turns the whole thing off.
 """
 
 from __future__ import annotations
@@ -139,21 +139,20 @@ class Colocation:
         while the serving threads are mostly idle; free it when either goes; never while the
         threads are pinned together."""
         follower.looked = now
-        with self._lock:
+        worth = self.busy < LOW and not waiting.load.cores_free()  # neither needs the lock
+        with self._lock:  # against decide(): pinned together, or not, and the affinities with it
             if self.pinned >= 0:  # pinned together: that pin rules (and reset the count)
                 follower.cpu, follower.load = -1, 0
                 return
-            if self.busy >= LOW or waiting.load.cores_free():
+            if not worth:
                 follower.load = max(0, follower.load - 1)
                 if follower.load == 0 and follower.cpu >= 0:
                     follower.cpu = -1
                     _set_affinity(follower.tid, self._free_mask())
                 return
             follower.load = min(FOLLOW_AFTER, follower.load + 1)
-            if follower.load < FOLLOW_AFTER:
-                return
             cpu = follower.client_cpu()
-            if cpu < 0 or cpu == follower.cpu or cpu not in self._free_mask():
+            if follower.load < FOLLOW_AFTER or cpu < 0 or cpu == follower.cpu or cpu not in self._free_mask():
                 return
             follower.cpu = cpu
             _set_affinity(follower.tid, {cpu})
