@@ -129,17 +129,82 @@ seen_and_bound(PyObject *const *args, uint32_t *seen, struct timespec *ts)
     return timeout_of(args[2], ts);
 }
 
-/* FUTEX_WAIT on the u32 at address while it holds seen, the GIL released; 0 or the errno. */
+static void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("pause");
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* The hand-over between a manager's serving threads (one per connection, one GIL). A thread that
+ * takes a request marks itself the holder (with the time and its CPU) and unmarks itself once it
+ * has let the GIL go to wait for the next one. A thread whose request arrives while another
+ * holds looks, before it asks for the GIL, until the holder lets go: a small request is served
+ * in a few microseconds, and a thread that asked for the GIL meanwhile would sleep on it and be
+ * woken again (a second wake-up, tens of microseconds on an idle virtual CPU). It looks at most
+ * until HAND_NS after the holder began (a long request: it sleeps on the GIL as before), and not
+ * at all when the holder last ran on its own CPU (it could not let go while we look). Per
+ * interpreter (each has its own GIL): the module's state. */
+typedef struct {
+    uintptr_t holder; /* the holding Ends, or 0 */
+    uint64_t since;   /* when it took its request (now_ns) */
+    int cpu;          /* where it took it */
+} hand_t;
+
+#define HAND_NS 20000
+
+static void
+hand_take(hand_t *hand, uintptr_t me)
+{
+    __atomic_store_n(&hand->since, now_ns(), __ATOMIC_RELAXED);
+    __atomic_store_n(&hand->cpu, sched_getcpu(), __ATOMIC_RELAXED);
+    __atomic_store_n(&hand->holder, me, __ATOMIC_RELEASE);
+}
+
+/* Called with the GIL released: we no longer hold (if we did). */
+static void
+hand_let_go(hand_t *hand, uintptr_t me)
+{
+    if (hand != NULL) {
+        uintptr_t mine = me;
+        __atomic_compare_exchange_n(&hand->holder, &mine, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    }
+}
+
+/* Called with the GIL released, before asking for it: wait for another holder to let go. */
+static void
+hand_wait(hand_t *hand, uintptr_t me)
+{
+    if (hand == NULL) {
+        return;
+    }
+    uintptr_t holder = __atomic_load_n(&hand->holder, __ATOMIC_ACQUIRE);
+    if (holder == 0 || holder == me || __atomic_load_n(&hand->cpu, __ATOMIC_RELAXED) == sched_getcpu()) {
+        return;
+    }
+    uint64_t until = __atomic_load_n(&hand->since, __ATOMIC_RELAXED) + HAND_NS;
+    while (__atomic_load_n(&hand->holder, __ATOMIC_ACQUIRE) == holder && now_ns() < until) {
+        cpu_relax();
+    }
+}
+
+/* FUTEX_WAIT on the u32 at address while it holds seen, the GIL released; 0 or the errno. With
+ * hand, a serving thread's: it lets go of the hand-over first and waits on it before the GIL. */
 static int
-sleep_on(void *address, uint32_t seen, struct timespec *ts)
+sleep_on(void *address, uint32_t seen, struct timespec *ts, hand_t *hand, uintptr_t me)
 {
     long rc;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
+    hand_let_go(hand, me);
     rc = syscall(SYS_futex, address, FUTEX_WAIT, seen, ts, NULL, 0);
     if (rc < 0) {
         err = errno;
     }
+    hand_wait(hand, me);
     Py_END_ALLOW_THREADS
     return err;
 }
@@ -173,7 +238,7 @@ futex_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (seen_and_bound(args, &expected, &ts) < 0) {
         return NULL;
     }
-    int err = sleep_on(address, expected, &ts);
+    int err = sleep_on(address, expected, &ts, NULL, 0);
     return PyLong_FromLong(err == ETIMEDOUT ? 0 : err);
 }
 
@@ -290,7 +355,7 @@ take_frame(uint64_t *ctl, Py_buffer *rv, uint64_t tail, uint64_t limit)
  * word, at most ts; the flag is lowered before returning. 0 if the head moved, 2 if the writer
  * closed with nothing more published, 1 otherwise. */
 static long
-sleep_once(uint64_t *ctl, uint64_t seen, uint32_t low, struct timespec *ts)
+sleep_once(uint64_t *ctl, uint64_t seen, uint32_t low, struct timespec *ts, hand_t *hand, uintptr_t me)
 {
     long result = 1;
     __atomic_store_n(&ctl[READER_ASLEEP], 1, __ATOMIC_RELAXED);
@@ -302,7 +367,7 @@ sleep_once(uint64_t *ctl, uint64_t seen, uint32_t low, struct timespec *ts)
         result = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen ? 0 : 2;
     }
     else {
-        sleep_on(low_word(&ctl[HEAD]), low, ts);
+        sleep_on(low_word(&ctl[HEAD]), low, ts, hand, me);
         if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != seen) {
             result = 0;
         }
@@ -334,7 +399,7 @@ ring_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (ctl == NULL) {
         return NULL;
     }
-    long result = sleep_once(ctl, seen, low, &ts);
+    long result = sleep_once(ctl, seen, low, &ts, NULL, 0);
     PyBuffer_Release(&cv);
     return PyLong_FromLong(result);
 }
@@ -342,22 +407,13 @@ ring_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* The interned names take() calls its spin policy by (per interpreter: the module's state). */
 typedef struct {
     PyObject *window, *begin, *end, *slept, *max_ns, *words;
+    hand_t hand; /* the serving threads' hand-over (above) */
 } names_t;
 
 static names_t *
 names_of(PyObject *module)
 {
     return (names_t *)PyModule_GetState(module);
-}
-
-static void
-cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __asm__ __volatile__("pause");
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
 }
 
 /* The policy's int attribute name (window, max_ns); -1 with an exception set if it is missing or
@@ -413,10 +469,11 @@ peer_state(names_t *names, uint64_t *out, PyObject *bell, uint64_t cpu, int *run
  * taking it back costs nothing when nobody else wants it (a Python spin held it, letting others
  * in only at the switch interval). */
 static int
-spin_on(uint64_t *ctl, uint64_t tail, long long window)
+spin_on(uint64_t *ctl, uint64_t tail, long long window, hand_t *hand, uintptr_t me)
 {
     int moved = 0;
     Py_BEGIN_ALLOW_THREADS
+    hand_let_go(hand, me);
     uint64_t deadline = now_ns() + (uint64_t)window;
     do {
         if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != tail) {
@@ -428,6 +485,9 @@ spin_on(uint64_t *ctl, uint64_t tail, long long window)
     if (!moved) {
         moved = __atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) != tail;
     }
+    if (moved) {
+        hand_wait(hand, me);
+    }
     Py_END_ALLOW_THREADS
     return moved;
 }
@@ -435,7 +495,8 @@ spin_on(uint64_t *ctl, uint64_t tail, long long window)
 /* Spin while spin's policy allows (spin.begin(running, here) gives the window in ns, spin.end(caught)
  * closes it); 1 if the head moved meanwhile, 0 if not, -1 on error. */
 static int
-spin_for(names_t *names, uint64_t *ctl, uint64_t *out, PyObject *bell, PyObject *spin, uint64_t tail, uint64_t cpu)
+spin_for(names_t *names, uint64_t *ctl, uint64_t *out, PyObject *bell, PyObject *spin, uint64_t tail, uint64_t cpu,
+         hand_t *hand, uintptr_t me)
 {
     long long open = int_attr(spin, names->window);
     if (open <= 0) {
@@ -458,7 +519,7 @@ spin_for(names_t *names, uint64_t *ctl, uint64_t *out, PyObject *bell, PyObject 
     if (window <= 0) {
         return 0;
     }
-    int caught = spin_on(ctl, tail, window); /* the policy's spinner is held until end() */
+    int caught = spin_on(ctl, tail, window, hand, me); /* the policy's spinner is held until end() */
     PyObject *done = PyObject_CallMethodOneArg(spin, names->end, caught ? Py_True : Py_False);
     if (done == NULL) {
         return -1;
@@ -478,18 +539,18 @@ spin_for(names_t *names, uint64_t *ctl, uint64_t *out, PyObject *bell, PyObject 
  * nothing more published. */
 static PyObject *
 take_in(names_t *names, uint64_t *ctl, Py_buffer *rv, uint64_t tail, uint64_t limit, uint64_t *out, PyObject *bell,
-        PyObject *spin, struct timespec *ts)
+        PyObject *spin, struct timespec *ts, hand_t *hand, uintptr_t me)
 {
     if (__atomic_load_n(&ctl[HEAD], __ATOMIC_ACQUIRE) == tail) { /* nothing there: wait */
         uint64_t cpu = (uint64_t)(sched_getcpu() + 1);
         __atomic_store_n(&ctl[READER_CPU], cpu, __ATOMIC_RELAXED); /* a peer here must not spin against us */
-        int caught = spin == Py_None ? 0 : spin_for(names, ctl, out, bell, spin, tail, cpu);
+        int caught = spin == Py_None ? 0 : spin_for(names, ctl, out, bell, spin, tail, cpu, hand, me);
         if (caught < 0) {
             return NULL;
         }
         if (!caught) {
             uint64_t began = now_ns();
-            long woke = sleep_once(ctl, tail, (uint32_t)tail, ts);
+            long woke = sleep_once(ctl, tail, (uint32_t)tail, ts, hand, me);
             if (woke) {
                 return PyLong_FromLong(woke);
             }
@@ -534,6 +595,7 @@ take_in(names_t *names, uint64_t *ctl, Py_buffer *rv, uint64_t tail, uint64_t li
 typedef struct {
     PyObject_HEAD
     PyObject *in_ctl, *in_ring, *out_ctl, *out_ring, *spin, *bell;
+    int hand; /* a manager's serving thread: takes part in the hand-over */
 } Ends;
 
 static int
@@ -643,8 +705,12 @@ ends_take(Ends *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     uint64_t tail = __atomic_load_n(&ctl[TAIL], __ATOMIC_RELAXED); /* our own store */
+    hand_t *hand = self->hand ? &names->hand : NULL;
     PyObject *result = take_in(names, ctl, &rv, tail, limit, out, spin ? self->bell : Py_None,
-                               spin ? self->spin : Py_None, &ts);
+                               spin ? self->spin : Py_None, &ts, hand, (uintptr_t)self);
+    if (hand != NULL && result != NULL && PyTuple_CheckExact(result)) {
+        hand_take(hand, (uintptr_t)self); /* serving it now */
+    }
     PyBuffer_Release(&ov);
     PyBuffer_Release(&rv);
     PyBuffer_Release(&cv);
@@ -699,7 +765,26 @@ static PyMethodDef ends_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+ends_get_hand(Ends *self, void *unused)
+{
+    return PyBool_FromLong(self->hand);
+}
+
+static int
+ends_set_hand(Ends *self, PyObject *value, void *unused)
+{
+    int hand = value == NULL ? 0 : PyObject_IsTrue(value);
+    if (hand < 0) {
+        return -1;
+    }
+    self->hand = hand;
+    return 0;
+}
+
 static PyGetSetDef ends_getset[] = {
+    {"hand", (getter)ends_get_hand, (setter)ends_set_hand,
+     "A manager's serving thread: hands the GIL over to the others without a second wake-up.", NULL},
     {"bell", (getter)ends_get_ref, (setter)ends_set_ref, "The manager's Bell, or None.", (void *)offsetof(Ends, bell)},
     {"spin", (getter)ends_get_ref, (setter)ends_set_ref, "The reader's spin policy, or None: never spin.",
      (void *)offsetof(Ends, spin)},

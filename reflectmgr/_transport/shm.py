@@ -761,6 +761,12 @@ class ShmTransport(SocketEnd):
         or -1 if it has not waited yet."""
         return int(self._out_ctl[_READER_CPU]) - 1
 
+    def serving(self) -> None:
+        """A manager's connection thread: take part in the serving threads' hand-over of the GIL
+        (``_native.c``, "hand-over"), where the C path runs."""
+        if self._ends is not None:
+            self._ends.hand = True
+
     def spin_only_when(self, allowed: Callable[[], bool]) -> None:
         """Spin (as the policy allows) only while ``allowed()``: in a manager, where a spinning
         thread would hold the GIL that the other serving threads need."""

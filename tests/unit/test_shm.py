@@ -6,6 +6,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -191,6 +192,51 @@ def test_a_side_knows_the_cpu_its_peer_last_waited_on(sleepy: tuple[ShmTransport
     client.send(3, b"done")
     t.join(PROMPT)
     assert out == [(3, b"done")]
+
+
+@pytest.mark.skipif(shm._native is None, reason="_native.c not built, or REFLECTMGR_NATIVE=0")
+def test_a_serving_thread_that_never_lets_go_does_not_hold_up_the_others() -> None:
+    # The hand-over between a manager's serving threads (_native.c): a thread whose request comes
+    # while another serves looks until that one lets go of the GIL, for a bounded time. Here the
+    # holder took its frame and then waits on something else (the GIL released, never back to
+    # its ring): the other thread must still get its frame, or the holder's wait times out.
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs: a thread on the holder's CPU never waits for it")
+    first, second = _pair(spin=False), _pair(spin=False)
+    try:
+        for _, server in (first, second):
+            assert server._ends is not None and server._ends.hand is False
+            server.serving()
+            assert server._ends.hand is True
+        released = threading.Event()
+
+        def holder() -> Any:
+            os.sched_setaffinity(0, {cpus[0]})  # this thread only
+            frame = first[1].recv()  # now the holder
+            return frame, released.wait(PROMPT)
+
+        held, held_out = in_thread(holder)
+        first[0].send(1, b"held")
+        wait_until(lambda: first[1]._in_ctl[shm._TAIL], PROMPT, "the first frame to be taken")
+
+        def other() -> Any:
+            os.sched_setaffinity(0, {cpus[1]})
+            frame = second[1].recv()
+            released.set()
+            return frame
+
+        t, out = in_thread(other)
+        wait_until(lambda: second[1]._in_ctl[shm._READER_ASLEEP], PROMPT, "the other reader to go to sleep")
+        second[0].send(2, b"through")
+        t.join(PROMPT)
+        held.join(PROMPT)
+        assert out == [(2, b"through")]
+        assert held_out == [((1, b"held"), True)], "the other thread got its frame while the first held"
+    finally:
+        for pair_ in (first, second):
+            for end in pair_:
+                end.close()
 
 
 def test_a_writer_waiting_for_space_is_woken_when_the_reader_catches_up(
