@@ -18,6 +18,7 @@ from rpyc.utils.server import ThreadedServer
 from rpyc.core.service import SlaveService
 server = ThreadedServer(SlaveService, hostname="127.0.0.1", port=0,
                         protocol_config={"allow_all_attrs": True, "allow_pickle": True})
+server._listen()  # listening before the port is told (start() would listen only then: a race)
 print(server.port, flush=True)
 server.start()
 """
