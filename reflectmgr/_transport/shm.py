@@ -32,6 +32,7 @@ import os
 import platform
 import select
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -763,8 +764,8 @@ class ShmTransport(SocketEnd):
 
     def serving(self) -> None:
         """A manager's connection thread: take part in the serving threads' hand-over of the GIL
-        (``_native.c``, "hand-over"), where the C path runs."""
-        if self._ends is not None:
+        (``_native.c``, "hand-over"), where the C path runs and there is a GIL to hand over."""
+        if self._ends is not None and getattr(sys, "_is_gil_enabled", lambda: True)():
             self._ends.hand = True
 
     def spin_only_when(self, allowed: Callable[[], bool]) -> None:
