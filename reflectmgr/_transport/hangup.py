@@ -51,7 +51,10 @@ class Watch:
 
 class _Watcher:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: the callbacks run under it, and whatever they allocate may run a finalizer
+        # on this thread that closes another transport (closing(), forget(): a client dropped
+        # without close(), collected then). A plain lock deadlocked the watcher on itself.
+        self._lock = threading.RLock()
         self._watched: dict[int, Watch] = {}  # in the epoll, by fd
         self._waking: dict[Watch, float] = {}  # woken every REPEAT until then
         self._epoll = select.epoll()
@@ -112,13 +115,20 @@ class _Watcher:
                         while _read_some(self._r):
                             pass
                         continue
-                    entry = self._watched.pop(fd, None)
-                    if entry is not None:
-                        self._epoll.unregister(fd)  # level-triggered: it would fire on every poll
-                        _call(entry.gone)  # under the lock: the transport has not closed (its memory is there)
-                        self._waking[entry] = time.monotonic() + LINGER
+                    entry = self._watched.get(fd)
+                    if entry is None or not _hung_up(fd):
+                        # A stale event: its connection was closed (and unwatched) after the poll,
+                        # and the number already belongs to another one, which is well. Marking
+                        # that one gone set its rings' closed flag mid-handshake (seen in CI).
+                        continue
+                    del self._watched[fd]
+                    self._epoll.unregister(fd)  # level-triggered: it would fire on every poll
+                    self._waking[entry] = time.monotonic() + LINGER  # before: a forget() inside gone() ends it
+                    _call(entry.gone)  # under the lock: the transport has not closed (its memory is there)
                 now = time.monotonic()
                 for entry, until in list(self._waking.items()):
+                    if entry not in self._waking:
+                        continue  # forgotten by a callback before it (a finalizer run on this thread)
                     if until < now:
                         del self._waking[entry]
                     else:
@@ -132,6 +142,16 @@ def _call(fn: Callable[[], None]) -> None:
         fn()
     except Exception:
         log.exception("the hang-up watcher's callback failed")
+
+
+_HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether the peer of socket ``fd`` is gone now (level-triggered: still true if it is)."""
+    poller = select.poll()
+    poller.register(fd, _HANGUP)
+    return bool(poller.poll(0))
 
 
 def _read_some(fd: int) -> bytes:

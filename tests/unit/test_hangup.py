@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 from collections.abc import Iterator
@@ -96,3 +97,78 @@ def test_a_callback_that_raises_does_not_stop_the_watcher(monkeypatch: pytest.Mo
     finally:
         for sock in (broken_ours, broken_theirs, ours, theirs):
             sock.close()
+
+
+def test_a_callback_that_closes_or_forgets_another_transport_does_not_stall_the_watcher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The callbacks run on the watcher's thread, under its lock; what they allocate may run a
+    # finalizer there (a client dropped without close(), collected then) that closes another
+    # transport: closing() and forget() re-entered from the callback. Seen in CI as a watcher
+    # deadlocked on itself, and every connection's close after it waiting for ever.
+    monkeypatch.setattr(hangup, "REPEAT", 0.01)
+    monkeypatch.setattr(hangup, "LINGER", 0.2)
+    first, first_peer = socket.socketpair()
+    second, _second_peer = socket.socketpair()
+    third, _third_peer = socket.socketpair()
+    try:
+        later = Calls()
+        closed_by_callback = _watch(second, later)
+        forgotten_by_callback = _watch(third, later)
+        done: list[str] = []
+
+        def finalizer_like() -> None:
+            if not done:
+                hangup.closing(closed_by_callback)
+                hangup.forget(forgotten_by_callback)
+                done.append("ran")
+
+        entry = hangup.watch(first.fileno(), finalizer_like, lambda: None)
+        assert entry is not None
+        first_peer.close()
+        assert wait_until(lambda: done, PROMPT, "the callback to run")
+        assert wait_until(lambda: later.wakes >= 2, PROMPT, "the watcher to go on (the closed one is woken)")
+        assert later.gone == 0, "neither of the others' peers went"
+        hangup.forget(closed_by_callback)
+        hangup.forget(entry)  # the lock is free again: this thread takes it
+    finally:
+        for sock in (first, first_peer, second, _second_peer, third, _third_peer):
+            sock.close()
+
+
+def test_a_stale_event_for_a_reused_number_leaves_the_new_connection_alone(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An event polled for a connection that was closed and unwatched before the watcher took its
+    # lock comes with a number that a new connection may already have: the watcher must not mark
+    # that one gone (seen in CI: an in-process client's rings closed mid-handshake).
+    ours, theirs = pair
+    calls = Calls()
+    entry = _watch(ours, calls)
+    watcher = hangup._watcher
+    assert watcher is not None
+    real = watcher._epoll
+
+    class StaleFirst:
+        """The watcher's epoll, but its next poll returns a hang-up of ``ours`` that did not happen."""
+
+        def __init__(self) -> None:
+            self.polls = 0
+
+        def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+            self.polls += 1
+            if self.polls == 1:
+                return [(ours.fileno(), select.EPOLLRDHUP)]
+            return real.poll(timeout)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    stale = StaleFirst()
+    monkeypatch.setattr(watcher, "_epoll", stale)
+    os.write(watcher._w, b"!")  # the watcher's current poll returns: its next one is ours
+    assert wait_until(lambda: stale.polls >= 2, PROMPT, "the stale event to be handled")
+    assert calls.gone == 0, "a connection whose peer is there was marked gone"
+    theirs.close()  # and a real hang-up of it is still seen
+    assert wait_until(lambda: calls.gone == 1, PROMPT, "the real hang-up")
+    hangup.forget(entry)
