@@ -71,7 +71,7 @@ def _available() -> bool:
         and hasattr(os, "sched_setaffinity")
         and hasattr(time, "pthread_getcpuclockid")
         and waiting.CORES > 1
-        and getattr(sys, "_is_gil_enabled", lambda: True)()  # free-threaded: threads run at once
+        and waiting.gil_enabled()  # free-threaded: threads run at once
         and os.environ.get("REFLECTMGR_COLOCATE", "1") != "0"
     )
 

@@ -32,7 +32,6 @@ import os
 import platform
 import select
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -765,7 +764,7 @@ class ShmTransport(SocketEnd):
     def serving(self) -> None:
         """A manager's connection thread: take part in the serving threads' hand-over of the GIL
         (``_native.c``, "hand-over"), where the C path runs and there is a GIL to hand over."""
-        if self._ends is not None and getattr(sys, "_is_gil_enabled", lambda: True)():
+        if self._ends is not None and waiting.gil_enabled():
             self._ends.hand = True
 
     def spin_only_when(self, allowed: Callable[[], bool]) -> None:

@@ -172,6 +172,13 @@ def _usable_cores() -> int:
 
 
 CORES = _usable_cores()
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter has a GIL now (a free-threaded build may turn it on at run time)."""
+    return bool(getattr(sys, "_is_gil_enabled", lambda: True)())
+
+
 # The kernel's count of runnable tasks is read at most this often (a read costs ~2 us).
 SAMPLE_NS = 200_000
 
