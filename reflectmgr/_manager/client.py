@@ -387,7 +387,8 @@ class Client(Transfers, ForkHandling, Link):
         """Forget this client under every address it is registered by (registry.lock held)."""
         for address, client in list(registry.clients.items()):
             if client is self:
-                del registry.clients[address]
+                # pop: a close re-entered by a collection (a dropped Manager) may have done it
+                registry.clients.pop(address, None)
 
 
 def _close_transports(transports: list[Any]) -> None:

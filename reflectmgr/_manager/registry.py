@@ -9,7 +9,9 @@
     socket this process reaches it by: see KeySource).
     generation      bumped in every forked child; a client of another generation was inherited
 
-Everything here is guarded by ``lock``, which the fork hooks hold across ``fork``.
+Everything here is guarded by ``lock``, which the fork hooks hold across ``fork``. It is
+reentrant: a collection inside one of its sections may run a dropped Manager's shutdown, which
+closes its client (and unregisters it) on the same thread.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 clients: dict[Any, Client] = {}
 local_tables: dict[Any, Any] = {}
 tls: dict[Any, Any] = {}
-lock = threading.Lock()
+lock = threading.RLock()
 # A list so that modules holding a reference see the child's bump (see forking.py).
 generation = [0]
 

@@ -9,6 +9,10 @@
 The weakref callback never sends and never takes a lock: it can run in any thread, in the middle
 of a send or while this thread holds the cache lock (a GC pass), so it only appends to a deque,
 and rings the cache's bell if the release flusher sleeps on it (one byte on a pipe: no lock).
+A collection inside the lock may also run user code (a ``__del__``, a dropped Manager's shutdown)
+that calls the manager on this same thread: the lock is reentrant, such a call takes no releases
+(they ride the next message: the outer update may be halfway), and a proxy it receives for the
+reference being received outside is the one both get.
 A reference that arrives again while its entry is dead but not yet drained *takes the entry over*:
 the count goes on, and the pending release is cancelled (drain sees a live proxy and skips it).
 """
@@ -116,7 +120,7 @@ class _Entry:
 
 class ProxyCache:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: see the module's docstring
         self._entries: dict[int, _Entry] = {}
         self._dead: deque[_Entry] = deque()
         self.bell = Bell()
@@ -138,6 +142,11 @@ class ProxyCache:
                     entry.count += 1
                     return proxy
             proxy = make()
+            if entry.ref is not None:  # make() ran code (a collection) that received it too
+                alive = entry.ref()
+                if alive is not None:
+                    entry.count += 1
+                    return alive
             entry.ref = weakref.ref(proxy, entry.died)
             entry.count += 1
             return proxy
@@ -184,6 +193,8 @@ class ProxyCache:
     def take_releases(self) -> Releases:
         if not self._dead and not self._pending:
             return ()
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            return ()  # re-entered by code a collection ran inside an update here: the next message
         with self._lock:
             dead, entries, pending = self._dead, self._entries, self._pending
             while dead:

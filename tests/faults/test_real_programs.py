@@ -25,9 +25,11 @@ import pytest
 
 import reflectmgr
 from reflectmgr._manager import client as client_module
+from reflectmgr._manager import registry
+from reflectmgr._proxy import link
 from reflectmgr._wire.opcodes import Op
 
-from ..helpers import CHILD, DEATH, PROMPT, baseline_objects, gone, second_session, wait_until
+from ..helpers import CHILD, DEATH, PROMPT, baseline_objects, gone, in_thread, second_session, wait_until
 from ..integration.objects import CallsBackOnDel, InterruptsIn, RaisesOnLoad, load_after_connect_then_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -293,6 +295,89 @@ def test_del_that_calls_back_into_the_manager_does_not_deadlock_it(m: reflectmgr
     other = second_session(m)
     assert other.dict(x=1)["x"] == 1  # every client is still served
     other.close()
+
+
+class _Garbage:
+    """An object in a reference cycle: only a collection frees it, wherever one happens to run."""
+
+    def __init__(self, on_del: Any) -> None:
+        self.me = self
+        self.on_del = on_del
+
+    def __del__(self) -> None:
+        self.on_del()
+
+
+@pytest.fixture
+def collecting_on_receive(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Each proxy this process receives is made after a collection of the garbage in the list
+    that is returned (and with a proxy of the same manager just dropped, so releases are
+    pending): what an allocation in the cache's update may trigger, at a chosen point."""
+    pending: list[Any] = []
+    make = link.new_proxy
+
+    def collecting(*args: Any) -> Any:
+        if pending:
+            pending.clear()
+            gc.collect()
+        return make(*args)
+
+    monkeypatch.setattr(link, "new_proxy", collecting)
+    return pending
+
+
+def test_a_del_run_by_a_collection_while_a_proxy_arrives_calls_back_on_the_same_thread(
+    m: reflectmgr.Manager, collecting_on_receive: list[Any]
+) -> None:
+    d = m.dict(k=1, inner={"x": 2})
+    seen: list[Any] = []
+    # User code in __del__: a plain value and a proxy of the one object being received outside.
+    collecting_on_receive += [m.list(), _Garbage(lambda: seen.extend((d["k"], d["inner"])))]
+    t, out = in_thread(lambda: d["inner"])
+    t.join(PROMPT)
+    assert not t.is_alive(), "a __del__ calling back from inside the proxy cache deadlocked"
+    assert seen[0] == 1
+    assert out == [seen[1]] and out[0] is seen[1]  # one proxy for one object
+    assert out[0]["x"] == 2
+    base = m.stats().objects
+    del out[0], seen[1]
+    m.client.flush()  # the release the collection dropped, and this one's: nothing stays held
+    assert wait_until(lambda: m.stats().objects == base - 1, PROMPT, "the releases to be applied")
+
+
+def test_a_dropped_manager_collected_while_its_proxy_arrives_shuts_down_without_a_hang(
+    collecting_on_receive: list[Any],
+) -> None:
+    mgr = reflectmgr.Manager()
+    mgr.start()
+    pid = mgr.pid
+    d = mgr.dict(inner={})
+    collecting_on_receive += [mgr.list(), _Garbage(lambda: None)]
+    collecting_on_receive[-1].manager = mgr  # the Manager itself is in the cycle now
+    del mgr
+    t, out = in_thread(lambda: d["inner"]["x"])
+    t.join(CHILD)
+    assert not t.is_alive(), "the dropped Manager's shutdown deadlocked inside the proxy cache"
+    assert isinstance(out[0], reflectmgr.ManagerClosedError)
+    assert wait_until(lambda: gone(pid), DEATH, "the manager to exit")
+
+
+def test_a_dropped_manager_collected_while_the_registry_is_locked_shuts_down_without_a_hang() -> None:
+    mgr = reflectmgr.Manager()
+    mgr.start()
+    pid = mgr.pid
+    _Garbage(lambda: None).manager = mgr
+    del mgr
+
+    def collect_inside() -> None:
+        with registry.lock:  # an allocation in any of its sections may run a collection
+            gc.collect()
+
+    t, out = in_thread(collect_inside)
+    t.join(CHILD)
+    assert not t.is_alive(), "the dropped Manager's shutdown deadlocked on the client registry"
+    assert out == [None]
+    assert wait_until(lambda: gone(pid), DEATH, "the manager to exit")
 
 
 # -- 5. unbounded waits ---------------------------------------------------------------------------

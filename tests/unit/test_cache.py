@@ -74,6 +74,43 @@ def test_a_proxy_that_failed_to_be_made_is_made_on_the_next_arrival() -> None:
     assert cache.take_releases() == ((5, 1),)
 
 
+# -- code a collection runs inside an update (a __del__ calling the manager on this thread) -----
+
+
+def test_a_call_made_while_a_dead_entry_is_revived_takes_no_release_of_it() -> None:
+    cache = ProxyCache()
+    p = cache.get_or_create(4, P)
+    del p
+    gc.collect()  # dead, not drained: the next arrival revives the entry
+    taken: list[object] = []
+
+    def make() -> P:
+        taken.append(cache.take_releases())  # what the call of a __del__ run here would carry
+        return P()
+
+    q = cache.get_or_create(4, make)
+    assert taken == [()]  # not the entry being revived (nor anything else: they wait)
+    assert cache.lookup(4) is q
+    del q
+    gc.collect()
+    assert cache.take_releases() == ((4, 2),)  # both receptions, from the one entry
+
+
+def test_a_reference_received_while_its_own_proxy_is_made_gets_that_same_proxy() -> None:
+    cache = ProxyCache()
+    inner: list[P] = []
+
+    def make() -> P:
+        inner.append(cache.get_or_create(6, P))  # a __del__ run here received the same reference
+        return P()
+
+    outer = cache.get_or_create(6, make)
+    assert outer is inner[0]  # one proxy per object
+    del outer, inner[:]
+    gc.collect()
+    assert cache.take_releases() == ((6, 2),)
+
+
 # -- the bell the release flusher sleeps on (no periodic wake-up) ------------------------------
 
 
