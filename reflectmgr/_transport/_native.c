@@ -262,6 +262,16 @@ current_cpu(PyObject *module, PyObject *unused)
     return PyLong_FromLong(sched_getcpu());
 }
 
+/* fence(): a full memory fence, in one call: the Python path's FULL (shm.py). A pair of lock
+ * calls would leave a bytecode between them, where a collection or a signal handler may run code
+ * that fences too, on this thread, with the lock taken. */
+static PyObject *
+full_fence(PyObject *module, PyObject *unused)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
 /* Write one frame at position head of the ring (header and payload in place), publish the new
  * head and wake the reader if it sleeps: 1 if it woke the reader, 0 if not, -1 if the frame does
  * not fit contiguously in the free space or the payload is not one contiguous buffer (nothing
@@ -814,6 +824,7 @@ static PyMethodDef methods[] = {
     {"wait", (PyCFunction)(void (*)(void))futex_wait, METH_FASTCALL, "Sleep on a shared u32 while it holds a value."},
     {"wake", futex_wake, METH_O, "Wake the sleepers on a shared u32."},
     {"cpu", current_cpu, METH_NOARGS, "The CPU this thread runs on now."},
+    {"fence", full_fence, METH_NOARGS, "A full memory fence."},
     {"sleep", (PyCFunction)(void (*)(void))ring_sleep, METH_FASTCALL, "Sleep until the head moves."},
     {NULL, NULL, 0, NULL},
 };

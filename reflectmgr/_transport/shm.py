@@ -82,9 +82,10 @@ _BELL_WORD, _BELL_ASLEEP, _BELL_CPU, _BELL_SINCE, _BELL_RUNG_AT = 0, 8, 9, 10, 1
 #   reader: load head, ACQUIRE, copy data, RELEASE, store tail, FULL, load "writer asleep"
 # The data and the positions are touched only through C calls (memoryview copies), which the C
 # compiler cannot reorder. On x86 (TSO) an aligned load already has acquire semantics and an
-# aligned store release semantics, so ACQUIRE and RELEASE cost nothing there (_ordered is a no-op);
-# only the Dekker pair needs the FULL fence. Elsewhere all three are the lock pair. Only x86_64
-# has been run here; other architectures rely on the lock's documented semantics.
+# aligned store release semantics, so ACQUIRE and RELEASE cost nothing there; only the Dekker pair
+# needs the FULL fence. Elsewhere all three are a full fence too. Each is ``_full()``: one C call
+# where _native.c was built (below), else the lock pair. Only x86_64 has been run here; other
+# architectures rely on the C11 fence's and the lock's documented semantics.
 _fence_lock = threading.Lock()
 _acquire, _release = _fence_lock.acquire, _fence_lock.release
 _TSO = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
@@ -122,6 +123,16 @@ _LAYOUT = (
 )
 if getattr(_native, "LAYOUT", None) != _LAYOUT:
     _native = None  # built for another layout (a stale build): the Python path
+
+
+def _lock_pair() -> None:
+    _acquire()
+    _release()
+
+
+# A fence in one C call where the module was built: between the lock pair's two calls a collection
+# or a signal handler may run code that fences too, on this thread, which would wait for ever.
+_full = getattr(_native, "fence", None) or _lock_pair
 
 
 def is_shm(address: object) -> bool:
@@ -188,8 +199,7 @@ class Bell:
         words[_BELL_CPU] = waiting.current_cpu() + 1
         words[_BELL_SINCE] = _now()
         words[_BELL_ASLEEP] = 1
-        _acquire()  # FULL (Dekker): the flag is visible before the dispatcher's last look
-        _release()
+        _full()  # FULL (Dekker): the flag is visible before the dispatcher's last look
 
     def wake(self) -> None:
         """Wake the dispatcher whether or not it sleeps (the server is stopping)."""
@@ -292,8 +302,7 @@ def _on_hangup(in_closed: int, words: tuple[object, ...]) -> tuple[Callable[[], 
 
     def gone() -> None:
         flag.value = 1
-        _acquire()  # FULL: the flag is visible before the wake-up (the sleeper looks at it after)
-        _release()
+        _full()  # FULL: the flag is visible before the wake-up (the sleeper looks at it after)
         wake()
 
     return gone, wake
@@ -430,8 +439,7 @@ class ShmTransport(SocketEnd):
                 avail = ctl[_HEAD] - tail
             start = tail % RING_SIZE
             if not _TSO:  # ACQUIRE: the data the head announces is read after the head
-                _acquire()
-                _release()
+                _full()
             frame = whole_frame(self._in, start, min(avail, RING_SIZE - start), max_size)
             if frame is not None:  # not split by the end of the ring
                 flags, begin, end = frame
@@ -498,8 +506,7 @@ class ShmTransport(SocketEnd):
                 self._looked_around()
         while ctl[_HEAD] == pos and not self._eof:
             ctl[_READER_ASLEEP] = 1
-            _acquire()  # FULL (Dekker): the flag is visible before we look at the head again
-            _release()
+            _full()  # FULL (Dekker): the flag is visible before we look at the head again
             try:
                 if ctl[_CLOSED] and ctl[_HEAD] == pos:  # the writer closed, after its last publish
                     self._eof = True
@@ -531,8 +538,7 @@ class ShmTransport(SocketEnd):
         if not avail:
             return None
         if not _TSO:  # ACQUIRE: the data the head announces is read after the head
-            _acquire()
-            _release()
+            _full()
         n = min(avail, len(view))
         tail = self._tail
         start = tail % RING_SIZE
@@ -546,11 +552,9 @@ class ShmTransport(SocketEnd):
     def _publish_tail(self, tail: int) -> None:
         ctl = self._in_ctl
         if not _TSO:  # RELEASE: the data is copied out before the writer may overwrite it
-            _acquire()
-            _release()
+            _full()
         ctl[_TAIL] = tail
-        _acquire()  # FULL (Dekker): the tail is visible before we look at the writer's sleep flag
-        _release()
+        _full()  # FULL (Dekker): the tail is visible before we look at the writer's sleep flag
         if ctl[_WRITER_ASLEEP]:  # it waits for the space we just freed
             self._wake(3)
 
@@ -604,11 +608,9 @@ class ShmTransport(SocketEnd):
     def _publish_head(self, head: int) -> None:
         ctl = self._out_ctl
         if not _TSO:  # RELEASE: the data is visible before the head that announces it
-            _acquire()
-            _release()
+            _full()
         ctl[_HEAD] = head
-        _acquire()  # FULL (Dekker): the head is visible before we look at the reader's sleep flag
-        _release()
+        _full()  # FULL (Dekker): the head is visible before we look at the reader's sleep flag
         if ctl[_READER_ASLEEP]:  # it sleeps: wake it (and only then make a system call)
             ctl[_WOKEN_AT] = _now()  # CLOCK_MONOTONIC: the same clock in every process
             self._wake(2)
@@ -625,8 +627,7 @@ class ShmTransport(SocketEnd):
         ctl[_WRITER_ASLEEP] = 1
         try:
             while True:
-                _acquire()  # FULL (Dekker): the flag is visible before we look at the tail again
-                _release()
+                _full()  # FULL (Dekker): the flag is visible before we look at the tail again
                 if ctl[_TAIL] != full:
                     return
                 if self._eof:
@@ -707,8 +708,7 @@ class ShmTransport(SocketEnd):
         # when our socket ends). Never in a forked child: the connection is its parent's.
         if os.getpid() == self._owner_pid:
             self._out_ctl[_CLOSED] = 1
-            _acquire()
-            _release()
+            _full()
             if self._watch is not None:
                 hangup.closing(self._watch)  # before the socket's number is free again
         super()._shut()
@@ -729,8 +729,7 @@ class ShmTransport(SocketEnd):
                 seen = ctl[_HEAD]  # read once: a publish between two reads would be waited for twice
                 if seen - self._tail >= size:
                     if not _TSO:  # ACQUIRE: the buffer is read after the head that announced it
-                        _acquire()
-                        _release()
+                        _full()
                     break
                 self._await(seen)
                 if ctl[_HEAD] == seen:
@@ -776,8 +775,7 @@ class ShmTransport(SocketEnd):
         """A manager's: say whether the connection's own thread reads this request ring (the
         client then wakes it) or the dispatcher does (the client rings the bell)."""
         self._in_ctl[_DIRECT] = int(direct)
-        _acquire()  # FULL (Dekker): visible before this side looks at the ring again
-        _release()
+        _full()  # FULL (Dekker): visible before this side looks at the ring again
 
     def wait_data(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the next frame to begin arriving (spinning as the policy
