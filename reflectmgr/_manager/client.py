@@ -121,7 +121,7 @@ class Client(Transfers, ForkHandling, Link):
         # Held while the flusher thread sends releases, which flush() waits for (reentrant: a
         # callback served during that send may call flush() on the same thread).
         self._sending_releases = threading.RLock()
-        self._fork_lock = threading.Lock()
+        self._fork_lock = threading.RLock()  # reentrant only to tell a re-entry (adopt_inherited)
         self._local = threading.local()
         # Every transport opened and not yet closed: close() and fork handling go through it, and
         # a client dropped without close() still closes them (its channels point back at it, so it

@@ -31,7 +31,7 @@ class ForkHandling:
     account: Any
     _generation: int
     _fork_pin: tuple[bytes, list[int]] | None
-    _fork_lock: threading.Lock
+    _fork_lock: threading.RLock
     _transports: list[Any]
     _pool: Any
     _local: Any
@@ -73,7 +73,15 @@ class ForkHandling:
         self._sending_releases = threading.RLock()  # which that thread may have held at the fork
 
     def adopt_inherited(self) -> None:
-        """In a forked child: a session of its own, adopting the references it inherited."""
+        """In a forked child: a session of its own, adopting the references it inherited. A call
+        made meanwhile on the adopting thread (a ``__del__`` run by a collection inside the
+        adoption) raises: the session it needs is half made, and waiting would be for ever."""
+        if self._fork_lock._is_owned():  # type: ignore[attr-defined]
+            raise ReflectmgrError(
+                "a call to the manager from code run while this forked child was taking over the "
+                "proxies it inherited (a __del__ run by a garbage collection, most likely): the "
+                "child's connection is not ready yet; make the call after the fork"
+            )
         with self._fork_lock:
             if self._generation == registry.generation[0]:
                 return
@@ -122,7 +130,8 @@ def _after_fork_in_child() -> None:
     _release_fork_locks()
     clients = list(registry.clients.values())
     for client in clients:
-        client.forget_parent()
+        if client._generation != registry.generation[0]:  # not adopted already by a __del__ run here
+            client.forget_parent()
     # Adopt at once, not at the first call: the parent's pin lapses after a lease, and a child
     # that uses its proxies only later must still find their objects.
     for client in clients:

@@ -10,6 +10,7 @@ import gc
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -378,6 +379,57 @@ def test_a_dropped_manager_collected_while_the_registry_is_locked_shuts_down_wit
     assert not t.is_alive(), "the dropped Manager's shutdown deadlocked on the client registry"
     assert out == [None]
     assert wait_until(lambda: gone(pid), DEATH, "the manager to exit")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_del_calling_the_manager_while_a_forked_child_adopts_gets_an_error_not_a_hang(
+    m: reflectmgr.Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = m.dict(k=1)
+    inherited = m.dict(who="parent")
+    parent = os.getpid()
+    seen: list[str] = []
+    live = m.client.cache.live
+
+    def collecting_in_the_child() -> Any:
+        if os.getpid() != parent:
+            gc.collect()  # what an allocation during the child's adoption may trigger
+        return live()
+
+    def call_back() -> None:
+        try:
+            seen.append(repr(d["k"]))
+        except reflectmgr.ReflectmgrError as exc:
+            seen.append(type(exc).__name__)
+
+    monkeypatch.setattr(m.client.cache, "live", collecting_in_the_child)
+    r, w = os.pipe()
+    gc.disable()  # the garbage must reach the child uncollected
+    try:
+        _Garbage(call_back)
+        pid = os.fork()
+        if pid == 0:  # the child adopted in its fork hook; report, never return into pytest
+            code = 1
+            try:
+                os.write(w, repr((seen, d["k"], dict(inherited))).encode())
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        gc.enable()
+    os.close(w)
+    try:
+        ready = select.select([r], [], [], CHILD)[0]
+        report = os.read(r, 4096).decode() if ready else None
+    finally:
+        os.close(r)
+        if report is None:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    assert report is not None, "the forked child deadlocked adopting its proxies"
+    assert report == repr((["ReflectmgrError"], 1, {"who": "parent"}))
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # -- 5. unbounded waits ---------------------------------------------------------------------------
