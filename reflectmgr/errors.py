@@ -100,6 +100,14 @@ class LockOwnerDied(ReflectmgrError):  # noqa: N818 - named as EOWNERDEAD reads,
     lock again before raising it (its body does not run)."""
 
 
+class ReentrantCallError(ReflectmgrError):
+    """A call made by code that a garbage collection ran while this thread was inside reflectmgr's
+    own bookkeeping (a ``__del__`` run at that moment), which cannot be served there: sending an
+    object by reference while the object table is being updated, or calling a manager while a
+    forked child takes over the proxies it inherited. Nothing was sent; the update goes on. Make
+    such calls from ordinary code (a ``__del__`` may hand the work to another thread)."""
+
+
 class ReleasedError(ReflectmgrError):
     """The remote object behind a proxy no longer exists (it was released or its owner went away)."""
 

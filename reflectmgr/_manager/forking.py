@@ -18,7 +18,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .._wire.opcodes import Op
-from ..errors import ReflectmgrError
+from ..errors import ReentrantCallError, ReflectmgrError
 from . import registry
 
 
@@ -77,7 +77,7 @@ class ForkHandling:
         made meanwhile on the adopting thread (a ``__del__`` run by a collection inside the
         adoption) raises: the session it needs is half made, and waiting would be for ever."""
         if self._fork_lock._is_owned():  # type: ignore[attr-defined]
-            raise ReflectmgrError(
+            raise ReentrantCallError(
                 "a call to the manager from code run while this forked child was taking over the "
                 "proxies it inherited (a __del__ run by a garbage collection, most likely): the "
                 "child's connection is not ready yet; make the call after the fork"

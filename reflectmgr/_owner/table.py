@@ -15,6 +15,12 @@ by that much, so a reference sent again in the meantime (a reply crossing the re
 A pin belongs to no account: it outlives its sender, until the receiver claims it or PIN_LEASE
 runs out. The lock guards dictionary updates only: objects that leave the table are dropped after
 it is released, so a ``__del__`` that calls back into the manager cannot deadlock it.
+
+A garbage collection may still start inside the lock (any allocation, any call there) and run a
+``__del__`` on this thread, whose calls reach the table again. The lock is reentrant so that this
+never hangs, and such a re-entry never touches counts an update outside is halfway through:
+releases it brings (a reply's) wait in ``_later`` and are applied when the update ends; sending
+a new reference (a by-reference argument, a pin) raises :class:`ReentrantCallError` instead.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import ProtocolError, ReleasedError
+from ..errors import ProtocolError, ReentrantCallError, ReleasedError
 
 # How long a pin keeps its objects when nobody claims it: a pickled proxy that is never loaded, a
 # forked child that never adopted what it inherited. Long enough for a pickle to wait in a queue
@@ -44,9 +50,19 @@ class Account:
         self.held: dict[int, int] = {}
 
 
+def _reentered() -> ReentrantCallError:
+    return ReentrantCallError(
+        "no reference can be sent from code that a garbage collection ran while this thread "
+        "was updating the object table (a __del__, most likely): send it from ordinary code"
+    )
+
+
 class ObjectTable:
     def __init__(self, pin_lease: float = PIN_LEASE) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant only to tell a re-entry (see the module's docstring)
+        # Releases that arrived while this thread was inside an update: (account, releases),
+        # releases None for release_all. Applied when that update ends.
+        self._later: list[tuple[Account, tuple[tuple[int, int], ...] | None]] = []
         self.objects: dict[int, list[Any]] = {}
         self.pins: dict[bytes, tuple[tuple[int, ...], float]] = {}
         self.pin_lease = pin_lease
@@ -66,6 +82,7 @@ class ObjectTable:
         """Count one more reception of ``obj`` by ``account``; returns its id (a new one if the
         object is not in the table). Called while encoding, before the message is sent, so the
         peer can never release what was not yet counted; undo with ``release`` if the send fails."""
+        self._refuse_reentry()
         with self.lock:
             oid = self._oids.get(id(obj))
             if oid is None:
@@ -75,6 +92,8 @@ class ObjectTable:
             else:
                 self.objects[oid][1] += 1
             account.held[oid] = account.held.get(oid, 0) + 1
+        if self._later:
+            self._apply_later()
         return oid
 
     def release(self, account: Account, releases: Iterable[tuple[int, int]]) -> None:
@@ -87,6 +106,9 @@ class ObjectTable:
         for item in releases:  # a peer's garbage must not reach the counts half applied
             if type(item) is not tuple or len(item) != 2 or type(item[0]) is not int or type(item[1]) is not int:
                 raise ProtocolError(f"malformed release {item!r}")
+        if self.lock._is_owned():  # type: ignore[attr-defined]
+            self._later.append((account, releases))
+            return
         garbage: list[Any] = []
         with self.lock:
             for oid, count in releases:
@@ -105,16 +127,42 @@ class ObjectTable:
                 else:
                     account.held[oid] = have - count
                 self._drop(oid, count, garbage)
-        garbage.clear()  # the last references go here, outside the lock: __del__ may call back
+        self._done(garbage)
 
     def release_all(self, account: Account) -> None:
         """The account went away: drop every reference it had (its pins stay until claimed or lapsed)."""
+        if self.lock._is_owned():  # type: ignore[attr-defined]
+            self._later.append((account, None))
+            return
         garbage: list[Any] = []
         with self.lock:
             for oid, count in account.held.items():
                 self._drop(oid, count, garbage)
             account.held.clear()
+        self._done(garbage)
+
+    def _refuse_reentry(self) -> None:
+        if self.lock._is_owned():  # type: ignore[attr-defined]
+            raise _reentered()
+
+    def _done(self, garbage: list[Any]) -> None:
+        """An update has ended (the lock is released): drop what left the table (a ``__del__`` may
+        call back), then apply the releases that arrived inside it."""
         garbage.clear()
+        if self._later:
+            self._apply_later()
+
+    def _apply_later(self) -> None:
+        """Apply the releases that arrived inside an update that has ended now."""
+        while True:
+            with self.lock:
+                if not self._later:
+                    return
+                account, releases = self._later.pop(0)
+            if releases is None:
+                self.release_all(account)
+            else:
+                self.release(account, releases)
 
     def _drop(self, oid: int, count: int, garbage: list[Any]) -> None:
         # Every id a account or a pin counts has an entry (it leaves only when its total reaches 0).
@@ -129,6 +177,7 @@ class ObjectTable:
     def pin(self, oids: Iterable[int]) -> bytes:
         """Keep the live objects among ``oids`` alive for a pickle or a fork on its way to another
         process, until :meth:`claim` or :meth:`adopt` takes them or PIN_LEASE runs out."""
+        self._refuse_reentry()
         token = os.urandom(16)
         garbage: list[Any] = []
         with self.lock:
@@ -140,7 +189,7 @@ class ObjectTable:
                     entry[1] += 1
                     pinned.append(oid)
             self.pins[token] = (tuple(pinned), time.monotonic() + self.pin_lease)
-        garbage.clear()
+        self._done(garbage)
         return token
 
     def claim(self, token: bytes, oid: int) -> Any:
@@ -151,13 +200,14 @@ class ObjectTable:
         A token claimed twice (the same pickle loaded twice) still works while the object lives;
         once it is gone, :class:`ReleasedError`, since ids are never reused.
         """
+        self._refuse_reentry()
         garbage: list[Any] = []
         with self.lock:
             entry = self.objects.get(oid)
             obj = entry[0] if entry is not None else None
             self._unpin(token, garbage)
             self._expire(garbage)
-        garbage.clear()
+        self._done(garbage)
         if entry is None:
             raise ReleasedError(
                 f"object #{oid} was released before the pickled proxy reached this process (the pin "
@@ -168,6 +218,7 @@ class ObjectTable:
     def adopt(self, account: Account, token: bytes | None, oids: Iterable[int]) -> list[int]:
         """A forked child takes over the references it inherited: count the live ones among
         ``oids`` for ``account`` and give up the fork's pin. Returns the ids still alive."""
+        self._refuse_reentry()
         alive = []
         garbage: list[Any] = []
         with self.lock:
@@ -179,7 +230,7 @@ class ObjectTable:
                     alive.append(oid)
             if token is not None:
                 self._unpin(token, garbage)
-        garbage.clear()
+        self._done(garbage)
         return alive
 
     def _unpin(self, token: bytes, garbage: list[Any]) -> None:
@@ -196,8 +247,11 @@ class ObjectTable:
             self._unpin(token, garbage)
 
     def expire_pins(self) -> None:
-        """Drop the pins whose lease ran out (also done on every pin and claim)."""
+        """Drop the pins whose lease ran out (also done on every pin and claim; not when
+        re-entered: the next one does it)."""
+        if self.lock._is_owned():  # type: ignore[attr-defined]
+            return
         garbage: list[Any] = []
         with self.lock:
             self._expire(garbage)
-        garbage.clear()
+        self._done(garbage)

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 import cloudpickle
 
-from ..errors import ReflectmgrPicklingError, ReleasedError, pickling_error
+from ..errors import ReentrantCallError, ReflectmgrPicklingError, ReleasedError, pickling_error
 from .opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES
 
 PROTOCOL = 5
@@ -391,7 +391,7 @@ def encode(
             flags, payload = 0, pickle.dumps(msg, PROTOCOL, buffer_callback=callback)
         else:
             flags, payload = 0, _cloud_dumps(msg, callback)
-    except ReflectmgrPicklingError:
+    except (ReflectmgrPicklingError, ReentrantCallError):  # the latter: a byref() refused (see table.py)
         raise
     except RecursionError:
         raise

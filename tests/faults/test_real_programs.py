@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from reflectmgr._proxy import link
 from reflectmgr._wire.opcodes import Op
 
 from ..helpers import CHILD, DEATH, PROMPT, baseline_objects, gone, in_thread, second_session, wait_until
-from ..integration.objects import CallsBackOnDel, InterruptsIn, RaisesOnLoad, load_after_connect_then_close
+from ..integration.objects import CallsBackOnDel, EventBus, InterruptsIn, RaisesOnLoad, load_after_connect_then_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
@@ -381,6 +382,37 @@ def test_a_dropped_manager_collected_while_the_registry_is_locked_shuts_down_wit
     assert wait_until(lambda: gone(pid), DEATH, "the manager to exit")
 
 
+def test_a_del_run_by_a_collection_inside_the_object_table_cannot_send_a_reference_but_never_hangs(
+    m: reflectmgr.Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = m.new(EventBus)
+    table = m.client.table  # this process's objects the manager holds (byref)
+    seen: list[Any] = []
+    garbage = [_Garbage(lambda: seen.append(_outcome(lambda: bus.apply(reflectmgr.byref(len), "abc"))))]
+    next_oid = table._next_oid
+
+    def collecting() -> int:
+        if garbage:
+            garbage.clear()
+            gc.collect()  # what an allocation inside the table's update may trigger
+        return next_oid()
+
+    monkeypatch.setattr(table, "_next_oid", collecting)
+    t, out = in_thread(lambda: bus.apply(reflectmgr.byref(str.upper), "abc"))
+    t.join(PROMPT)
+    assert not t.is_alive(), "a __del__ sending a reference from inside the object table deadlocked"
+    assert out == ["ABC"]  # the call outside goes on
+    assert len(seen) == 1 and seen[0].startswith("ReentrantCallError: no reference can be sent")  # refused
+    assert bus.apply(reflectmgr.byref(len), "abc") == 3  # and the same call made afterwards works
+
+
+def _outcome(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except reflectmgr.ReentrantCallError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_del_calling_the_manager_while_a_forked_child_adopts_gets_an_error_not_a_hang(
@@ -400,7 +432,7 @@ def test_a_del_calling_the_manager_while_a_forked_child_adopts_gets_an_error_not
     def call_back() -> None:
         try:
             seen.append(repr(d["k"]))
-        except reflectmgr.ReflectmgrError as exc:
+        except reflectmgr.ReentrantCallError as exc:
             seen.append(type(exc).__name__)
 
     monkeypatch.setattr(m.client.cache, "live", collecting_in_the_child)
@@ -428,8 +460,10 @@ def test_a_del_calling_the_manager_while_a_forked_child_adopts_gets_an_error_not
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     assert report is not None, "the forked child deadlocked adopting its proxies"
-    assert report == repr((["ReflectmgrError"], 1, {"who": "parent"}))
+    assert report == repr((["ReentrantCallError"], 1, {"who": "parent"}))
     assert os.waitstatus_to_exitcode(status) == 0
+    gc.collect()  # the parent's copy of the garbage: its __del__ calls as any other code would
+    assert seen == ["1"]
 
 
 # -- 5. unbounded waits ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from reflectmgr._owner.table import Account, ObjectTable
-from reflectmgr.errors import ProtocolError, ReleasedError
+from reflectmgr.errors import ProtocolError, ReentrantCallError, ReleasedError
 
 
 class Obj:
@@ -133,8 +133,8 @@ def test_last_reference_is_dropped_outside_the_lock() -> None:
 
     class CallsBack:
         def __del__(self) -> None:
-            seen.append(table.lock.locked())
-            table.export(client, Obj())  # would block for ever under the non-reentrant lock
+            seen.append(table.lock._is_owned())  # type: ignore[attr-defined]
+            table.export(client, Obj())  # refused inside the lock (see the tests at the end)
 
     oid = table.export(client, CallsBack())
     done = threading.Event()
@@ -172,3 +172,65 @@ def test_a_malformed_release_is_refused_whole_and_changes_nothing(bad: list[Any]
     with pytest.raises(ProtocolError):
         table.release(client, [(oid, 1), *bad])  # the good entry before it is not applied either
     assert table.resolve(oid) is obj and client.held == {oid: 1}
+
+
+# -- code a collection runs inside an update (a __del__ whose calls reach the table again) -----
+
+
+def _inside_next_export(table: ObjectTable, run: Any) -> None:
+    """Make ``run()`` happen inside the table's next export, with its lock held: where an
+    allocation there may start a collection that runs a ``__del__`` on this thread."""
+    next_oid = table._next_oid
+
+    def inside() -> int:
+        run()
+        return next_oid()
+
+    table._next_oid = inside  # type: ignore[method-assign]
+
+
+def test_releases_arriving_inside_an_update_are_applied_when_it_ends() -> None:
+    table, a, b = ObjectTable(), Account("a"), Account("b")
+    first, second = Obj(), Obj()
+    oid1, oid2 = table.export(a, first), table.export(b, second)
+    kept_inside: list[bool] = []
+
+    def a_reply_carries_releases() -> None:
+        table.release(a, [(oid1, 1)])
+        table.release_all(b)
+        kept_inside.append(table.resolve(oid1) is first and table.resolve(oid2) is second)
+
+    _inside_next_export(table, a_reply_carries_releases)
+    third = Obj()
+    oid3 = table.export(a, third)  # no hang; the counts it updates are not touched meanwhile
+    assert kept_inside == [True]  # not while the export was halfway
+    for gone in (oid1, oid2):  # both applied as it ended
+        with pytest.raises(ReleasedError):
+            table.resolve(gone)
+    assert table.resolve(oid3) is third and a.held == {oid3: 1} and b.held == {}
+
+
+def test_no_reference_can_be_sent_from_inside_an_update() -> None:
+    table, client = ObjectTable(), Account("c")
+    kept = Obj()
+    oid = table.export(client, kept)
+    token = table.pin([oid])
+    refused: list[str] = []
+
+    def sends() -> None:
+        for send in (
+            lambda: table.export(client, Obj()),
+            lambda: table.pin([oid]),
+            lambda: table.claim(token, oid),
+            lambda: table.adopt(client, None, [oid]),
+        ):
+            with pytest.raises(ReentrantCallError, match="garbage collection"):
+                send()
+            refused.append("refused")
+        table.expire_pins()  # not when re-entered: the next one does it
+
+    _inside_next_export(table, sends)
+    table.export(client, Obj())
+    assert refused == ["refused"] * 4
+    assert client.held[oid] == 1 and table.objects[oid][1] == 2  # one reception and the pin: unchanged
+    assert table.claim(token, oid) is kept
