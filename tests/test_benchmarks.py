@@ -79,6 +79,16 @@ def test_placement_benchmark_runs_free_and_placed() -> None:
     assert "free   reflectmgr" in text and "placed reflectmgr" in text  # the bursts after a pause
 
 
+@once_per_ci
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_repeated_field_runs_report_the_spread_of_both_systems() -> None:
+    text = _run(str(BENCH / "repeat.py"), "--smoke")
+    assert "2 runs of 50 rounds" in text
+    assert text.count("stdlib Manager") == 2 and text.count("reflectmgr shm") == 2  # both measures
+    assert text.count("slow runs") == 4 and text.count("ratio") == 2
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_interpreter_benchmark_runs_or_says_why_not() -> None:

@@ -21,8 +21,8 @@ the CPU a waiting client leaves is the best place for its answer), so it is neve
 Under CPU-bound workers the opposite placement pays: while no core is free and the serving
 threads are mostly idle (their clients compute between calls), each connection's thread
 *follows* its client, pinned to the CPU the client last waited on, so that the client's wake-up
-puts it there rather than behind another worker (``follow``; FOLLOW_NS, FOLLOW_AFTER). Never
-while the threads are pinned together.
+puts it there rather than behind another worker (``follow``; FOLLOW_NS, FOLLOW_AFTER; "no core
+free" means a look saw it within CROWDED_NS). Never while the threads are pinned together.
 
 A process forked from a pinned (or following) thread (``multiprocessing``, ``os.fork``) gets the
 manager's whole affinity back at once. A thread, or a process started without a fork handler
@@ -63,6 +63,12 @@ REPROBE = 20
 # it is freed when the looks even out again, or at once when the threads are pinned together.
 FOLLOW_NS = 1_000_000
 FOLLOW_AFTER = 3
+# "No core free" holds while any serving thread's look saw more runnable tasks than cores within
+# this long. A look comes right after a reply, when the other workers may be waiting on the
+# manager themselves (not runnable): with two workers on two cores, a thread that did not follow
+# saw that in one look in three or fewer, so judged look by look it could stay unfollowed for a
+# whole run (3 runs in 36 with a call's median at 25-28 us instead of 9: benchmarks/README.md).
+CROWDED_NS = 20_000_000
 
 
 def _available() -> bool:
@@ -96,6 +102,7 @@ class Colocation:
         self._main_serves = False  # the main thread registered once (a test's, an embedding's)
         self._followers: dict[int, _Follower] = {}  # native id -> its pin to its client's CPU
         self.busy = 1.0  # the serving threads' CPU use over the last period (busy until measured)
+        self._crowded_at = -(1 << 62)  # when a look last saw more runnable tasks than cores
 
     def serve(self, channel: Any, stopping: Callable[[], bool], client_cpu: Callable[[], int] | None = None) -> None:
         """``channel.serve_forever(stopping)`` on this thread, counted for the decision;
@@ -139,7 +146,9 @@ class Colocation:
         while the serving threads are mostly idle; free it when either goes; never while the
         threads are pinned together."""
         follower.looked = now
-        worth = self.busy < LOW and not waiting.load.cores_free()  # neither needs the lock
+        if not waiting.load.cores_free():  # neither this nor busy needs the lock
+            self._crowded_at = now
+        worth = self.busy < LOW and now - self._crowded_at < CROWDED_NS
         with self._lock:  # against decide(): pinned together, or not, and the affinities with it
             if self.pinned >= 0:  # pinned together: that pin rules (and reset the count)
                 follower.cpu, follower.load = -1, 0

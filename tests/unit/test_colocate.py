@@ -344,11 +344,26 @@ def test_under_load_a_serving_thread_follows_its_client_and_is_freed_when_the_lo
         _looks(colocation, follower, 1)
         assert os.sched_getaffinity(0) == {first}
         load.free = True
+        _looks(colocation, follower, colocate.CROWDED_NS // colocate.FOLLOW_NS - 1)
+        assert os.sched_getaffinity(0) == {first}, "the load is judged over CROWDED_NS, not look by look"
         _looks(colocation, follower, colocate.FOLLOW_AFTER - 1)
         assert os.sched_getaffinity(0) == {first}, "freed once the looks even out, not at the first free one"
         _looks(colocation, follower, 1)
         assert os.sched_getaffinity(0) == mask
         assert follower.cpu == -1
+
+
+def test_a_thread_follows_when_only_some_looks_find_no_core_free(colocation: Colocation, load: _Load) -> None:
+    """Two workers on two cores: a look right after a reply often finds the other worker waiting
+    on the manager too (not runnable), so a core looks free; one look in three sees the load."""
+    mask = os.sched_getaffinity(0)
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(max(mask)))):
+        for _ in range(colocate.FOLLOW_AFTER):
+            load.free = False
+            _looks(colocation, follower, 1)
+            load.free = True
+            _looks(colocation, follower, 2)
+        assert os.sched_getaffinity(0) == {max(mask)}
 
 
 def test_a_thread_whose_client_never_waited_or_waits_elsewhere_stays_free(colocation: Colocation, load: _Load) -> None:
