@@ -106,7 +106,7 @@ class ObjectTable:
         for item in releases:  # a peer's garbage must not reach the counts half applied
             if type(item) is not tuple or len(item) != 2 or type(item[0]) is not int or type(item[1]) is not int:
                 raise ProtocolError(f"malformed release {item!r}")
-        if self.lock._is_owned():  # type: ignore[attr-defined]
+        if self._inside():
             self._later.append((account, releases))
             return
         garbage: list[Any] = []
@@ -131,7 +131,7 @@ class ObjectTable:
 
     def release_all(self, account: Account) -> None:
         """The account went away: drop every reference it had (its pins stay until claimed or lapsed)."""
-        if self.lock._is_owned():  # type: ignore[attr-defined]
+        if self._inside():
             self._later.append((account, None))
             return
         garbage: list[Any] = []
@@ -141,8 +141,12 @@ class ObjectTable:
             account.held.clear()
         self._done(garbage)
 
+    def _inside(self) -> bool:
+        """Whether this thread is inside an update now (re-entered by code a collection ran)."""
+        return bool(self.lock._is_owned())  # type: ignore[attr-defined]
+
     def _refuse_reentry(self) -> None:
-        if self.lock._is_owned():  # type: ignore[attr-defined]
+        if self._inside():
             raise _reentered()
 
     def _done(self, garbage: list[Any]) -> None:
@@ -249,7 +253,7 @@ class ObjectTable:
     def expire_pins(self) -> None:
         """Drop the pins whose lease ran out (also done on every pin and claim; not when
         re-entered: the next one does it)."""
-        if self.lock._is_owned():  # type: ignore[attr-defined]
+        if self._inside():
             return
         garbage: list[Any] = []
         with self.lock:
