@@ -29,7 +29,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ProtocolError, ReentrantCallError, ReleasedError
@@ -60,6 +60,9 @@ def _reentered() -> ReentrantCallError:
 class ObjectTable:
     def __init__(self, pin_lease: float = PIN_LEASE) -> None:
         self.lock = threading.RLock()  # reentrant only to tell a re-entry (see the module's docstring)
+        # Whether this thread is inside an update now (re-entered by code a collection ran): the
+        # lock's own C method, bound once (export asks on every reference sent).
+        self._inside: Callable[[], bool] = self.lock._is_owned  # type: ignore[attr-defined]
         # Releases that arrived while this thread was inside an update: (account, releases),
         # releases None for release_all. Applied when that update ends.
         self._later: list[tuple[Account, tuple[tuple[int, int], ...] | None]] = []
@@ -82,7 +85,8 @@ class ObjectTable:
         """Count one more reception of ``obj`` by ``account``; returns its id (a new one if the
         object is not in the table). Called while encoding, before the message is sent, so the
         peer can never release what was not yet counted; undo with ``release`` if the send fails."""
-        self._refuse_reentry()
+        if self._inside():
+            raise _reentered()
         with self.lock:
             oid = self._oids.get(id(obj))
             if oid is None:
@@ -140,10 +144,6 @@ class ObjectTable:
                 self._drop(oid, count, garbage)
             account.held.clear()
         self._done(garbage)
-
-    def _inside(self) -> bool:
-        """Whether this thread is inside an update now (re-entered by code a collection ran)."""
-        return bool(self.lock._is_owned())  # type: ignore[attr-defined]
 
     def _refuse_reentry(self) -> None:
         if self._inside():
