@@ -108,7 +108,9 @@ class _Templates:
     reporting their exits and signalling them until they are all gone."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Reentrant only to tell a re-entry: starting a template allocates, and a collection there
+        # may run a finalizer that starts a manager on this thread (see _template()).
+        self.lock = threading.RLock()
         self.starts = 0
         self.template: Template | None = None
         self.retired: list[Template] = []
@@ -122,8 +124,13 @@ def _template(timeout: float) -> Template | None:
     """The template to fork this start's manager from, or None: launch one directly. The first
     start of a process launches (a program with one manager gets no second process); the second
     starts the template. A new one replaces it when it died, or when the environment differs from
-    the one it started with where imports see it (template.environment_key)."""
+    the one it started with where imports see it (template.environment_key).
+
+    None too for a start from a finalizer (a ``__del__`` run by a collection) while this thread
+    holds the lock: the template may be half made, and waiting for the lock would wait for ever."""
     state = _templates
+    if state.lock._is_owned():  # type: ignore[attr-defined]
+        return None
     with state.lock:
         state.starts += 1
         if state.starts < 2:
@@ -133,7 +140,10 @@ def _template(timeout: float) -> Template | None:
 
 def template_for_workers(timeout: float) -> Template | None:
     """The template to fork an executor's worker from (started now if there is none: a worker
-    forked from it costs less than one spawned, from the first), or None: spawn it."""
+    forked from it costs less than one spawned, from the first), or None: spawn it (as
+    :func:`_template` when re-entered)."""
+    if _templates.lock._is_owned():  # type: ignore[attr-defined]
+        return None
     with _templates.lock:
         return _current(timeout)
 

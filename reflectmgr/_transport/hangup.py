@@ -161,15 +161,23 @@ def _read_some(fd: int) -> bytes:
         return b""
 
 
-_lock = threading.Lock()
+# Reentrant only to tell a re-entry: making the watcher allocates, and a collection there may run
+# a finalizer that opens a connection on this thread (see watch()).
+_lock = threading.RLock()
 _watcher: _Watcher | None = None
 _unavailable = not hasattr(select, "epoll")
 
 
 def watch(fd: int, gone: Callable[[], None], wake: Callable[[], None]) -> Watch | None:
     """Call ``gone()`` then ``wake()`` when the peer of socket ``fd`` is gone (see the module's
-    docstring); None if this process has no watcher (the caller must look for itself)."""
+    docstring); None if this process has no watcher (the caller must look for itself).
+
+    Also None for a connection opened by a finalizer (a ``__del__`` run by a collection) while
+    this thread makes the process's watcher: that one is half made, and waiting for it would
+    wait for ever. That connection's sleepers look every SAFETY_MS instead."""
     global _watcher, _unavailable
+    if _lock._is_owned():  # type: ignore[attr-defined]
+        return None
     with _lock:
         if _watcher is None:
             if _unavailable:
@@ -209,7 +217,7 @@ def repeating() -> bool:
 
 def _after_fork_in_child() -> None:
     global _watcher, _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     if _watcher is not None:
         _watcher.drop()
         _watcher = None

@@ -382,6 +382,88 @@ def test_a_dropped_manager_collected_while_the_registry_is_locked_shuts_down_wit
     assert wait_until(lambda: gone(pid), DEATH, "the manager to exit")
 
 
+_GARBAGE_SCRIPT = """
+    import gc
+    import reflectmgr
+
+    class Garbage:  # in a reference cycle: only a collection frees it
+        def __init__(self, on_del):
+            self.me = self
+            self.on_del = on_del
+
+        def __del__(self):
+            self.on_del()
+
+    def collect_first(make):  # what an allocation inside ``make`` may trigger, at a chosen point
+        def collecting(*args):
+            gc.collect()
+            return make(*args)
+
+        return collecting
+"""
+
+
+def _run_garbage_script(tmp_path: Path, body: str) -> str:
+    """Run a program (``_GARBAGE_SCRIPT`` then ``body``) in a process of its own: what it does to
+    a module's state must not reach this one. Returns its output."""
+    script = tmp_path / "program.py"
+    script.write_text(textwrap.dedent(_GARBAGE_SCRIPT) + textwrap.dedent(body))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=CHILD)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.mark.skipif(not hasattr(select, "epoll"), reason="the hang-up watcher needs epoll (Linux)")
+def test_a_del_opening_a_connection_while_the_first_is_opened_does_not_hang(tmp_path: Path) -> None:
+    out = _run_garbage_script(
+        tmp_path,
+        """
+        from reflectmgr._transport import hangup
+
+        with reflectmgr.Manager(transport="pipe") as m:  # a pipe connection needs no watcher
+            m.root["d"] = m.dict(k=1)
+            assert hangup._watcher is None
+            seen = []
+
+            def on_del():
+                c = reflectmgr.connect(m.address, m.authkey, transport="shm")
+                seen.append((c.root["d"]["k"], any(t._watch for t in c.client._transports)))
+                c.close()
+
+            hangup._Watcher = collect_first(hangup._Watcher)  # made by the first shm connection
+            Garbage(on_del)
+            c = reflectmgr.connect(m.address, m.authkey, transport="shm")
+            print(seen, c.root["d"]["k"], all(t._watch for t in c.client._transports))
+            c.close()
+        """,
+    )
+    # The __del__'s connection works, unwatched (its sleepers look for themselves); the outer one
+    # gets the process's watcher.
+    assert out == "[(1, False)] 1 True"
+
+
+def test_a_del_starting_a_manager_while_the_template_starts_does_not_hang(tmp_path: Path) -> None:
+    out = _run_garbage_script(
+        tmp_path,
+        """
+        from reflectmgr._manager import launch
+
+        seen = []
+
+        def on_del():
+            with reflectmgr.Manager() as inner:
+                seen.append(inner.dict(k=1)["k"])
+
+        launch.Template = collect_first(launch.Template)  # made under the templates' lock
+        with reflectmgr.Manager() as first:  # a process's first manager is launched: no template
+            Garbage(on_del)
+            with reflectmgr.Manager() as second:  # the second starts the template
+                print(seen, first.dict(k=2)["k"], second.dict(k=3)["k"], launch._templates.template is not None)
+        """,
+    )
+    assert out == "[1] 2 3 True"  # the __del__'s manager was launched directly
+
+
 def test_a_del_run_by_a_collection_inside_the_object_table_cannot_send_a_reference_but_never_hangs(
     m: reflectmgr.Manager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
