@@ -271,10 +271,8 @@ class Server:
             if shm.dispatched(transport):  # it rings the bell: REFLECTMGR_DISPATCHER=always
                 self._dispatcher_for().serve(channel, transport)
             else:
-                client_cpu = None
-                if isinstance(transport, shm.ShmTransport):
-                    transport.serving()
-                    client_cpu = transport.peer_cpu
+                transport.serving()
+                client_cpu = transport.peer_cpu if isinstance(transport, shm.ShmTransport) else None
                 self._colocation.serve(channel, self._stopping.is_set, client_cpu)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection

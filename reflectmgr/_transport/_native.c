@@ -1,5 +1,7 @@
 /* The hot half of the shared-memory transport in C: the futex, the CPU number, and a frame's
- * way into and out of a ring (see shm.py for the layout and waiting.py for the policy).
+ * way into and out of a ring (see shm.py for the layout and waiting.py for the policy); and the
+ * byte-level reads and writes of a manager's serving thread on a pipe or tcp socket (stream.py's
+ * ServedStream), which take part in the same hand-over of the GIL.
  *
  * Everything here has a Python twin that does the same on the same bytes (shm.py's general path,
  * ctypes for the futex), so either side of a connection may run either: this module only makes
@@ -35,6 +37,8 @@
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -820,12 +824,285 @@ static PyType_Spec ends_spec = {
     .slots = ends_slots,
 };
 
+/* A manager's serving thread on a stream socket (pipe, tcp): the byte-level steps of
+ * stream.py's read (try, spin, wait) and its send, with the hand-over above. What the Python
+ * socket methods would do, but: the try and the send keep the GIL (neither blocks while the
+ * socket has bytes or room, and letting the GIL go for a system call invites a hand-off in the
+ * middle of a request: on every request once two clients call at once); the spin lets the GIL
+ * go once for its whole window instead of once per look; and a thread whose bytes arrive while
+ * another serves waits on the hand-over before it asks for the GIL. The caller passes the
+ * socket's descriptor at each call (its fileno(): -1 once closed, EBADF as for the socket's own
+ * methods) and the wait bound in ms (-1: none); a socket with a timeout is non-blocking, so a
+ * wait polls for it. The policy (when to spin, how long) stays waiting.SpinPolicy's. */
+
+static uintptr_t
+thread_me(void)
+{
+    return (uintptr_t)PyThread_get_thread_ident();
+}
+
+static int
+fd_of(PyObject *obj)
+{
+    long fd = PyLong_AsLong(obj);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -2;
+    }
+    if (fd < -1 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return -2;
+    }
+    return (int)fd;
+}
+
+/* poll fd for events at most until deadline (0: for ever), the GIL released: 1 ready (or an
+ * error the next call reports), 0 timed out, -1 EINTR (the caller checks signals). */
+static int
+poll_until(int fd, short events, uint64_t deadline)
+{
+    struct pollfd pfd = {fd, events, 0};
+    int ms = -1;
+    if (deadline) {
+        uint64_t now = now_ns();
+        ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = poll(&pfd, 1, ms);
+    Py_END_ALLOW_THREADS
+    return rc < 0 ? (errno == EINTR ? -1 : 1) : rc > 0;
+}
+
+static uint64_t
+deadline_of(PyObject *ms_obj, int *err)
+{
+    long ms = PyLong_AsLong(ms_obj);
+    if (ms == -1 && PyErr_Occurred()) {
+        *err = 1;
+        return 0;
+    }
+    *err = 0;
+    return ms < 0 ? 0 : now_ns() + (uint64_t)ms * 1000000 + 1;
+}
+
+/* stream_send(fd, data, timeout_ms): send all of data (the GIL kept while the socket takes it). */
+static PyObject *
+stream_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 3, "stream_send(fd, data, timeout_ms)")) {
+        return NULL;
+    }
+    int fd = fd_of(args[0]);
+    if (fd == -2) {
+        return NULL;
+    }
+    int bad;
+    uint64_t deadline = deadline_of(args[2], &bad);
+    if (bad) {
+        return NULL;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const char *at = data.buf;
+    Py_ssize_t left = data.len;
+    PyObject *result = Py_None;
+    while (left > 0) {
+        ssize_t n = send(fd, at, (size_t)left, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n >= 0) {
+            at += n;
+            left -= n;
+            continue;
+        }
+        int ready = errno == EINTR ? -1 : 0;
+        if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+            result = PyErr_SetFromErrno(PyExc_OSError);
+            break;
+        }
+        if (ready == 0) {
+            ready = poll_until(fd, POLLOUT, deadline);
+        }
+        if (ready < 0 && PyErr_CheckSignals() < 0) {
+            result = NULL;
+            break;
+        }
+        if (ready == 0) {
+            PyErr_SetString(PyExc_TimeoutError, "timed out");
+            result = NULL;
+            break;
+        }
+    }
+    PyBuffer_Release(&data);
+    return result == Py_None ? Py_NewRef(Py_None) : result;
+}
+
+/* stream_try(fd, buffer): the bytes there now, the GIL kept; None if there are none. */
+static PyObject *
+stream_try(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 2, "stream_try(fd, buffer)")) {
+        return NULL;
+    }
+    int fd = fd_of(args[0]);
+    if (fd == -2) {
+        return NULL;
+    }
+    Py_buffer buf;
+    if (PyObject_GetBuffer(args[1], &buf, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    ssize_t n;
+    do {
+        n = recv(fd, buf.buf, (size_t)buf.len, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR && PyErr_CheckSignals() == 0);
+    int err = errno;
+    PyBuffer_Release(&buf);
+    if (n >= 0) {
+        hand_take(&names_of(module)->hand, thread_me());
+        return PyLong_FromSsize_t(n);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+        Py_RETURN_NONE;
+    }
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* stream_spin(fd, buffer, window_ns): look for bytes until window_ns from now, the GIL let go
+ * for the whole window (and the hand-over with it); None if none came. */
+static PyObject *
+stream_spin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 3, "stream_spin(fd, buffer, window_ns)")) {
+        return NULL;
+    }
+    int fd = fd_of(args[0]);
+    if (fd == -2) {
+        return NULL;
+    }
+    long long window = PyLong_AsLongLong(args[2]);
+    if (window == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer buf;
+    if (PyObject_GetBuffer(args[1], &buf, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    hand_t *hand = &names_of(module)->hand;
+    uintptr_t me = thread_me();
+    ssize_t n = -1;
+    int err = EAGAIN;
+    Py_BEGIN_ALLOW_THREADS
+    hand_let_go(hand, me);
+    uint64_t deadline = now_ns() + (uint64_t)(window > 0 ? window : 0);
+    do {
+        n = recv(fd, buf.buf, (size_t)buf.len, MSG_DONTWAIT);
+        err = n < 0 ? errno : 0;
+        if (n >= 0 || (err != EAGAIN && err != EWOULDBLOCK && err != EINTR)) {
+            break;
+        }
+        cpu_relax();
+    } while (now_ns() < deadline);
+    if (n >= 0) {
+        hand_wait(hand, me);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (n >= 0) {
+        hand_take(hand, me);
+        return PyLong_FromSsize_t(n);
+    }
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
+        Py_RETURN_NONE; /* a signal: the wait that follows checks it */
+    }
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* stream_wait(fd, buffer, timeout_ms): block until bytes come (or EOF: 0), the GIL released;
+ * TimeoutError after timeout_ms (-1: never). Waits on the hand-over before taking the GIL. */
+static PyObject *
+stream_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!args_ok(nargs, 3, "stream_wait(fd, buffer, timeout_ms)")) {
+        return NULL;
+    }
+    int fd = fd_of(args[0]);
+    if (fd == -2) {
+        return NULL;
+    }
+    int bad;
+    uint64_t deadline = deadline_of(args[2], &bad);
+    if (bad) {
+        return NULL;
+    }
+    Py_buffer buf;
+    if (PyObject_GetBuffer(args[1], &buf, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    hand_t *hand = &names_of(module)->hand;
+    uintptr_t me = thread_me();
+    PyObject *result = NULL;
+    for (;;) {
+        ssize_t n;
+        int err, ready = 1;
+        Py_BEGIN_ALLOW_THREADS
+        hand_let_go(hand, me);
+        n = recv(fd, buf.buf, (size_t)buf.len, 0); /* blocks unless the socket has a timeout */
+        err = n < 0 ? errno : 0;
+        if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+            struct pollfd pfd = {fd, POLLIN, 0};
+            int ms = -1;
+            if (deadline) {
+                uint64_t now = now_ns();
+                ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+            }
+            int rc = poll(&pfd, 1, ms);
+            ready = rc < 0 ? (errno == EINTR ? -1 : 1) : rc > 0;
+        }
+        if (n >= 0) {
+            hand_wait(hand, me);
+        }
+        Py_END_ALLOW_THREADS
+        if (n >= 0) {
+            hand_take(hand, me);
+            result = PyLong_FromSsize_t(n);
+            break;
+        }
+        if (err == EINTR || ready < 0) {
+            if (PyErr_CheckSignals() < 0) {
+                break;
+            }
+            continue;
+        }
+        if (err != EAGAIN && err != EWOULDBLOCK) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            break;
+        }
+        if (ready == 0) {
+            PyErr_SetString(PyExc_TimeoutError, "timed out");
+            break;
+        }
+    }
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"wait", (PyCFunction)(void (*)(void))futex_wait, METH_FASTCALL, "Sleep on a shared u32 while it holds a value."},
     {"wake", futex_wake, METH_O, "Wake the sleepers on a shared u32."},
     {"cpu", current_cpu, METH_NOARGS, "The CPU this thread runs on now."},
     {"fence", full_fence, METH_NOARGS, "A full memory fence."},
     {"sleep", (PyCFunction)(void (*)(void))ring_sleep, METH_FASTCALL, "Sleep until the head moves."},
+    {"stream_send", (PyCFunction)(void (*)(void))stream_send, METH_FASTCALL, "Send all of data, the GIL kept while the socket takes it."},
+    {"stream_try", (PyCFunction)(void (*)(void))stream_try, METH_FASTCALL, "The bytes there now, the GIL kept; None if none."},
+    {"stream_spin", (PyCFunction)(void (*)(void))stream_spin, METH_FASTCALL, "Look for bytes for a window, the GIL released."},
+    {"stream_wait", (PyCFunction)(void (*)(void))stream_wait, METH_FASTCALL, "Block until bytes come, with the hand-over."},
     {NULL, NULL, 0, NULL},
 };
 

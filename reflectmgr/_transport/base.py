@@ -38,6 +38,10 @@ class Transport(Protocol):
 
     def set_timeout(self, seconds: float | None) -> None: ...
 
+    def serving(self) -> None:
+        """Served by a manager's connection thread from now on (the GIL's hand-over, where a
+        transport has one)."""
+
     def close(self) -> None: ...
 
     def dispose(self) -> None: ...

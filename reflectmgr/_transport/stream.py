@@ -28,8 +28,17 @@ from .._wire.framing import (
     whole_frame,
 )
 from ..errors import ProtocolError
+from . import waiting
 from .buffers import fresh_buffer
 from .waiting import SpinPolicy
+
+try:  # a manager's serving thread reads and writes its socket in C (see StreamTransport.serving)
+    from . import _native
+except ImportError:
+    _native = None  # type: ignore[assignment]
+# Built with the package where a C compiler was (Linux); REFLECTMGR_NATIVE=0 turns it off, as the
+# shared-memory ring's C path.
+NATIVE = _native is not None and hasattr(_native, "stream_wait") and os.environ.get("REFLECTMGR_NATIVE", "1") != "0"
 
 # Read-ahead size: one recv usually brings a whole small frame (and often the next header too).
 # Before authentication the buffer is only big enough for the handshake: an unauthenticated
@@ -113,6 +122,10 @@ class FramedStream:
     def set_timeout(self, seconds: float | None) -> None:
         """Bound each blocking read and write (the handshake uses it); None blocks for ever."""
         self._timeout = seconds
+
+    def serving(self) -> None:
+        """This end is served by one of a manager's connection threads (from now on, only by it):
+        a transport may then take part in their hand-over of the GIL. Nothing by default."""
 
     def _body(self, have: int, n: int) -> None:
         """Called before each blocking read inside a frame's body: bound it by BODY_TIMEOUT."""
@@ -338,6 +351,14 @@ class StreamTransport(SocketEnd):
         except BlockingIOError:
             return None
 
+    def serving(self) -> None:
+        """A manager's connection thread: read and write the socket in C where built (the end
+        becomes a :class:`ServedStream`)."""
+        if NATIVE and waiting.gil_enabled():
+            self.__class__ = ServedStream
+            del self._sendall  # the instance's binding of the socket's own method: the class's now
+            self._wait_ms = -1 if self._timeout is None else _ms(self._timeout)
+
     def drained(self) -> bool:
         """True if no received byte waits in the read-ahead buffer."""
         return self._start == self._end
@@ -346,3 +367,50 @@ class StreamTransport(SocketEnd):
         """Hand the socket over to another transport (shared memory); this one is done."""
         self.closed = True
         return self.sock
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000 + 0.999))
+
+
+class ServedStream(StreamTransport):
+    """A stream end served by one of a manager's connection threads, which reads and writes the
+    socket in C (``_native.c``, "a manager's serving thread on a stream socket") and takes part in
+    the serving threads' hand-over of the GIL. With two clients calling at once, each system call
+    of a request in Python (the look before the spin, every look of the spin, the reply's send) let
+    the GIL go and invited a hand-off to the other serving thread, which this one then waited to
+    get back. Made by :meth:`StreamTransport.serving`, never directly."""
+
+    _wait_ms = -1  # the socket's timeout in ms (-1: none), for the C calls
+
+    def _recv_into(self, view: memoryview) -> int:
+        # FramedStream._recv_into's steps, each one C call (the policy's calls stay Python).
+        fd = self.sock.fileno()  # each time: -1 once closed (EBADF), never a reused number
+        n = _native.stream_try(fd, view)
+        if n is not None:
+            return n
+        spin = self._spin
+        window = spin.begin()
+        if window:
+            n = None
+            try:
+                n = _native.stream_spin(fd, view, window)
+            finally:
+                spin.end(n is not None)
+            if n is not None:
+                return n
+        start = time.perf_counter_ns()
+        n = _native.stream_wait(fd, view, self._wait_ms)
+        spin.slept(time.perf_counter_ns() - start)
+        return n
+
+    def _sendall(self, data: bytes | bytearray | memoryview) -> None:
+        _native.stream_send(self.sock.fileno(), data, self._wait_ms)
+
+    def _apply_timeout(self, seconds: float | None) -> None:
+        self._wait_ms = -1 if seconds is None else _ms(seconds)
+        self.sock.settimeout(seconds)
+
+    def set_timeout(self, seconds: float | None) -> None:
+        super().set_timeout(seconds)
+        self._wait_ms = -1 if seconds is None else _ms(seconds)

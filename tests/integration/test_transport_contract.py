@@ -45,6 +45,14 @@ def _stream(kind: str) -> tuple[Transport, Transport]:
     return _accepting(Listener(kind, None))
 
 
+def _serving(kind: str) -> tuple[Transport, Transport]:
+    """A stream pair whose accepting end is served as a manager's connection thread serves it
+    (in C where _native.c was built: stream.StreamTransport.serving)."""
+    client, server = _stream(kind)
+    server.serving()
+    return client, server
+
+
 def _shared(futex: bool, native: tuple[bool, bool] = (True, True)) -> tuple[Transport, Transport]:
     """A shared-memory pair; ``native``: which ends (client, manager) run the ring's common case in
     C (_native.c, where it was built) rather than in Python; the two must interoperate."""
@@ -104,6 +112,8 @@ def _inproc() -> tuple[Transport, Transport]:
 PAIRS: dict[str, Callable[..., tuple[Transport, Transport]]] = {
     "pipe": lambda: _stream("pipe"),
     "tcp": lambda: _stream("tcp"),
+    "pipe-serving": lambda: _serving("pipe"),
+    "tcp-serving": lambda: _serving("tcp"),
     "tls": _tls,
     "shm-futex": lambda: _shared(True),
     "shm-futex-python": lambda: _shared(True, (False, False)),
