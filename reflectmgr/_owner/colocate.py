@@ -19,10 +19,12 @@ manager under CPU-bound workers stays below ``HIGH`` (its clients compute betwee
 the CPU a waiting client leaves is the best place for its answer), so it is never pinned.
 
 Under CPU-bound workers the opposite placement pays: while no core is free and the serving
-threads are mostly idle (their clients compute between calls), each connection's thread
-*follows* its client, pinned to the CPU the client last waited on, so that the client's wake-up
-puts it there rather than behind another worker (``follow``; FOLLOW_NS, FOLLOW_AFTER; "no core
-free" means a look saw it within CROWDED_NS). Never while the threads are pinned together.
+threads are mostly idle (their clients compute between calls), or one alone served in the last
+period (one client calling back to back), each connection's thread *follows* its client, pinned
+to the CPU the client last waited on (its transport's ``peer_cpu``: shared memory, unix sockets),
+so that the client's wake-up puts it there rather than behind another worker (``follow``;
+FOLLOW_NS, FOLLOW_AFTER; "no core free" means a look saw it within CROWDED_NS). Never while the
+threads are pinned together.
 
 A process forked from a pinned (or following) thread (``multiprocessing``, ``os.fork``) gets the
 manager's whole affinity back at once. A thread, or a process started without a fork handler
@@ -54,11 +56,13 @@ MAX_BUSY = 1.25
 REPROBE = 20
 # Under load (no core free), while the serving threads are mostly idle (their clients work
 # between calls: CPU-bound workers), a connection's thread follows its client (shared memory,
-# where the client says where it waits): pinned to that CPU, so that the client's wake-up puts it
-# there, where the client sleeps or yields (and the caches are warm), not on another CPU, behind
-# that CPU's task (the other worker, or a second client's call). Never while the serving threads
-# are busy (clients calling back to back: each pair would take turns on one CPU, where colocation
-# does better) nor before a period has measured them. It looks every FOLLOW_NS at most, and
+# where the client says where it waits; a unix socket, where /proc says the peer last ran):
+# pinned to that CPU, so that the client's wake-up puts it there, where the client sleeps or
+# yields (and the caches are warm), not on another CPU, behind that CPU's task (the other worker,
+# or a second client's call). Never while several serving threads are busy (clients calling back
+# to back: each pair would take turns on one CPU, where colocation does better; one alone does
+# follow: with every core busy, its client and it apart each waited behind a busy loop, p99 in
+# milliseconds) nor before a period has measured them. It looks every FOLLOW_NS at most, and
 # follows once that has held on FOLLOW_AFTER more looks than not (one busy moment is not load);
 # it is freed when the looks even out again, or at once when the threads are pinned together.
 FOLLOW_NS = 1_000_000
@@ -102,6 +106,7 @@ class Colocation:
         self._main_serves = False  # the main thread registered once (a test's, an embedding's)
         self._followers: dict[int, _Follower] = {}  # native id -> its pin to its client's CPU
         self.busy = 1.0  # the serving threads' CPU use over the last period (busy until measured)
+        self.active: int | None = None  # the threads that served a request in it (None: not measured)
         self._crowded_at = -(1 << 62)  # when a look last saw more runnable tasks than cores
 
     def serve(self, channel: Any, stopping: Callable[[], bool], client_cpu: Callable[[], int] | None = None) -> None:
@@ -148,7 +153,10 @@ class Colocation:
         follower.looked = now
         if not waiting.load.cores_free():  # neither this nor busy needs the lock
             self._crowded_at = now
-        worth = self.busy < LOW and now - self._crowded_at < CROWDED_NS
+        # Busy serving threads follow only when one alone is (one client calling back to back):
+        # with several, colocation pins them together instead.
+        alone = self.active is not None and self.active <= 1
+        worth = (self.busy < LOW or alone) and now - self._crowded_at < CROWDED_NS
         with self._lock:  # against decide(): pinned together, or not, and the affinities with it
             if self.pinned >= 0:  # pinned together: that pin rules (and reset the count)
                 follower.cpu, follower.load = -1, 0
@@ -223,7 +231,7 @@ class Colocation:
                 return  # decided just now by another thread
             busy = (cpu - self._cpu) / elapsed
             active = len(self._seen)
-            self._at, self._cpu, self._seen, self.busy = now, cpu, set(), busy
+            self._at, self._cpu, self._seen, self.busy, self.active = now, cpu, set(), busy, active
             if self.pinned < 0:
                 if HIGH <= busy <= MAX_BUSY and active >= 2:
                     self._mask = os.sched_getaffinity(0)  # unpinned now: what to give back later

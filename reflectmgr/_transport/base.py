@@ -42,6 +42,10 @@ class Transport(Protocol):
         """Served by a manager's connection thread from now on (the GIL's hand-over, where a
         transport has one)."""
 
+    def peer_cpu(self) -> int:
+        """The CPU the peer last ran or waited on, -1 if unknown; cheap enough for a look every
+        millisecond, not for every request."""
+
     def close(self) -> None: ...
 
     def dispose(self) -> None: ...

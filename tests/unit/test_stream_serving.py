@@ -1,6 +1,7 @@
 """A manager's serving thread on a stream socket reads and writes it in C (_native.c,
 stream.StreamTransport.serving): what the socket's own methods guarantee must still hold. The
-contract itself is tests/integration/test_transport_contract.py's ("pipe-serving", "tcp-serving")."""
+contract itself is tests/integration/test_transport_contract.py's ("pipe-serving", "tcp-serving").
+And where a stream's peer runs (peer_cpu: for following it, colocate.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,7 @@ from reflectmgr._transport.stream import StreamTransport
 
 from ..helpers import PROMPT, in_thread
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    pytest.mark.skipif(not stream.NATIVE, reason="the C module (_native.c) was not built here"),
-]
+pytestmark = pytest.mark.timeout(60)
 
 
 class SignalledError(Exception):
@@ -29,6 +27,8 @@ class SignalledError(Exception):
 
 @pytest.fixture
 def pair() -> Iterator[tuple[StreamTransport, StreamTransport]]:
+    if not stream.NATIVE:
+        pytest.skip("the C module (_native.c) was not built here")
     a, b = socket.socketpair()
     client, served = StreamTransport(a), StreamTransport(b)
     served.serving()
@@ -111,3 +111,35 @@ def test_the_peer_gone_mid_frame_is_eof_not_a_partial_frame(pair: tuple[StreamTr
     client.close()
     with pytest.raises(EOFError, match="middle of a frame"):
         served.recv()
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED"), reason="needs SO_PEERCRED (Linux)")
+def test_the_peer_cpu_of_a_unix_socket_is_where_the_peer_process_runs() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("/proc/<pid>/stat tells where the main thread runs; this test runs on another")
+    a, b = socket.socketpair()  # AF_UNIX: the peer is this process
+    end = StreamTransport(b)
+    mask = os.sched_getaffinity(0)
+    try:
+        for cpu in sorted(mask)[:2]:
+            os.sched_setaffinity(0, {cpu})
+            assert end.peer_cpu() == cpu
+    finally:
+        os.sched_setaffinity(0, mask)
+        stat = end._peer_stat
+        end.dispose()
+        a.close()
+    assert stat.closed  # the /proc entry, kept open for the looks, goes with the transport
+
+
+def test_a_tcp_peer_has_no_known_cpu() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(listener.getsockname())
+    b, _ = listener.accept()
+    end = StreamTransport(b)
+    try:
+        assert end.peer_cpu() == -1
+    finally:
+        end.dispose()
+        a.close()
+        listener.close()
