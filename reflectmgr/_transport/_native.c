@@ -841,115 +841,116 @@ thread_me(void)
     return (uintptr_t)PyThread_get_thread_ident();
 }
 
+/* The arguments every stream call begins with, (fd, buffer, third): the descriptor, the buffer
+ * taken (flags: PyBUF_SIMPLE to send from, PyBUF_WRITABLE to receive into) and, with third, the
+ * third argument as a long long. -1 with an exception set (nothing taken), else 0. */
 static int
-fd_of(PyObject *obj)
+stream_args(PyObject *const *args, Py_ssize_t nargs, const char *usage, int *fd, Py_buffer *buf, int flags,
+            long long *third)
 {
-    long fd = PyLong_AsLong(obj);
-    if (fd == -1 && PyErr_Occurred()) {
-        return -2;
+    if (!args_ok(nargs, third ? 3 : 2, usage)) {
+        return -1;
     }
-    if (fd < -1 || fd > INT_MAX) {
+    long number = PyLong_AsLong(args[0]);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (number < -1 || number > INT_MAX) {
         PyErr_SetString(PyExc_ValueError, "not a file descriptor");
-        return -2;
+        return -1;
     }
-    return (int)fd;
+    *fd = (int)number; /* -1: the socket was closed (the call fails with EBADF) */
+    if (third != NULL) {
+        *third = PyLong_AsLongLong(args[2]);
+        if (*third == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return PyObject_GetBuffer(args[1], buf, flags);
 }
 
-/* poll fd for events at most until deadline (0: for ever), the GIL released: 1 ready (or an
- * error the next call reports), 0 timed out, -1 EINTR (the caller checks signals). */
-static int
-poll_until(int fd, short events, uint64_t deadline)
-{
-    struct pollfd pfd = {fd, events, 0};
-    int ms = -1;
-    if (deadline) {
-        uint64_t now = now_ns();
-        ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = poll(&pfd, 1, ms);
-    Py_END_ALLOW_THREADS
-    return rc < 0 ? (errno == EINTR ? -1 : 1) : rc > 0;
-}
-
+/* now_ns() + ms (for ever: 0 when ms < 0). */
 static uint64_t
-deadline_of(PyObject *ms_obj, int *err)
+deadline_in(long long ms)
 {
-    long ms = PyLong_AsLong(ms_obj);
-    if (ms == -1 && PyErr_Occurred()) {
-        *err = 1;
-        return 0;
-    }
-    *err = 0;
     return ms < 0 ? 0 : now_ns() + (uint64_t)ms * 1000000 + 1;
+}
+
+/* The ms poll() may wait until deadline (0: for ever: -1). */
+static int
+ms_until(uint64_t deadline)
+{
+    if (!deadline) {
+        return -1;
+    }
+    uint64_t now = now_ns();
+    return now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+}
+
+/* What poll() said, as the callers take it: 1 ready (or an error the next call reports), 0
+ * timed out, -1 EINTR (the caller checks signals). Called right after poll(), errno intact. */
+static int
+polled(int rc)
+{
+    return rc < 0 ? (errno == EINTR ? -1 : 1) : rc > 0;
 }
 
 /* stream_send(fd, data, timeout_ms): send all of data (the GIL kept while the socket takes it). */
 static PyObject *
 stream_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!args_ok(nargs, 3, "stream_send(fd, data, timeout_ms)")) {
-        return NULL;
-    }
-    int fd = fd_of(args[0]);
-    if (fd == -2) {
-        return NULL;
-    }
-    int bad;
-    uint64_t deadline = deadline_of(args[2], &bad);
-    if (bad) {
-        return NULL;
-    }
+    int fd;
+    long long ms;
     Py_buffer data;
-    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+    if (stream_args(args, nargs, "stream_send(fd, data, timeout_ms)", &fd, &data, PyBUF_SIMPLE, &ms) < 0) {
         return NULL;
     }
+    uint64_t deadline = deadline_in(ms);
     const char *at = data.buf;
     Py_ssize_t left = data.len;
-    PyObject *result = Py_None;
-    while (left > 0) {
+    int failed = 0;
+    while (left > 0 && !failed) {
         ssize_t n = send(fd, at, (size_t)left, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n >= 0) {
             at += n;
             left -= n;
             continue;
         }
-        int ready = errno == EINTR ? -1 : 0;
-        if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
-            result = PyErr_SetFromErrno(PyExc_OSError);
-            break;
+        int ready = -1; /* EINTR */
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            struct pollfd pfd = {fd, POLLOUT, 0};
+            int rc, wait_ms = ms_until(deadline);
+            Py_BEGIN_ALLOW_THREADS
+            rc = poll(&pfd, 1, wait_ms);
+            ready = polled(rc);
+            Py_END_ALLOW_THREADS
         }
-        if (ready == 0) {
-            ready = poll_until(fd, POLLOUT, deadline);
+        else if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            failed = 1;
         }
-        if (ready < 0 && PyErr_CheckSignals() < 0) {
-            result = NULL;
-            break;
+        if (ready < 0 && !failed && PyErr_CheckSignals() < 0) {
+            failed = 1;
         }
         if (ready == 0) {
             PyErr_SetString(PyExc_TimeoutError, "timed out");
-            result = NULL;
-            break;
+            failed = 1;
         }
     }
     PyBuffer_Release(&data);
-    return result == Py_None ? Py_NewRef(Py_None) : result;
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* stream_try(fd, buffer): the bytes there now, the GIL kept; None if there are none. */
 static PyObject *
 stream_try(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!args_ok(nargs, 2, "stream_try(fd, buffer)")) {
-        return NULL;
-    }
-    int fd = fd_of(args[0]);
-    if (fd == -2) {
-        return NULL;
-    }
+    int fd;
     Py_buffer buf;
-    if (PyObject_GetBuffer(args[1], &buf, PyBUF_WRITABLE) < 0) {
+    if (stream_args(args, nargs, "stream_try(fd, buffer)", &fd, &buf, PyBUF_WRITABLE, NULL) < 0) {
         return NULL;
     }
     ssize_t n;
@@ -977,19 +978,10 @@ stream_try(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 stream_spin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!args_ok(nargs, 3, "stream_spin(fd, buffer, window_ns)")) {
-        return NULL;
-    }
-    int fd = fd_of(args[0]);
-    if (fd == -2) {
-        return NULL;
-    }
-    long long window = PyLong_AsLongLong(args[2]);
-    if (window == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
+    int fd;
+    long long window;
     Py_buffer buf;
-    if (PyObject_GetBuffer(args[1], &buf, PyBUF_WRITABLE) < 0) {
+    if (stream_args(args, nargs, "stream_spin(fd, buffer, window_ns)", &fd, &buf, PyBUF_WRITABLE, &window) < 0) {
         return NULL;
     }
     hand_t *hand = &names_of(module)->hand;
@@ -1028,22 +1020,13 @@ stream_spin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 stream_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!args_ok(nargs, 3, "stream_wait(fd, buffer, timeout_ms)")) {
-        return NULL;
-    }
-    int fd = fd_of(args[0]);
-    if (fd == -2) {
-        return NULL;
-    }
-    int bad;
-    uint64_t deadline = deadline_of(args[2], &bad);
-    if (bad) {
-        return NULL;
-    }
+    int fd;
+    long long ms;
     Py_buffer buf;
-    if (PyObject_GetBuffer(args[1], &buf, PyBUF_WRITABLE) < 0) {
+    if (stream_args(args, nargs, "stream_wait(fd, buffer, timeout_ms)", &fd, &buf, PyBUF_WRITABLE, &ms) < 0) {
         return NULL;
     }
+    uint64_t deadline = deadline_in(ms);
     hand_t *hand = &names_of(module)->hand;
     uintptr_t me = thread_me();
     PyObject *result = NULL;
@@ -1056,13 +1039,7 @@ stream_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         err = n < 0 ? errno : 0;
         if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
             struct pollfd pfd = {fd, POLLIN, 0};
-            int ms = -1;
-            if (deadline) {
-                uint64_t now = now_ns();
-                ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
-            }
-            int rc = poll(&pfd, 1, ms);
-            ready = rc < 0 ? (errno == EINTR ? -1 : 1) : rc > 0;
+            ready = polled(poll(&pfd, 1, ms_until(deadline)));
         }
         if (n >= 0) {
             hand_wait(hand, me);

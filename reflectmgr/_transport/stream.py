@@ -86,27 +86,33 @@ class FramedStream:
             self._start, self._end = 0, len(pending)
 
     def _recv_into(self, view: memoryview) -> int:
-        try_recv = self._try_recv_into
-        n = try_recv(view)
+        n = self._try_recv_into(view)
         if n is not None:
             return n
         spin = self._spin
         window = spin.begin()
         if window:
-            caught = False
+            n = None
             try:
-                deadline = time.perf_counter_ns() + window
-                while time.perf_counter_ns() < deadline:
-                    n = try_recv(view)  # a non-blocking read: a system call that lets the GIL go
-                    if n is not None:
-                        caught = True
-                        return n
+                n = self._spin_recv_into(view, window)
             finally:
-                spin.end(caught)
+                spin.end(n is not None)
+            if n is not None:
+                return n
         start = time.perf_counter_ns()
         n = self._block_recv_into(view)
         spin.slept(time.perf_counter_ns() - start)
         return n
+
+    def _spin_recv_into(self, view: memoryview, window: int) -> int | None:
+        """Look for bytes for ``window`` ns; None if none came."""
+        try_recv = self._try_recv_into
+        deadline = time.perf_counter_ns() + window
+        while time.perf_counter_ns() < deadline:
+            n = try_recv(view)  # a non-blocking read: a system call that lets the GIL go
+            if n is not None:
+                return n
+        return None
 
     def _try_recv_into(self, view: memoryview) -> int | None:
         raise NotImplementedError
@@ -422,26 +428,16 @@ class ServedStream(StreamTransport):
 
     _wait_ms = -1  # the socket's timeout in ms (-1: none), for the C calls
 
-    def _recv_into(self, view: memoryview) -> int:
-        # FramedStream._recv_into's steps, each one C call (the policy's calls stay Python).
-        fd = self.sock.fileno()  # each time: -1 once closed (EBADF), never a reused number
-        n = _native.stream_try(fd, view)
-        if n is not None:
-            return n
-        spin = self._spin
-        window = spin.begin()
-        if window:
-            n = None
-            try:
-                n = _native.stream_spin(fd, view, window)
-            finally:
-                spin.end(n is not None)
-            if n is not None:
-                return n
-        start = time.perf_counter_ns()
-        n = _native.stream_wait(fd, view, self._wait_ms)
-        spin.slept(time.perf_counter_ns() - start)
-        return n
+    # FramedStream._recv_into's steps, each one C call (the policy's calls stay Python). The
+    # descriptor is the socket's at each call: -1 once closed (EBADF), never a number reused since.
+    def _try_recv_into(self, view: memoryview) -> int | None:
+        return _native.stream_try(self.sock.fileno(), view)
+
+    def _spin_recv_into(self, view: memoryview, window: int) -> int | None:
+        return _native.stream_spin(self.sock.fileno(), view, window)
+
+    def _block_recv_into(self, view: memoryview) -> int:
+        return _native.stream_wait(self.sock.fileno(), view, self._wait_ms)
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         _native.stream_send(self.sock.fileno(), data, self._wait_ms)
