@@ -369,7 +369,8 @@ class StreamTransport(SocketEnd):
         becomes a :class:`ServedStream`)."""
         if NATIVE and waiting.gil_enabled():
             self.__class__ = ServedStream
-            del self._sendall  # the instance's binding of the socket's own method: the class's now
+            for name in ("_sendall", "_block_recv_into"):  # the socket's own methods, bound by
+                self.__dict__.pop(name, None)  # __init__: the class's C calls now
             self._wait_ms = -1 if self._timeout is None else _ms(self._timeout)
 
     def peer_cpu(self) -> int:
