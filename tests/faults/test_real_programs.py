@@ -435,11 +435,14 @@ def test_a_del_opening_a_connection_while_the_first_is_opened_does_not_hang(tmp_
             c = reflectmgr.connect(m.address, m.authkey, transport="shm")
             print(seen, c.root["d"]["k"], all(t._watch for t in c.client._transports))
             c.close()
+        print(m.pid)
         """,
     )
+    result, pid = out.splitlines()
     # The __del__'s connection works, unwatched (its sleepers look for themselves); the outer one
     # gets the process's watcher.
-    assert out == "[(1, False)] 1 True"
+    assert result == "[(1, False)] 1 True"
+    assert wait_until(lambda: gone(int(pid)), DEATH, "the program's manager to exit")
 
 
 def test_a_del_starting_a_manager_while_the_template_starts_does_not_hang(tmp_path: Path) -> None:
@@ -448,20 +451,26 @@ def test_a_del_starting_a_manager_while_the_template_starts_does_not_hang(tmp_pa
         """
         from reflectmgr._manager import launch
 
-        seen = []
+        seen, inner_pid = [], []
 
         def on_del():
             with reflectmgr.Manager() as inner:
                 seen.append(inner.dict(k=1)["k"])
+                inner_pid.append(inner.pid)
 
         launch.Template = collect_first(launch.Template)  # made under the templates' lock
         with reflectmgr.Manager() as first:  # a process's first manager is launched: no template
             Garbage(on_del)
             with reflectmgr.Manager() as second:  # the second starts the template
                 print(seen, first.dict(k=2)["k"], second.dict(k=3)["k"], launch._templates.template is not None)
+                pids = [*inner_pid, first.pid, second.pid, launch._templates.template.pid]
+        print(*pids)
         """,
     )
-    assert out == "[1] 2 3 True"  # the __del__'s manager was launched directly
+    result, pids = out.splitlines()
+    assert result == "[1] 2 3 True"  # the __del__'s manager was launched directly
+    for pid in map(int, pids.split()):  # the managers, and the template (it sees its parent gone)
+        assert wait_until(lambda pid=pid: gone(pid), DEATH, f"process {pid} of the program to exit")
 
 
 def test_a_del_run_by_a_collection_inside_the_object_table_cannot_send_a_reference_but_never_hangs(
