@@ -26,6 +26,11 @@ so that the client's wake-up puts it there rather than behind another worker (``
 FOLLOW_NS, FOLLOW_AFTER; "no core free" means a look saw it within CROWDED_NS). Never while the
 threads are pinned together.
 
+With cores free and one client calling back to back, a connection's thread that a wake-up put on
+its client's CPU is kept off that CPU (APART), so that both spin on CPUs of their own instead of
+taking turns on one; freed once its client calls only now and then, and at once when another
+client is served or no core is free.
+
 A process forked from a pinned (or following) thread (``multiprocessing``, ``os.fork``) gets the
 manager's whole affinity back at once. A thread, or a process started without a fork handler
 (``subprocess``), that user code starts from a call while the threads are pinned inherits the
@@ -73,6 +78,16 @@ FOLLOW_AFTER = 3
 # saw that in one look in three or fewer, so judged look by look it could stay unfollowed for a
 # whole run (3 runs in 36 with a call's median at 25-28 us instead of 9: benchmarks/README.md).
 CROWDED_NS = 20_000_000
+# With cores free and one client calling back to back, the opposite again: its thread kept off
+# the client's CPU (APART). Spinning, each side waits on a CPU of its own, a call in 3-5 us; but a
+# kernel that packs tasks (this VM's) puts a woken thread on its waker's CPU, where the two take
+# turns through the scheduler at every call (10-14 us: benchmarks/placement.py, "bursts"). So a
+# look that finds the thread on its client's CPU after at least APART_CALLS requests since the
+# last look keeps it off that CPU; after APART_AFTER looks in a row with fewer (a client calling
+# now and then, where a wake-up on the same CPU is cheaper than one of an idle virtual CPU), it is
+# freed.
+APART_CALLS = 16
+APART_AFTER = 3
 
 
 def _available() -> bool:
@@ -126,7 +141,10 @@ class Colocation:
             if now - self._at >= PERIOD_NS:
                 self.decide(now, self.cpu_time())
             self._seen.add(tid)
-            if follower is not None and now - follower.looked >= FOLLOW_NS:
+            if follower is None:
+                return False
+            follower.served += 1
+            if now - follower.looked >= FOLLOW_NS:
                 self.follow(follower, now)
             return False
 
@@ -148,9 +166,10 @@ class Colocation:
 
     def follow(self, follower: _Follower, now: int) -> None:
         """A look of ``follower``'s (on its own thread): pin it to its client's CPU under load
-        while the serving threads are mostly idle; free it when either goes; never while the
-        threads are pinned together."""
+        while the serving threads are mostly idle; free it when either goes, or keep it apart
+        from its client (:meth:`_settle`); never while the threads are pinned together."""
         follower.looked = now
+        served, follower.served = follower.served, 0
         if not waiting.load.cores_free():  # neither this nor busy needs the lock
             self._crowded_at = now
         # Busy serving threads follow only when one alone is (one client calling back to back):
@@ -159,20 +178,40 @@ class Colocation:
         worth = (self.busy < LOW or alone) and now - self._crowded_at < CROWDED_NS
         with self._lock:  # against decide(): pinned together, or not, and the affinities with it
             if self.pinned >= 0:  # pinned together: that pin rules (and reset the count)
-                follower.cpu, follower.load = -1, 0
+                follower.cpu, follower.load, follower.apart = -1, 0, -1
                 return
             if not worth:
                 follower.load = max(0, follower.load - 1)
-                if follower.load == 0 and follower.cpu >= 0:
-                    follower.cpu = -1
-                    _set_affinity(follower.tid, self._free_mask())
+                if follower.load == 0:
+                    self._settle(follower, alone and now - self._crowded_at >= CROWDED_NS, served)
                 return
             follower.load = min(FOLLOW_AFTER, follower.load + 1)
             cpu = follower.client_cpu()
             if follower.load < FOLLOW_AFTER or cpu < 0 or cpu == follower.cpu or cpu not in self._free_mask():
                 return
-            follower.cpu = cpu
+            follower.cpu, follower.apart = cpu, -1
             _set_affinity(follower.tid, {cpu})
+
+    def _settle(self, follower: _Follower, quiet: bool, served: int) -> None:
+        """A look of a thread that does not follow (``self._lock`` held), which has ``served``
+        requests since its last: free it, or keep it apart from its client (APART_CALLS)."""
+        apart = follower.apart
+        mask = self._free_mask()
+        if not quiet:
+            apart = -1
+        elif served >= APART_CALLS:
+            follower.slow = 0
+            client = follower.client_cpu()
+            if client >= 0 and client == waiting.current_cpu() and mask - {client}:
+                apart = client  # a wake-up put us on its CPU: off it
+        elif apart >= 0:
+            follower.slow += 1
+            if follower.slow >= APART_AFTER:  # its client calls now and then: wake-ups are cheaper here
+                apart = -1
+        if follower.cpu < 0 and apart == follower.apart:
+            return  # nothing to change: no system call
+        follower.cpu, follower.apart, follower.slow = -1, apart, 0
+        _set_affinity(follower.tid, mask - {apart})
 
     def cpu_time(self) -> int:
         """CPU time (ns) the serving threads have used while registered: theirs, not the rest of
@@ -204,7 +243,7 @@ class Colocation:
                 return
             clock, start = entry
             self._gone += time.clock_gettime_ns(clock) - start
-            if self.pinned >= 0 or (follower is not None and follower.cpu >= 0):
+            if self.pinned >= 0 or (follower is not None and follower.pinned()):
                 _set_affinity(tid, self._free_mask())  # a thread that goes on (the dispatcher's) is freed
                 if self.pinned >= 0 and not self._threads:  # the last one: the next connection starts free
                     self.pinned = -1
@@ -241,7 +280,7 @@ class Colocation:
                         for tid in self._threads:
                             _set_affinity(tid, {here})
                         for follower in self._followers.values():  # the pin together replaces theirs
-                            follower.cpu, follower.load = -1, 0
+                            follower.cpu, follower.load, follower.apart = -1, 0, -1
             else:
                 self._held += 1
                 if busy < LOW or active < 2 or self._held >= REPROBE:
@@ -256,14 +295,21 @@ class Colocation:
 class _Follower:
     """A serving thread's pin to its client's CPU (:meth:`Colocation.follow`)."""
 
-    __slots__ = ("client_cpu", "cpu", "load", "looked", "tid")
+    __slots__ = ("apart", "client_cpu", "cpu", "load", "looked", "served", "slow", "tid")
 
     def __init__(self, tid: int, client_cpu: Callable[[], int]) -> None:
         self.tid = tid
         self.client_cpu = client_cpu
         self.cpu = -1  # the CPU it is pinned to now, or -1
+        self.apart = -1  # the CPU it is kept off now (its client's, while quiet), or -1
+        self.served = 0  # requests served since it last looked
+        self.slow = 0  # looks in a row, while apart, that found fewer than APART_CALLS served
         self.load = 0  # looks that saw it worth following, less those that did not (0..FOLLOW_AFTER)
         self.looked = _now()  # when it last looked (perf_counter_ns)
+
+    def pinned(self) -> bool:
+        """Whether its affinity is not the free one (following, or kept apart)."""
+        return self.cpu >= 0 or self.apart >= 0
 
 
 def _set_affinity(tid: int, cpus: set[int]) -> None:
@@ -286,7 +332,7 @@ def _after_fork_in_child() -> None:
     tid = _forking[0]
     for colocation in list(_all):
         follower = colocation._followers.get(tid)
-        if (colocation.pinned >= 0 and tid in colocation._threads) or (follower is not None and follower.cpu >= 0):
+        if (colocation.pinned >= 0 and tid in colocation._threads) or (follower is not None and follower.pinned()):
             _set_affinity(0, colocation._mask)
         colocation.pinned = -1  # the child serves nothing of its parent's
         colocation._threads = {}

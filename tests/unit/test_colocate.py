@@ -453,3 +453,105 @@ def test_a_busy_serving_thread_alone_follows_its_client(colocation: Colocation, 
         _period(colocation, (HIGH + LOW) / 2, me, me + 1)  # a second client: no longer alone
         _looks(colocation, follower, colocate.FOLLOW_AFTER)
         assert os.sched_getaffinity(0) == mask
+
+
+# -- quiet, one client calling back to back: its thread is kept off the client's CPU -------------
+def _busy_looks(c: Colocation, follower: Any, n: int, served: int) -> None:
+    """``n`` looks of the follower's, each after ``served`` requests."""
+    for _ in range(n):
+        follower.served = served
+        c.follow(follower, follower.looked + colocate.FOLLOW_NS)
+
+
+@pytest.fixture
+def quiet(load: _Load) -> _Load:
+    """Cores free, and the serving threads measured mostly idle, one connection at most."""
+    load.free = True
+    return load
+
+
+def test_quiet_a_thread_woken_on_its_clients_cpu_is_kept_off_it_while_the_client_calls_back_to_back(
+    colocation: Colocation, quiet: _Load
+) -> None:
+    mask = os.sched_getaffinity(0)
+    here = max(mask)
+    os.sched_setaffinity(0, {here})  # where a wake-up put it: its client's CPU
+    client = _Client(here)
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), client)):
+        _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == mask - {here}
+        assert follower.apart == here
+        _busy_looks(colocation, follower, 3, colocate.APART_CALLS)  # elsewhere now: nothing changes
+        assert os.sched_getaffinity(0) == mask - {here}
+        _busy_looks(colocation, follower, colocate.APART_AFTER - 1, 1)
+        assert os.sched_getaffinity(0) == mask - {here}, "one quiet moment does not free it"
+        _busy_looks(colocation, follower, 1, 1)  # the client calls now and then: freed
+        assert os.sched_getaffinity(0) == mask
+        assert follower.apart == -1
+
+
+def test_quiet_a_client_calling_now_and_then_keeps_its_thread_where_it_woke(
+    colocation: Colocation, quiet: _Load
+) -> None:
+    # There a wake-up on the same CPU costs less than one of an idle (virtual) CPU.
+    mask = os.sched_getaffinity(0)
+    here = max(mask)
+    os.sched_setaffinity(0, {here})
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
+        _busy_looks(colocation, follower, colocate.APART_AFTER + 2, colocate.APART_CALLS - 1)
+        assert os.sched_getaffinity(0) == {here}
+        assert follower.apart == -1
+
+
+def test_a_thread_apart_from_its_client_follows_it_once_no_core_is_free(colocation: Colocation, quiet: _Load) -> None:
+    mask = os.sched_getaffinity(0)
+    here = max(mask)
+    os.sched_setaffinity(0, {here})
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
+        _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == mask - {here}
+        quiet.free = False
+        _busy_looks(colocation, follower, colocate.FOLLOW_AFTER, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == {here}
+        assert (follower.cpu, follower.apart) == (here, -1)
+
+
+def test_with_several_clients_no_thread_is_kept_apart(colocation: Colocation, quiet: _Load) -> None:
+    mask = os.sched_getaffinity(0)
+    here = max(mask)
+    me = threading.get_native_id()
+    os.sched_setaffinity(0, {here})
+    with colocation.hold(follower := colocate._Follower(me, _Client(here))):
+        _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == mask - {here}
+        _period(colocation, LOW / 4, me, me + 1)  # a second client: the kernel's placement again
+        _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == mask
+        os.sched_setaffinity(0, {here})
+        _busy_looks(colocation, follower, 2, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == {here}
+
+
+def test_a_thread_kept_apart_gets_its_affinity_back_when_it_leaves_and_in_a_forked_child(
+    colocation: Colocation, quiet: _Load
+) -> None:
+    mask = os.sched_getaffinity(0)
+    here = max(mask)
+    os.sched_setaffinity(0, {here})
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
+        _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == mask - {here}
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, json.dumps(sorted(os.sched_getaffinity(0))).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            cpus = json.loads(f.read())
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert cpus == sorted(mask)
+    assert os.sched_getaffinity(0) == mask
