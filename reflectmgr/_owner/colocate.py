@@ -124,14 +124,22 @@ class Colocation:
         self.active: int | None = None  # the threads that served a request in it (None: not measured)
         self._crowded_at = -(1 << 62)  # when a look last saw more runnable tasks than cores
 
-    def serve(self, channel: Any, stopping: Callable[[], bool], client_cpu: Callable[[], int] | None = None) -> None:
+    def serve(
+        self,
+        channel: Any,
+        stopping: Callable[[], bool],
+        client_cpu: Callable[[], int] | None = None,
+        leaving_cpu: Callable[[], None] | None = None,
+    ) -> None:
         """``channel.serve_forever(stopping)`` on this thread, counted for the decision;
-        ``client_cpu``: where its client last waited (-1: unknown), for following it under load."""
+        ``client_cpu``: where its client last waited (-1: unknown), for following it under load
+        and keeping apart from it when quiet; ``leaving_cpu``: tells the client that this thread
+        moves off the CPU where it last waited (its transport's)."""
         if not self.enabled:
             channel.serve_forever(stopping)
             return
         tid = threading.get_native_id()
-        follower = _Follower(tid, client_cpu) if client_cpu is not None else None
+        follower = _Follower(tid, client_cpu, leaving_cpu) if client_cpu is not None else None
 
         def more() -> bool:
             return not stopping()
@@ -211,6 +219,8 @@ class Colocation:
         if follower.cpu < 0 and apart == follower.apart:
             return  # nothing to change: no system call
         follower.cpu, follower.apart, follower.slow = -1, apart, 0
+        if apart >= 0 and follower.leaving_cpu is not None:
+            follower.leaving_cpu()  # before we move: the client must not yield its CPU to us
         _set_affinity(follower.tid, mask - {apart})
 
     def cpu_time(self) -> int:
@@ -295,11 +305,12 @@ class Colocation:
 class _Follower:
     """A serving thread's pin to its client's CPU (:meth:`Colocation.follow`)."""
 
-    __slots__ = ("apart", "client_cpu", "cpu", "load", "looked", "served", "slow", "tid")
+    __slots__ = ("apart", "client_cpu", "cpu", "leaving_cpu", "load", "looked", "served", "slow", "tid")
 
-    def __init__(self, tid: int, client_cpu: Callable[[], int]) -> None:
+    def __init__(self, tid: int, client_cpu: Callable[[], int], leaving_cpu: Callable[[], None] | None = None) -> None:
         self.tid = tid
         self.client_cpu = client_cpu
+        self.leaving_cpu = leaving_cpu
         self.cpu = -1  # the CPU it is pinned to now, or -1
         self.apart = -1  # the CPU it is kept off now (its client's, while quiet), or -1
         self.served = 0  # requests served since it last looked

@@ -272,7 +272,7 @@ class Server:
                 self._dispatcher_for().serve(channel, transport)
             else:
                 transport.serving()
-                self._colocation.serve(channel, self._stopping.is_set, transport.peer_cpu)
+                self._colocation.serve(channel, self._stopping.is_set, transport.peer_cpu, transport.leaving_cpu)
         except (EOFError, OSError):
             pass  # the peer went away: normal end of a connection
         except ReflectmgrError as exc:  # a wrong authkey, garbage: the peer's problem, not ours

@@ -46,6 +46,10 @@ class Transport(Protocol):
         """The CPU the peer last ran or waited on, -1 if unknown; cheap enough for a look every
         millisecond, not for every request."""
 
+    def leaving_cpu(self) -> None:
+        """This end's thread is about to run on another CPU than the one it last waited on: the
+        peer must no longer take that CPU for ours (where it says so: shared memory)."""
+
     def close(self) -> None: ...
 
     def dispose(self) -> None: ...

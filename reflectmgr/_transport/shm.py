@@ -760,6 +760,13 @@ class ShmTransport(SocketEnd):
         or -1 if it has not waited yet."""
         return int(self._out_ctl[_READER_CPU]) - 1
 
+    def leaving_cpu(self) -> None:
+        """Our thread is about to move off the CPU it last waited on (colocate.py, APART): our
+        in ring no longer names one, until our next wait does. Else the peer, on that CPU, would
+        read that we wait there, and sleep to give us its CPU; woken by us from the other, a
+        kernel that packs tasks puts it back beside us."""
+        self._in_ctl[_READER_CPU] = 0
+
     def serving(self) -> None:
         """A manager's connection thread: take part in the serving threads' hand-over of the GIL
         (``_native.c``, "hand-over"), where the C path runs and there is a GIL to hand over."""

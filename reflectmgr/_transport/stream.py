@@ -138,6 +138,9 @@ class FramedStream:
         """The CPU the peer last ran (or waited) on, -1 if unknown (by default)."""
         return -1
 
+    def leaving_cpu(self) -> None:
+        """Nothing to say: a stream's peer does not look where we wait."""
+
     def _body(self, have: int, n: int) -> None:
         """Called before each blocking read inside a frame's body: bound it by BODY_TIMEOUT."""
         if self._timeout is None or self._timeout > BODY_TIMEOUT:

@@ -476,11 +476,12 @@ def test_quiet_a_thread_woken_on_its_clients_cpu_is_kept_off_it_while_the_client
     mask = os.sched_getaffinity(0)
     here = max(mask)
     os.sched_setaffinity(0, {here})  # where a wake-up put it: its client's CPU
-    client = _Client(here)
-    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), client)):
+    client, left = _Client(here), []
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), client, lambda: left.append(1))):
         _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == mask - {here}
         assert follower.apart == here
+        assert left == [1], "the client was told before the thread moved"
         _busy_looks(colocation, follower, 3, colocate.APART_CALLS)  # elsewhere now: nothing changes
         assert os.sched_getaffinity(0) == mask - {here}
         _busy_looks(colocation, follower, colocate.APART_AFTER - 1, 1)
@@ -488,6 +489,7 @@ def test_quiet_a_thread_woken_on_its_clients_cpu_is_kept_off_it_while_the_client
         _busy_looks(colocation, follower, 1, 1)  # the client calls now and then: freed
         assert os.sched_getaffinity(0) == mask
         assert follower.apart == -1
+    assert left == [1], "freed, it moves nowhere in particular: nothing to tell"
 
 
 def test_quiet_a_client_calling_now_and_then_keeps_its_thread_where_it_woke(

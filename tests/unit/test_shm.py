@@ -192,6 +192,16 @@ def test_a_side_knows_the_cpu_its_peer_last_waited_on(sleepy: tuple[ShmTransport
     client.send(3, b"done")
     t.join(PROMPT)
     assert out == [(3, b"done")]
+    # A serving thread about to move to another CPU (colocate.py, APART) says so first: the
+    # client must not read that it waits on its CPU (it would sleep to hand that CPU over).
+    server.leaving_cpu()
+    assert client.peer_cpu() == -1
+    t, out = in_thread(wait_there)
+    wait_until(lambda: server._in_ctl[shm._READER_ASLEEP], PROMPT, "the reader to go to sleep")
+    assert client.peer_cpu() == there, "its next wait names its CPU again"
+    client.send(4, b"again")
+    t.join(PROMPT)
+    assert out == [(4, b"again")]
 
 
 @pytest.mark.skipif(shm._native is None, reason="_native.c not built, or REFLECTMGR_NATIVE=0")
