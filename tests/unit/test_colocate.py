@@ -402,23 +402,29 @@ def test_a_following_thread_leaving_gets_its_affinity_back(colocation: Colocatio
     assert not colocation._followers
 
 
+def _affinity_of_a_forked_child() -> list[int]:
+    """The CPUs a process forked from this thread may use, as it sees them."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, json.dumps(sorted(os.sched_getaffinity(0))).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        cpus: list[int] = json.loads(f.read())
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return cpus
+
+
 def test_a_process_forked_from_a_following_thread_gets_the_whole_affinity(colocation: Colocation, load: _Load) -> None:
     mask = os.sched_getaffinity(0)
     with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(max(mask)))):
         _looks(colocation, follower, colocate.FOLLOW_AFTER)
         assert os.sched_getaffinity(0) == {max(mask)}
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.write(w, json.dumps(sorted(os.sched_getaffinity(0))).encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        with os.fdopen(r) as f:
-            cpus = json.loads(f.read())
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        cpus = _affinity_of_a_forked_child()
     assert cpus == sorted(mask)
 
 
@@ -543,17 +549,6 @@ def test_a_thread_kept_apart_gets_its_affinity_back_when_it_leaves_and_in_a_fork
     with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
         _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == mask - {here}
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.write(w, json.dumps(sorted(os.sched_getaffinity(0))).encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        with os.fdopen(r) as f:
-            cpus = json.loads(f.read())
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        cpus = _affinity_of_a_forked_child()
     assert cpus == sorted(mask)
     assert os.sched_getaffinity(0) == mask
