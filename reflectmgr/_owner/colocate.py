@@ -31,10 +31,11 @@ its client's CPU is kept off that CPU (APART), so that both spin on CPUs of thei
 taking turns on one; freed once its client calls only now and then, and at once when another
 client is served or no core is free.
 
-A process forked from a pinned (or following) thread (``multiprocessing``, ``os.fork``) gets the
-manager's whole affinity back at once. A thread, or a process started without a fork handler
-(``subprocess``), that user code starts from a call while the threads are pinned inherits the
-one-CPU affinity until it sets its own. ``REFLECTMGR_COLOCATE=0`` turns the whole thing off.
+A process forked from a pinned (following, kept apart) thread (``multiprocessing``, ``os.fork``)
+gets the manager's whole affinity back at once. A thread, or a process started without a fork
+handler (``subprocess``), that user code starts from a call while the threads are pinned inherits
+the one-CPU affinity until it sets its own (from a thread kept apart: every CPU but its client's).
+``REFLECTMGR_COLOCATE=0`` turns the whole thing off.
 """
 
 from __future__ import annotations
@@ -204,13 +205,12 @@ class Colocation:
         """A look of a thread that does not follow (``self._lock`` held), which has ``served``
         requests since its last: free it, or keep it apart from its client (APART_CALLS)."""
         apart = follower.apart
-        mask = self._free_mask()
         if not quiet:
             apart = -1
         elif served >= APART_CALLS:
             follower.slow = 0
             client = follower.client_cpu()
-            if client >= 0 and client == waiting.current_cpu() and mask - {client}:
+            if client >= 0 and client != apart and client == waiting.current_cpu():
                 apart = client  # a wake-up put us on its CPU: off it
         elif apart >= 0:
             follower.slow += 1
@@ -218,6 +218,11 @@ class Colocation:
                 apart = -1
         if follower.cpu < 0 and apart == follower.apart:
             return  # nothing to change: no system call
+        mask = self._free_mask()
+        if apart >= 0 and not mask - {apart}:  # the only CPU we may use: stay
+            apart = -1
+            if follower.cpu < 0 and follower.apart < 0:
+                return
         follower.cpu, follower.apart, follower.slow = -1, apart, 0
         if apart >= 0 and follower.leaving_cpu is not None:
             follower.leaving_cpu()  # before we move: the client must not yield its CPU to us

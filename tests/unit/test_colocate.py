@@ -552,3 +552,14 @@ def test_a_thread_kept_apart_gets_its_affinity_back_when_it_leaves_and_in_a_fork
         cpus = _affinity_of_a_forked_child()
     assert cpus == sorted(mask)
     assert os.sched_getaffinity(0) == mask
+
+
+def test_a_thread_confined_to_its_clients_cpu_stays_there(colocation: Colocation, quiet: _Load) -> None:
+    # Client and manager on one CPU (taskset, a container's cpuset): nowhere else to go.
+    here = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {here})
+    colocation._mask = {here}
+    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
+        _busy_looks(colocation, follower, colocate.APART_AFTER + 1, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == {here}
+        assert follower.apart == -1
