@@ -476,14 +476,22 @@ def quiet(load: _Load) -> _Load:
     return load
 
 
+@contextlib.contextmanager
+def _beside_its_client(c: Colocation, leaving: Any = None) -> Iterator[tuple[set[int], int, Any]]:
+    """This thread as a serving thread that a wake-up put on its client's CPU: (the CPUs it may
+    use, that CPU, its follower)."""
+    mask = os.sched_getaffinity(0)
+    here = max(mask)
+    os.sched_setaffinity(0, {here})
+    with c.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here), leaving)):
+        yield mask, here, follower
+
+
 def test_quiet_a_thread_woken_on_its_clients_cpu_is_kept_off_it_while_the_client_calls_back_to_back(
     colocation: Colocation, quiet: _Load
 ) -> None:
-    mask = os.sched_getaffinity(0)
-    here = max(mask)
-    os.sched_setaffinity(0, {here})  # where a wake-up put it: its client's CPU
-    client, left = _Client(here), []
-    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), client, lambda: left.append(1))):
+    left: list[int] = []
+    with _beside_its_client(colocation, lambda: left.append(1)) as (mask, here, follower):
         _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == mask - {here}
         assert follower.apart == here
@@ -502,20 +510,14 @@ def test_quiet_a_client_calling_now_and_then_keeps_its_thread_where_it_woke(
     colocation: Colocation, quiet: _Load
 ) -> None:
     # There a wake-up on the same CPU costs less than one of an idle (virtual) CPU.
-    mask = os.sched_getaffinity(0)
-    here = max(mask)
-    os.sched_setaffinity(0, {here})
-    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
+    with _beside_its_client(colocation) as (_, here, follower):
         _busy_looks(colocation, follower, colocate.APART_AFTER + 2, colocate.APART_CALLS - 1)
         assert os.sched_getaffinity(0) == {here}
         assert follower.apart == -1
 
 
 def test_a_thread_apart_from_its_client_follows_it_once_no_core_is_free(colocation: Colocation, quiet: _Load) -> None:
-    mask = os.sched_getaffinity(0)
-    here = max(mask)
-    os.sched_setaffinity(0, {here})
-    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
+    with _beside_its_client(colocation) as (mask, here, follower):
         _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == mask - {here}
         quiet.free = False
@@ -525,11 +527,8 @@ def test_a_thread_apart_from_its_client_follows_it_once_no_core_is_free(colocati
 
 
 def test_with_several_clients_no_thread_is_kept_apart(colocation: Colocation, quiet: _Load) -> None:
-    mask = os.sched_getaffinity(0)
-    here = max(mask)
     me = threading.get_native_id()
-    os.sched_setaffinity(0, {here})
-    with colocation.hold(follower := colocate._Follower(me, _Client(here))):
+    with _beside_its_client(colocation) as (mask, here, follower):
         _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == mask - {here}
         _period(colocation, LOW / 4, me, me + 1)  # a second client: the kernel's placement again
@@ -543,10 +542,7 @@ def test_with_several_clients_no_thread_is_kept_apart(colocation: Colocation, qu
 def test_a_thread_kept_apart_gets_its_affinity_back_when_it_leaves_and_in_a_forked_child(
     colocation: Colocation, quiet: _Load
 ) -> None:
-    mask = os.sched_getaffinity(0)
-    here = max(mask)
-    os.sched_setaffinity(0, {here})
-    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
+    with _beside_its_client(colocation) as (mask, here, follower):
         _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == mask - {here}
         cpus = _affinity_of_a_forked_child()
@@ -556,10 +552,8 @@ def test_a_thread_kept_apart_gets_its_affinity_back_when_it_leaves_and_in_a_fork
 
 def test_a_thread_confined_to_its_clients_cpu_stays_there(colocation: Colocation, quiet: _Load) -> None:
     # Client and manager on one CPU (taskset, a container's cpuset): nowhere else to go.
-    here = max(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {here})
-    colocation._mask = {here}
-    with colocation.hold(follower := colocate._Follower(threading.get_native_id(), _Client(here))):
+    with _beside_its_client(colocation) as (_, here, follower):
+        colocation._mask = {here}
         _busy_looks(colocation, follower, colocate.APART_AFTER + 1, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == {here}
         assert follower.apart == -1
