@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - the optional extra
 
 from ._manager import registry
 from ._manager.client import Client
-from ._manager.lifecycle import START_TIMEOUT, Connection, Factories
+from ._manager.lifecycle import START_TIMEOUT, Connection, Factories, remove_socket_dir
 from ._transport.shm import is_shm, socket_path
 from ._transport.sockets import DEFAULT_TRANSPORT, Address, Listener
 from ._wire.framing import MAX_FRAME
@@ -205,6 +205,8 @@ class Manager(Factories):
         self.actor: Any = None
         self.address: Address | None = None
         self.pid: int | None = None
+        self._local: Address | None = None  # the owner's unix socket, on its node
+        self._node_ip: str | None = None
         self._client: Client | None = None
         self._stopped = False
 
@@ -227,6 +229,7 @@ class Manager(Factories):
         try:
             info = ray.get(self.actor.info.remote(), timeout=START_TIMEOUT)
             self.address, self.pid = info["address"], info["pid"]
+            self._local, self._node_ip = info["local"], info["node_ip"]
             self._client = _own_client(self.address, self.timeout)
         except BaseException:
             ray.kill(self.actor)
@@ -248,6 +251,9 @@ class Manager(Factories):
         except Exception:
             pass
         ray.kill(actor)
+        if self._local is not None and self._node_ip == _node_ip():
+            # An actor that died (or was killed) could not remove its unix socket's folder.
+            remove_socket_dir(self._local)
 
     def __enter__(self) -> Manager:
         if self.actor is None:

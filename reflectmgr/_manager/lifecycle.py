@@ -459,10 +459,10 @@ def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float, secr
             child.kill()
         except psutil.NoSuchProcess:
             pass
-    _remove_socket_dir(client.address)
+    remove_socket_dir(client.address)
 
 
-def _remove_socket_dir(address: Address) -> None:
+def remove_socket_dir(address: Address) -> None:
     """A manager that was killed could not remove its private socket directory: do it for it."""
     if not isinstance(address, str) or is_inproc(address):
         return

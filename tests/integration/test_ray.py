@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 import reflectmgr  # noqa: E402
 import reflectmgr.ray  # noqa: E402
 from reflectmgr._manager import registry  # noqa: E402
+from reflectmgr._transport.shm import is_shm, socket_path  # noqa: E402
 
 from ..helpers import CHILD, DEATH, wait_until  # noqa: E402
 
@@ -209,12 +210,16 @@ def test_actor_death_gives_a_typed_error_promptly(cluster: None) -> None:
     with reflectmgr.ray.Manager() as m:
         d = m.dict(a=1)
         assert m.pid is not None
+        local = ray.get(m.actor.info.remote())["local"]
+        folder = os.path.dirname(socket_path(local) if is_shm(local) else local)
+        assert os.path.isdir(folder)
         ray.kill(m.actor)
         wait_until(lambda: not psutil.pid_exists(m.pid), DEATH, "the actor to die")  # type: ignore[arg-type]
         with pytest.raises(reflectmgr.BrokenManagerError):
             d["a"]
         with pytest.raises(reflectmgr.BrokenManagerError):  # ray re-raises the task's error as its type
             ray.get(read.remote(d, "a"), timeout=CHILD)
+    assert not os.path.exists(folder), "the killed actor's socket folder was left behind"
 
 
 def test_leaving_with_ends_the_actor_and_its_objects(cluster: None) -> None:
