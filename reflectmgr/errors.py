@@ -189,17 +189,27 @@ def _reflected_type(cls: type) -> type | None:
         return None
 
 
+def reflected_type(cls: type) -> type | None:
+    """The type of what :func:`as_remote` gives for an instance of ``cls`` (made once per type), or
+    None where that is the instance itself."""
+    try:
+        return _reflected_types[cls]
+    except KeyError:
+        pass
+    made = None
+    if issubclass(cls, Exception) and not issubclass(cls, (ReflectmgrError, _stdlib_managers.RemoteError)):
+        made = _reflected_type(cls)
+    _reflected_types[cls] = made
+    return made
+
+
 def as_remote(exc: BaseException) -> BaseException:
     """``exc`` (unpickled from the other side) as an instance of its reflected type: the same
     type name, message, attributes and pickle, and also a :class:`RemoteError`. Returned as is:
     reflectmgr's own errors, exceptions that are not ``Exception`` s, and types that cannot be
     combined or rebuilt."""
     cls = type(exc)
-    if isinstance(exc, (ReflectmgrError, _stdlib_managers.RemoteError)) or not isinstance(exc, Exception):
-        return exc
-    if cls not in _reflected_types:
-        _reflected_types[cls] = _reflected_type(cls)
-    reflected: Any = _reflected_types[cls]
+    reflected: Any = reflected_type(cls)
     if reflected is None:
         return exc
     new: BaseException

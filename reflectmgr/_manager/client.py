@@ -36,6 +36,7 @@ from ..errors import (
     ManagerTimeoutError,
     ProtocolError,
     ReflectmgrPicklingError,
+    RemoteError,
     RemoteTraceback,
 )
 from . import registry
@@ -252,10 +253,11 @@ class Client(Transfers, ForkHandling, Link):
         """After a call raised ``exc``: keep the channel or drop it, and raise what the caller
         should see instead, if anything (returns when that is ``exc`` itself).
 
-        An exception the object raised in the manager (its ``__cause__`` is the manager's
-        traceback) is the answer, whatever its type: a remote ``FileNotFoundError`` or
-        ``TimeoutError`` says nothing about the connection, which is in step and goes on."""
-        if isinstance(exc.__cause__, RemoteTraceback):
+        An exception the object raised in the manager (a RemoteError, or with the manager's
+        traceback as its ``__cause__``) is the answer, whatever its type: a remote
+        ``FileNotFoundError`` or ``TimeoutError`` says nothing about the connection, which is in
+        step and goes on."""
+        if isinstance(exc, RemoteError) or isinstance(exc.__cause__, RemoteTraceback):
             self._checkin(channel, spare)
         elif isinstance(exc, TimeoutError):
             channel.transport.close()  # out of step: a late answer must not reach the next call

@@ -412,21 +412,22 @@ class Channel:
             raise
 
     def _send_error(self, exc: BaseException) -> None:
-        tb = capture(exc)  # formatted by the reader, if ever read (see _wire/tracebacks.py)
+        tb = capture(exc)  # formatted by the reader, if ever read; None: nothing to tell (_wire/tracebacks.py)
         releases = self.peer.take_releases()  # an error is a reply too: they ride on it
+        named = compact(exc)
+        if named is not None:  # KeyError, StopIteration...: by name and plain arguments, which load anywhere
+            msg = (_ERR, releases, named, tb)
+            self.transport.send(0, dumps_plain(msg, OOB_MIN) or pickle.dumps(msg, PROTOCOL))
+            return
         prev = swap_encoding(self.peer.home)
         try:
-            named = compact(exc)
-            if named is not None:  # KeyError, StopIteration...: by name, and they load wherever Python runs
-                msg = (_ERR, releases, named, tb)
-                flags, payload = 0, dumps_plain(msg, OOB_MIN) or pickle.dumps(msg, PROTOCOL)
-            elif type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
+            if type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
                 flags, payload = 0, pickle.dumps((_ERR, releases, exc, tb), PROTOCOL)  # with attributes
             else:
                 flags, payload = encode((_ERR, releases, exc, tb))
                 pickle.loads(payload)  # an exception that pickles but does not load would break the reader
         except Exception:
-            text = f'\n"""\n{render(tb)}"""'
+            text = f'\n"""\n{render(tb)}"""' if tb is not None else ""
             err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
             flags, payload = encode((_ERR, releases, err, text))
         finally:

@@ -6,8 +6,8 @@
                          objects counted for the peer), size checked, releases pickled in front
                  wait(): OK -> value; REF -> this side's proxy (cache); ERR -> the exception
                          (also a RemoteError, errors.as_remote) with the remote traceback as
-                         __cause__; a REQUEST from the peer (a callback) is served in between,
-                         on this same thread
+                         __cause__ where it has frames of the object's code; a REQUEST from
+                         the peer (a callback) is served in between, on this same thread
 
 Anything that fails before the send (pickling, the size limit) undoes what encoding did: the
 releases taken go back to the queue and the byref objects counted for the peer are uncounted, so
@@ -31,7 +31,7 @@ from .._wire.codec import (
 )
 from .._wire.exceptions import rebuild
 from .._wire.opcodes import Msg
-from ..errors import ReflectmgrError, RemoteTraceback, as_remote
+from ..errors import ReflectmgrError, RemoteError, RemoteTraceback, as_remote
 
 _REQUEST, _OK, _ERR, _REF = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR), int(Msg.REF)
 
@@ -130,11 +130,13 @@ class CallingChannel(Channel):
                 return self.peer.load_ref(msg[2])
             if kind == _ERR:
                 self.busy = False
-                error = msg[2]
-                if type(error) is tuple:  # a built-in exception by name (_wire/exceptions.py)
-                    error = rebuild(error)
-                error = as_remote(error)  # catchable as its own type and as RemoteError
-                error.__cause__ = RemoteTraceback(msg[3])
+                # catchable as its own type and as RemoteError (errors.as_remote)
+                error = rebuild(msg[2], True) if type(msg[2]) is tuple else as_remote(msg[2])
+                if msg[3] is not None or not isinstance(error, RemoteError):
+                    # the manager's traceback (None: only the request's way to a built-in
+                    # operation, _wire/tracebacks.py); a cause in any case for what is not a
+                    # RemoteError, which is how the client tells the object's answer from a failure
+                    error.__cause__ = RemoteTraceback(msg[3])
                 try:
                     raise error
                 finally:

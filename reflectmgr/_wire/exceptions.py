@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, reflected_type
 from .codec import plain
 
 
@@ -31,13 +31,16 @@ def compact(exc: BaseException) -> tuple[str, tuple[Any, ...]] | None:
     return cls.__name__, reduced[1]
 
 
-def rebuild(named: Any) -> BaseException:
-    """The exception that :func:`compact` described."""
+def rebuild(named: Any, remote: bool = False) -> BaseException:
+    """The exception that :func:`compact` described; with ``remote``, as what
+    :func:`~reflectmgr.errors.as_remote` makes of it, built at once (unpickling builds an
+    instance of the class from the same arguments)."""
     if type(named) is tuple and len(named) == 2 and type(named[0]) is str and type(named[1]) is tuple:
         cls = getattr(builtins, named[0], None)
         if isinstance(cls, type) and issubclass(cls, BaseException):
+            made: type[BaseException] = (reflected_type(cls) or cls) if remote else cls
             try:
-                return cls(*named[1])
+                return made(*named[1])
             except Exception as exc:  # arguments that class does not take: not what compact() sent
                 raise ProtocolError(f"malformed error reply: {named!r:.200}") from exc
     raise ProtocolError(f"malformed error reply: {named!r:.200}")

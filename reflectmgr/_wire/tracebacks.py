@@ -8,14 +8,23 @@ source line) and its last line(s) (``format_exception_only``); the receiving sid
 when the text is first asked for (``RemoteTraceback.__str__``, a printed traceback), with the
 same markers, using only the public ``traceback`` API.
 
+The frames every request passes through on its way to the object (the channel's dispatch, the
+handlers, the dunder table) are left out: what is captured starts at the object's own code. An
+exception raised by a built-in operation that a handler ran directly (a dict's missing key, a
+``getattr`` that fails: ``hasattr`` on a proxy) has no frame left, and nothing to tell beyond its
+type and message, which the caller's own traceback shows: ``capture`` gives None, and the reply
+carries no traceback (half of what such an exception cost to send and raise).
+
     capture(exc) -> ((link, frames, exception_lines), ...)   oldest first; tuples, str and ints
-    render(captured) -> the text traceback.format_exception would have given
+                    or None: one exception, no frame of the object's code
+    render(captured) -> the text traceback.format_exception would have given (without those frames)
 """
 
 from __future__ import annotations
 
 import itertools
 import linecache
+import os
 import traceback
 from typing import Any
 
@@ -27,13 +36,23 @@ _CAUSE = "\nThe above exception was the direct cause of the following exception:
 _CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 _HEADER = "Traceback (most recent call last):\n"
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The request's way to the object, in every process that serves requests (a manager, a client
+# serving callbacks): its frames come first in a traceback caught by the channel.
+_PLUMBING = frozenset(
+    os.path.join(_PACKAGE, *parts)
+    for parts in (("_owner", "channel.py"), ("_owner", "dispatch.py"), ("_owner", "inline.py"), ("_wire", "dunders.py"))
+)
 
-def capture(exc: BaseException) -> tuple[Entry, ...] | str:
-    """What :func:`render` needs, without formatting it. An exception group's members are
-    formatted at once (rare, and the tree does not fit the flat form)."""
+
+def capture(exc: BaseException) -> tuple[Entry, ...] | str | None:
+    """What :func:`render` needs, without formatting it; None for one exception with no frame of
+    the object's code. An exception group's members are formatted at once (rare, and the tree
+    does not fit the flat form)."""
     if exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__):
         if not isinstance(exc, BaseExceptionGroup):  # the common case: one exception, no chain
-            return (("", _frames(exc.__traceback__), _last_lines(exc)),)
+            frames = _frames(exc.__traceback__)
+            return (("", frames, _last_lines(exc)),) if frames else None
     entries: list[Entry] = []
     seen: set[int] = set()
     link = ""  # how the newer exception reached this one: printed after this one
@@ -53,8 +72,11 @@ def capture(exc: BaseException) -> tuple[Entry, ...] | str:
 
 
 def _frames(tb: Any) -> tuple[Frame, ...]:
-    """What ``traceback.extract_tb`` gives, without its ``stat`` of every file on every call: the
-    source comes from linecache as loaded (a file edited since is shown as it was first read)."""
+    """What ``traceback.extract_tb`` gives, from the first frame past the request's plumbing,
+    without its ``stat`` of every file on every call: the source comes from linecache as loaded
+    (a file edited since is shown as it was first read)."""
+    while tb is not None and tb.tb_frame.f_code.co_filename in _PLUMBING:
+        tb = tb.tb_next
     out = []
     while tb is not None:
         code = tb.tb_frame.f_code
@@ -100,8 +122,10 @@ def _last_lines(exc: BaseException) -> tuple[str, ...]:
     return (f"{name}: {text}\n" if text else f"{name}\n",)
 
 
-def render(captured: tuple[Entry, ...] | str) -> str:
-    """The text ``traceback.format_exception`` gave where the exception was raised."""
+def render(captured: tuple[Entry, ...] | str | None) -> str:
+    """The text ``traceback.format_exception`` gave where the exception was raised ("" for None)."""
+    if captured is None:
+        return ""
     if isinstance(captured, str):
         return captured
     out: list[str] = []

@@ -51,6 +51,8 @@ def test_remote_exception_keeps_type_message_and_traceback(manager: reflectmgr.M
     cause = info.value.__cause__
     assert isinstance(cause, reflectmgr.RemoteTraceback)
     assert "in boom" in str(cause) and 'raise ValueError("bad value 42")' in str(cause)
+    # it starts at the object's code: the request's way there (channel, handlers) is left out
+    assert str(cause).count(", line ") == 1 and "dispatch" not in str(cause)
     with pytest.raises(KeyError):
         f.boom("key")
     with pytest.raises(reflectmgr.RemoteError, match=r"UnpicklableError.*cannot travel") as info2:
@@ -283,6 +285,30 @@ def test_a_request_that_does_not_match_its_operation_gets_an_error_and_the_conne
     with pytest.raises(reflectmgr.ProtocolError, match="unknown operation 99"):
         m.client.call(99, d._rm_oid)
     assert d["a"] == 1 and m.stats().clients == 1
+
+
+def test_an_error_of_a_builtin_operation_comes_without_a_remote_traceback(manager: reflectmgr.Manager) -> None:
+    """A missing key or attribute, raised by the built-in object itself, has no frame of the
+    object's code to show: it arrives as its type and a RemoteError with no ``__cause__`` (and
+    costs about half as much), and the connection goes on."""
+    d, ns = manager.dict(a=1), manager.Namespace(x=1)
+    with pytest.raises(KeyError) as info:
+        d["zz"]
+    e = info.value
+    assert isinstance(e, reflectmgr.RemoteError) and e.args == ("zz",) and str(e) == "'zz'"
+    assert e.__cause__ is None and e.traceback_text == ""
+    assert not hasattr(ns, "nope") and getattr(ns, "nope", 5) == 5
+    # An OSError raised by C is the object's answer too, not a broken connection.
+    f = manager.new(Failing)
+    with pytest.raises(FileNotFoundError) as info2:
+        f.stat("/nonexistent-dir-of-reflectmgr/file")
+    assert isinstance(info2.value, reflectmgr.RemoteError) and info2.value.errno == errno.ENOENT
+    # What stays itself (not an Exception) keeps a cause: how the client tells it came from there.
+    with pytest.raises(SystemExit) as info3:
+        f.exit(3)
+    assert type(info3.value) is SystemExit and info3.value.code == 3
+    assert isinstance(info3.value.__cause__, reflectmgr.RemoteTraceback)
+    assert d["a"] == 1 and ns.x == 1 and manager.stats().clients == 1  # one connection all along
 
 
 @pytest.mark.parametrize(

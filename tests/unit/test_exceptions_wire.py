@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from reflectmgr._wire.exceptions import compact, rebuild
-from reflectmgr.errors import ProtocolError
+from reflectmgr.errors import ProtocolError, RemoteError, as_remote
 
 
 def _same(a: BaseException, b: BaseException) -> bool:
@@ -36,6 +36,9 @@ def test_a_builtin_exception_comes_back_as_unpickling_gives_it(exc: BaseExceptio
     assert named is not None and named[0] == type(exc).__name__
     again = rebuild(pickle.loads(pickle.dumps(named)))
     assert _same(again, pickle.loads(pickle.dumps(exc)))
+    remote = rebuild(named, remote=True)  # built at once as what as_remote makes of it
+    assert _same(remote, as_remote(again))
+    assert isinstance(remote, RemoteError) == isinstance(exc, Exception)
     if isinstance(exc, OSError):
         assert (again.errno, again.strerror, again.filename) == (exc.errno, exc.strerror, exc.filename)  # type: ignore[attr-defined]
 
