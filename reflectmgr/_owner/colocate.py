@@ -23,8 +23,9 @@ threads are mostly idle (their clients compute between calls), or one alone serv
 period (one client calling back to back), each connection's thread *follows* its client, pinned
 to the CPU the client last waited on (its transport's ``peer_cpu``: shared memory, unix sockets),
 so that the client's wake-up puts it there rather than behind another worker (``follow``;
-FOLLOW_NS, FOLLOW_AFTER; "no core free" means a look saw it within CROWDED_NS). Never while the
-threads are pinned together.
+FOLLOW_NS, FOLLOW_AFTER; "no core free" means a look saw it within CROWDED_NS, or for a client
+calling back to back, two of its thread's last three looks, none at a pause: BURSTS). Never
+while the threads are pinned together.
 
 With cores free and one client calling back to back, a connection's thread that a wake-up put on
 its client's CPU is kept off that CPU (APART), so that both spin on CPUs of their own instead of
@@ -79,6 +80,16 @@ FOLLOW_AFTER = 3
 # saw that in one look in three or fewer, so judged look by look it could stay unfollowed for a
 # whole run (3 runs in 36 with a call's median at 25-28 us instead of 9: benchmarks/README.md).
 CROWDED_NS = 20_000_000
+# BURSTS. That judgment misled a client calling back to back in bursts, woken by another process
+# between them (a parent handing it work; the benchmark's runner between two systems): the looks
+# at a burst's start and end saw that process runnable, and a third of the quiet table's bursts
+# ran with the thread pinned to its client's CPU, 10-17 us a call instead of 3-5. So a thread that
+# served APART_CALLS or more since its last look is judged on its own last three looks instead:
+# two of them must see no core free (with every core busy, all do), and a look that comes
+# PAUSE_NS or more after the one before starts the count again (it and the look before it are a
+# burst's edges). Clients that work between their calls (APART_CALLS is 16 a millisecond) keep
+# the judgment above.
+PAUSE_NS = 5_000_000
 # With cores free and one client calling back to back, the opposite again: its thread kept off
 # the client's CPU (APART). Spinning, each side waits on a CPU of its own, a call in 3-5 us; but a
 # kernel that packs tasks (this VM's) puts a woken thread on its waker's CPU, where the two take
@@ -177,14 +188,22 @@ class Colocation:
         """A look of ``follower``'s (on its own thread): pin it to its client's CPU under load
         while the serving threads are mostly idle; free it when either goes, or keep it apart
         from its client (:meth:`_settle`); never while the threads are pinned together."""
-        follower.looked = now
+        paused, follower.looked = now - follower.looked >= PAUSE_NS, now
         served, follower.served = follower.served, 0
-        if not waiting.load.cores_free():  # neither this nor busy needs the lock
+        full = not waiting.load.cores_free()  # neither this nor busy needs the lock
+        if full:
             self._crowded_at = now
+        # A client calling back to back (APART_CALLS) is judged on its thread's own last looks, none
+        # right after a pause (BURSTS).
+        follower.seen = 0 if paused else (follower.seen << 1 | full) & 7
+        if served >= APART_CALLS:
+            crowded = follower.seen in (3, 5, 6, 7)  # two of the last three
+        else:
+            crowded = now - self._crowded_at < CROWDED_NS
         # Busy serving threads follow only when one alone is (one client calling back to back):
         # with several, colocation pins them together instead.
         alone = self.active is not None and self.active <= 1
-        worth = (self.busy < LOW or alone) and now - self._crowded_at < CROWDED_NS
+        worth = (self.busy < LOW or alone) and crowded
         with self._lock:  # against decide(): pinned together, or not, and the affinities with it
             if self.pinned >= 0:  # pinned together: that pin rules (and reset the count)
                 follower.cpu, follower.load, follower.apart = -1, 0, -1
@@ -192,7 +211,7 @@ class Colocation:
             if not worth:
                 follower.load = max(0, follower.load - 1)
                 if follower.load == 0:
-                    self._settle(follower, alone and now - self._crowded_at >= CROWDED_NS, served)
+                    self._settle(follower, alone and not crowded, served)
                 return
             follower.load = min(FOLLOW_AFTER, follower.load + 1)
             cpu = follower.client_cpu()
@@ -310,7 +329,7 @@ class Colocation:
 class _Follower:
     """A serving thread's pin to its client's CPU (:meth:`Colocation.follow`)."""
 
-    __slots__ = ("apart", "client_cpu", "cpu", "leaving_cpu", "load", "looked", "served", "slow", "tid")
+    __slots__ = ("apart", "client_cpu", "cpu", "leaving_cpu", "load", "looked", "seen", "served", "slow", "tid")
 
     def __init__(self, tid: int, client_cpu: Callable[[], int], leaving_cpu: Callable[[], None] | None = None) -> None:
         self.tid = tid
@@ -322,6 +341,7 @@ class _Follower:
         self.slow = 0  # looks in a row, while apart, that found fewer than APART_CALLS served
         self.load = 0  # looks that saw it worth following, less those that did not (0..FOLLOW_AFTER)
         self.looked = _now()  # when it last looked (perf_counter_ns)
+        self.seen = 0  # its last three looks, newest in bit 0: which saw no core free (BURSTS)
 
     def pinned(self) -> bool:
         """Whether its affinity is not the free one (following, or kept apart)."""

@@ -521,9 +521,30 @@ def test_a_thread_apart_from_its_client_follows_it_once_no_core_is_free(colocati
         _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == mask - {here}
         quiet.free = False
+        _busy_looks(colocation, follower, 1, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == mask - {here}, "a client back to back: one look is not load"
         _busy_looks(colocation, follower, colocate.FOLLOW_AFTER, colocate.APART_CALLS)
         assert os.sched_getaffinity(0) == {here}
         assert (follower.cpu, follower.apart) == (here, -1)
+
+
+def test_a_client_in_bursts_woken_by_another_process_keeps_its_thread_apart(
+    colocation: Colocation, quiet: _Load
+) -> None:
+    """The looks at a burst's start and end see the process that woke the client, or that it
+    wakes as it stops, runnable (a parent handing it work, a benchmark's runner): not load."""
+    with _beside_its_client(colocation) as (mask, here, follower):
+        for _ in range(10):
+            for i, full in enumerate((True, False, True)):  # its looks: the first and the last see another process
+                quiet.free = not full
+                follower.served = colocate.APART_CALLS
+                # the first after a pause (the one before it was the last burst's end)
+                colocation.follow(follower, follower.looked + (2 * colocate.PAUSE_NS if i == 0 else colocate.FOLLOW_NS))
+            assert os.sched_getaffinity(0) == mask - {here} and follower.cpu == -1
+            assert follower.load == 0, "one look in a burst that sees no core free is not load"
+        quiet.free = False  # then every core taken, with no pause: followed
+        _busy_looks(colocation, follower, colocate.FOLLOW_AFTER + 1, colocate.APART_CALLS)
+        assert os.sched_getaffinity(0) == {here} and follower.cpu == here
 
 
 def test_with_several_clients_no_thread_is_kept_apart(colocation: Colocation, quiet: _Load) -> None:
