@@ -131,7 +131,7 @@ class CallingChannel(Channel):
             if kind == _ERR:
                 self.busy = False
                 # catchable as its own type and as RemoteError (errors.as_remote)
-                error = rebuild(msg[2], True) if type(msg[2]) is tuple else as_remote(msg[2])
+                error = rebuild(msg[2], remote=True) if type(msg[2]) is tuple else as_remote(msg[2])
                 if msg[3] is not None or not isinstance(error, RemoteError):
                     # the manager's traceback (None: only the request's way to a built-in
                     # operation, _wire/tracebacks.py); a cause in any case for what is not a
