@@ -16,9 +16,12 @@ the pickling of an executor task, during which proxies are lent instead of pinne
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import pickle
 import threading
+import types
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -29,7 +32,7 @@ from .._transport.sockets import Address
 from .._wire import codec
 from .._wire.opcodes import Op
 from . import registry
-from .spawning import main_runs_in_children
+from .spawning import found_in_children
 
 _borrowing = threading.local()
 
@@ -64,7 +67,7 @@ class Transfers:
         return (_rebuild, (self.routes, authkey, proxy._rm_oid, token))
 
     def pickle_task(self, task: Any, keep: list[Any]) -> bytes:
-        """Cloudpickle ``task`` for an executor worker of this manager; its proxies are *borrowed*.
+        """Pickle ``task`` for an executor worker of this manager; its proxies are *borrowed*.
 
         A borrowed proxy costs no round trip: the worker counts the reference for itself with its
         next message, and ``keep`` (held by the caller until the task is done) keeps the objects
@@ -72,21 +75,16 @@ class Transfers:
         """
         _borrowing.keep = keep
         try:
-            fn = task[0]
-            if getattr(fn, "__module__", None) != "__main__":
-                # Importable functions pickle by name: plain pickle is several times cheaper.
-                # (__main__ ones go by value, so notebooks and scripts without spawn work too;
-                # so does a task that names something of __main__ where the workers cannot
-                # find it by name: spawning.py.)
-                try:
+            if not _of_main(task[0]):
+                try:  # plain pickle, then a look for __main__ in it: cheaper than a pickler's hook
                     data = pickle.dumps(task, protocol=5)
                 except Exception:
-                    keep.clear()
+                    pass
                 else:
-                    if b"__main__" not in data or main_runs_in_children():
+                    if b"__main__" not in data:
                         return data
-                    keep.clear()
-            return bytes(cloudpickle.dumps(task, protocol=5))
+                keep.clear()  # pickled again below
+            return dumps_for_workers(task)
         except Exception as exc:
             raise codec.diagnose_call(task[1], task[2], exc) from exc
         finally:
@@ -104,6 +102,58 @@ class Transfers:
         return (
             isinstance(other, Transfers) and address is not None and registry.key(address) == registry.key(self.address)
         )
+
+
+def _of_main(fn: Any) -> bool:
+    """True if the task's function is of ``__main__``, or is a partial of one (``map``'s chunks)."""
+    if getattr(fn, "__module__", None) == "__main__":
+        return True
+    if type(fn) is functools.partial:
+        return any(getattr(part, "__module__", None) == "__main__" for part in (fn.func, *fn.args))
+    return False
+
+
+class _ByName(pickle.Pickler):
+    """Plain pickle, refusing a function or class of ``__main__`` that the workers do not find by
+    name (``found_in_children``): what a task names from ``__main__`` goes by name, as the
+    standard executor sends it, so the worker runs its own, in its own module, with the globals
+    its initializer set there."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (type(obj) is types.FunctionType or isinstance(obj, type)) and obj.__module__ == "__main__":
+            if not found_in_children(obj):
+                raise pickle.PicklingError(f"{obj!r} is not found by name in the workers")
+        return NotImplemented  # pickle's own
+
+
+class _ByValue(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, with what the workers find by name still by name (``_ByName``); the rest of
+    ``__main__`` (a lambda, a closure, what the ``if __name__ == "__main__":`` block defines,
+    anything where the workers do not run the script) by value, in globals of its own."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            isinstance(obj, (types.FunctionType, type))
+            and getattr(obj, "__module__", None) == "__main__"
+            and found_in_children(obj)
+        ):
+            return NotImplemented  # pickle's own: by name
+        return super().reducer_override(obj)
+
+
+def dumps_for_workers(obj: Any) -> bytes:
+    """Pickle ``obj`` (an executor's task, initializer) for workers that run the main script as
+    spawn runs it: all by name where it can be (``_ByName``), else with cloudpickle (``_ByValue``)."""
+    buf = io.BytesIO()
+    try:
+        _ByName(buf, protocol=5).dump(obj)
+    except Exception:
+        keep = getattr(_borrowing, "keep", None)
+        if keep:
+            keep.clear()  # lent again below
+        buf = io.BytesIO()
+        _ByValue(buf, protocol=5).dump(obj)
+    return buf.getvalue()
 
 
 def _spawning() -> bool:

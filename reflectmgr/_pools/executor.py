@@ -1,6 +1,7 @@
 """``Manager.executor()``: a ProcessPoolExecutor whose workers are connected clients.
 
-    submit(fn, *args)  --cloudpickle (proxies of this manager *borrowed*: no round trip)--> blob
+    submit(fn, *args)  --pickle; what the workers do not find by name, cloudpickle (proxies of
+                         this manager *borrowed*: no round trip)--> blob
                        --stdlib ProcessPoolExecutor--> worker: run_task(blob)
     worker             --unpickles borrowed proxies: counted for its own session with its next
                          message (or before the task returns, if it made none)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import types
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -21,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._manager.client import Client
-from .._manager.spawning import main_file_hidden_if_unreadable, main_runs_in_children
+from .._manager.spawning import found_in_children, main_file_hidden_if_unreadable, main_runs_in_children
 from ..errors import ReflectmgrPicklingError
 from .forked import WorkerContext
 from .worker import init_worker, run_task
@@ -43,16 +45,23 @@ class ManagerExecutor(ProcessPoolExecutor):
             # process), forked from the template where there is one (forked.py)
             mp_context = WorkerContext()
         if (
-            getattr(initializer, "__module__", None) == "__main__"
+            isinstance(initializer, (types.FunctionType, type))
+            and initializer.__module__ == "__main__"
             and mp_context.get_start_method() != "fork"
-            and not main_runs_in_children()
+            and not found_in_children(initializer)
         ):
             # By name it cannot be found there; by value it would run, but in globals of its own
             # (cloudpickle's), so the globals it sets (its usual purpose) would not be the tasks'.
+            where = (
+                "it is defined inside the script's `if __name__ == '__main__':` block, which they skip"
+                if main_runs_in_children()
+                else "this program has no script file for them to run (stdin, -c, the REPL, a notebook, "
+                "a package's __main__)"
+            )
             raise ReflectmgrPicklingError(
-                f"the initializer {initializer!r} is defined in __main__, which the executor's workers cannot "
-                "import: this program has no script file for them to run (stdin, -c, the REPL, a notebook). "
-                "Define it in a module, or pass mp_context=multiprocessing.get_context('fork')"
+                f"the initializer {initializer!r} is defined in __main__ where the executor's workers cannot "
+                f"find it: {where}. Define it at the script's top level or in a module, or pass "
+                "mp_context=multiprocessing.get_context('fork')"
             )
         super().__init__(
             max_workers,

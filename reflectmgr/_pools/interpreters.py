@@ -19,9 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import cloudpickle
-
 from .._manager.client import Client
+from .._manager.transfer import dumps_for_workers
 from ..errors import RemoteTraceback
 from . import _compat
 from .interp_worker import BOOTSTRAP, CLOSE, RUN
@@ -48,7 +47,7 @@ class InterpreterExecutor(ThreadPoolExecutor):
                 "main": os.path.abspath(main) if main else None,
                 "address": client.address,
                 "authkey": client.authkey,
-                "init": cloudpickle.dumps((initializer, initargs)),
+                "init": dumps_for_workers((initializer, initargs)),
             }
         )
         self._client = client

@@ -191,3 +191,96 @@ def test_every_start_method_runs_tasks_and_shuts_down(m: reflectmgr.Manager, met
 def _store(d: object, i: int) -> int:
     d[i] = i  # type: ignore[index]
     return i
+
+
+# What a task names from the main script: by name where the workers find it (as the standard
+# executor sends it, so it runs with the globals the initializer set in the worker), by value
+# where they do not (the `if __name__ == "__main__":` block, which they skip; a lambda). `submit`
+# sent a script's function by value always (it could not see the initializer's globals) and
+# `map` by name always (a function of the block was not found).
+_MAIN_SCRIPT = """
+import multiprocessing, sys
+import reflectmgr
+
+def init(value):
+    global CONN
+    CONN = value
+
+def task(x):
+    return CONN + x
+
+def twice(x):
+    return 2 * x
+
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+def unbox(box):
+    return box.v
+
+if __name__ == "__main__":
+    def twice(x):  # the block's own: the workers only have the one above
+        return 3 * x
+
+    class Inner:
+        def __init__(self, v):
+            self.v = v
+
+    def guarded(x):
+        return -x
+
+    def guarded_init():
+        pass
+
+    how = sys.argv[1]
+    ctx = multiprocessing.get_context("fork") if how == "fork" else None
+    pool = dict(kind="interpreter") if how == "interpreter" else dict(mp_context=ctx)
+    with reflectmgr.Manager(in_process=how == "interpreter") as m:
+        try:
+            m.executor(1, initializer=guarded_init if how != "package" else init, mp_context=ctx)
+        except reflectmgr.ReflectmgrPicklingError as exc:
+            refused = str(exc)
+        else:
+            refused = "accepted"
+        kept = dict(initializer=init, initargs=(10,)) if how != "package" else {}
+        with m.executor(2, **pool, **kept) as ex:
+            if how != "package":
+                by_name = ex.submit(task, 1).result(), list(ex.map(task, [1, 2]))
+                print(*by_name, ex.submit(lambda x: task(x) * 2, 1).result())
+            print(
+                ex.submit(guarded, 4).result(), list(ex.map(guarded, [5])),
+                ex.submit(twice, 1).result(), list(ex.map(twice, [1])),
+                ex.submit(unbox, Box(7)).result(), ex.submit(unbox, Inner(8)).result(),
+                list(ex.map(unbox, [Inner(9)])),
+            )
+        print(refused)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "how", ["script", "fork", "package", pytest.param("interpreter", marks=pytest.mark.interpreters)]
+)
+def test_a_task_from_the_main_script_sees_its_workers_globals_or_travels_by_value(tmp_path: Path, how: str) -> None:
+    if how == "package":  # python -m app: spawn does not run a package's __main__ (all by value)
+        (tmp_path / "app").mkdir()
+        (tmp_path / "app" / "__init__.py").write_text("")
+        (tmp_path / "app" / "__main__.py").write_text(_MAIN_SCRIPT)
+        args = [sys.executable, "-m", "app", how]
+    else:
+        (tmp_path / "main_script.py").write_text(_MAIN_SCRIPT)
+        args = [sys.executable, "main_script.py", how]
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=CHILD)
+    assert proc.returncode == 0, proc.stderr
+    *lines, refused = proc.stdout.splitlines()
+    by_value = "-4 [-5] 3 [3] 7 8 [9]"  # the block's own twice(), and its class, travel by value
+    if how == "package":  # no script the workers run: an initializer of its own cannot be found
+        assert lines == [by_value]
+        assert "no script file" in refused and "a package's __main__" in refused
+    else:
+        assert lines == ["11 [11, 12] 22", by_value]
+        if how == "fork":  # the workers are copies of this process: they have the block's too
+            assert refused == "accepted"
+        else:  # (the refused one is a process pool's, for the interpreter pool too)
+            assert "`if __name__ == '__main__':` block" in refused, refused
