@@ -3,8 +3,9 @@
     python benchmarks/executor.py [--quick] [--json FILE]
 
 1. Task overhead: N trivial tasks through ``m.executor()`` and through the standard
-   ``ProcessPoolExecutor`` (same start method, same worker count), interleaved, several rounds;
-   on the quiet machine, then with every core busy with unrelated processes (the loaded twin).
+   ``ProcessPoolExecutor`` (same start method, same worker count), by ``map`` and by ``submit``,
+   interleaved, several rounds; on the quiet machine, then with every core busy with unrelated
+   processes (the loaded twin).
 2. Scaling: a CPU-bound task that reads shared configuration through proxies, on 1 and 2 workers.
 3. Start: an executor of 2 workers made, its first 2 results, shut down; in programs of their own
    (each makes ``STARTS`` executors one after the other, the first reported apart), for
@@ -89,24 +90,59 @@ def timed_map(ex: Any, fn: Any, *iterables: Any) -> float:
     return time.perf_counter() - start
 
 
-def task_overhead(m: reflectmgr.Manager, n: int, rounds: int) -> dict[str, Any]:
-    """Per trivial task, both executors' medians and their ratio (ours / the stdlib's): quiet,
-    then with every core busy. The workers start before the busy loops do, in both cases."""
+def timed_submit(ex: Any, fn: Any, args: range) -> float:
+    start = time.perf_counter()
+    for future in [ex.submit(fn, x) for x in args]:
+        future.result()
+    return time.perf_counter() - start
+
+
+TIMED = {"map": timed_map, "submit": timed_submit}
+
+
+def task_overhead(m: reflectmgr.Manager, n: int, rounds: int, sessions: int) -> dict[str, Any]:
+    """Per trivial task (a function of this script, as a user's are), through ``map`` and
+    through ``submit``: each executor's median, and the ratio ours / the stdlib's (the median of
+    each round's), quiet, then with every core busy. A second standard executor runs beside them:
+    its ratio to the first is what this machine's noise alone gives. An executor keeps a speed of
+    its own for its life (where its workers landed: one stdlib executor against another ran at
+    0.63x over a whole run), so the three are made afresh ``sessions`` times; in each, the
+    workers start before the busy loops do."""
     ctx = multiprocessing.get_context("spawn")
-    out: dict[str, Any] = {"n": n}
-    with m.executor(2, mp_context=ctx) as ours, ProcessPoolExecutor(2, mp_context=ctx) as std:
-        timed_map(ours, trivial, range(50))  # start the workers
-        timed_map(std, trivial, range(50))
-        for load in ("quiet", "busy"):
-            samples: dict[str, list[float]] = {"reflectmgr": [], "stdlib": []}
-            with busy_cores() if load == "busy" else contextlib.nullcontext():
-                for r in range(rounds):
-                    pair = [("reflectmgr", ours), ("stdlib", std)]
-                    for name, ex in pair if r % 2 == 0 else reversed(pair):
-                        samples[name].append(timed_map(ex, trivial, range(n)) / n)
-            med = {k: statistics.median(v) for k, v in samples.items()}
-            out[load] = {"per_task": med, "ratio": med["reflectmgr"] / med["stdlib"]}
+    names = ["reflectmgr", "stdlib", "stdlib again"]
+    samples = {(load, api, name): [] for load in ("quiet", "busy") for api in TIMED for name in names}
+    for _ in range(sessions):
+        with (
+            m.executor(2, mp_context=ctx) as ours,
+            ProcessPoolExecutor(2, mp_context=ctx) as std,
+            ProcessPoolExecutor(2, mp_context=ctx) as again,
+        ):
+            executors = dict(zip(names, (ours, std, again), strict=True))
+            for ex in executors.values():
+                timed_map(ex, trivial, range(50))  # start the workers
+            for load in ("quiet", "busy"):
+                with busy_cores() if load == "busy" else contextlib.nullcontext():
+                    for api, timed in TIMED.items():
+                        for r in range(rounds):
+                            for name in names[r % 3 :] + names[: r % 3]:  # each goes first in turn
+                                samples[load, api, name].append(timed(executors[name], trivial, range(n)) / n)
+    out: dict[str, Any] = {"n": n, "rounds": rounds * sessions}
+    for load in ("quiet", "busy"):
+        for api in TIMED:
+            mine = {name: samples[load, api, name] for name in names}
+            row: dict[str, Any] = {"per_task": {k: statistics.median(v) for k, v in mine.items()}}
+            # a round's runs are next to each other in time: their ratio leaves out what the
+            # machine did from one round to the next
+            for name in ("reflectmgr", "stdlib again"):
+                paired = [a / b for a, b in zip(mine[name], mine["stdlib"], strict=True)]
+                row[name] = {"ratio": statistics.median(paired), "quartiles": _quartiles(paired)}
+            out[f"{load}|{api}"] = row
     return out
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
 
 
 def scaling(m: reflectmgr.Manager, tasks: int, n: int) -> dict[str, Any]:
@@ -152,18 +188,29 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     with reflectmgr.Manager() as m:
-        overhead = task_overhead(m, n=1000 if args.quick else 10_000, rounds=2 if args.quick else 5)
+        overhead = task_overhead(
+            m, n=500 if args.quick else 2000, rounds=3 if args.quick else 6, sessions=3 if args.quick else 5
+        )
         scale = scaling(m, tasks=4 if args.quick else 8, n=200_000 if args.quick else 2_000_000)
     programs, runs = (1, 2) if args.quick else (6, STARTS)
     start = starts(programs, runs)
     print(f"executor benchmarks, Python {sys.version.split()[0]}, {os.cpu_count()} cores")
-    print(f"task overhead ({overhead['n']} trivial tasks, map, 2 workers, spawn; target: ratio <= 1.2):")
+    print(
+        f"task overhead ({overhead['rounds']} rounds of {overhead['n']} trivial tasks, 2 workers, spawn; ratio: "
+        "the median of each round's ours / the stdlib's; target: <= 1.2):"
+    )
     for load in ("quiet", "busy"):
-        per, label = overhead[load]["per_task"], "quiet" if load == "quiet" else "every core busy"
-        print(
-            f"  {label:16}reflectmgr {per['reflectmgr'] * 1e6:.0f} us/task, "
-            f"stdlib {per['stdlib'] * 1e6:.0f} us/task, ratio {overhead[load]['ratio']:.2f}"
-        )
+        for api in TIMED:
+            row = overhead[f"{load}|{api}"]
+            per, label = row["per_task"], f"{'quiet' if load == 'quiet' else 'every core busy'}, {api}"
+            ours, noise = row["reflectmgr"], row["stdlib again"]
+            print(
+                f"  {label:24}reflectmgr {per['reflectmgr'] * 1e6:.0f} us/task, "
+                f"stdlib {per['stdlib'] * 1e6:.0f} us/task, ratio {ours['ratio']:.2f} "
+                f"(quartiles {ours['quartiles'][0]:.2f}-{ours['quartiles'][1]:.2f}); "
+                f"a second stdlib executor {noise['ratio']:.2f} "
+                f"({noise['quartiles'][0]:.2f}-{noise['quartiles'][1]:.2f})"
+            )
     secs = scale["seconds"]
     print(
         f"CPU-bound tasks reading shared config: 1 worker {secs[1]:.2f} s, 2 workers {secs[2]:.2f} s, "

@@ -64,7 +64,8 @@ def test_benchmark_suite_runs(tmp_path: Path) -> None:
 def test_executor_benchmark_runs() -> None:
     out = _run(str(BENCH / "executor.py"), "--quick")
     assert "task overhead" in out and out.count("reflectmgr spawn") == 4  # first and later, quiet and busy
-    assert out.count("us/task, ratio") == 2 and "every core busy reflectmgr" in out  # the overhead's loaded twin
+    assert out.count("us/task, ratio") == 4  # map and submit, quiet and with their loaded twin
+    assert "quiet, submit" in out and "every core busy, map" in out
 
 
 @once_per_ci
