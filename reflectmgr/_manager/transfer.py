@@ -75,13 +75,17 @@ class Transfers:
         """
         _borrowing.keep = keep
         try:
-            if not _of_main(task[0]):
-                try:  # plain pickle, then a look for __main__ in it: cheaper than a pickler's hook
+            fn, args, kwargs = task
+            named = _named_from_main(fn)
+            if named is None or (named and codec.plain(args) and codec.plain(kwargs)):
+                # Plain pickle is several times cheaper than a pickler's hook. Nothing of __main__
+                # in it: the function is not, and its arguments are plain (or looked for below).
+                try:
                     data = pickle.dumps(task, protocol=5)
                 except Exception:
                     pass
                 else:
-                    if b"__main__" not in data:
+                    if named or b"__main__" not in data:
                         return data
                 keep.clear()  # pickled again below
             return dumps_for_workers(task)
@@ -104,13 +108,32 @@ class Transfers:
         )
 
 
-def _of_main(fn: Any) -> bool:
-    """True if the task's function is of ``__main__``, or is a partial of one (``map``'s chunks)."""
-    if getattr(fn, "__module__", None) == "__main__":
+def _named_from_main(fn: Any) -> bool | None:
+    """None if a task's function is not of ``__main__`` (nor a partial of one: ``map``'s chunks);
+    else True if the workers find it by name, a partial's arguments too (or they are plain)."""
+    if type(fn) is functools.partial:  # (loops, not generators: this runs for every chunk)
+        parts = (fn.func, *fn.args)
+        for part in parts:
+            if getattr(part, "__module__", None) == "__main__":
+                break
+        else:
+            return None
+        if fn.keywords or vars(fn):
+            return False
+        for part in parts:
+            if not _by_name(part) and not codec.plain(part):
+                return False
         return True
-    if type(fn) is functools.partial:
-        return any(getattr(part, "__module__", None) == "__main__" for part in (fn.func, *fn.args))
-    return False
+    if getattr(fn, "__module__", None) != "__main__":
+        return None
+    return _by_name(fn)
+
+
+def _by_name(obj: Any) -> bool:
+    """A function or class that the workers find by name (pickle's own check aside)."""
+    if type(obj) is not types.FunctionType and not isinstance(obj, type):
+        return False
+    return obj.__module__ != "__main__" or found_in_children(obj)
 
 
 class _ByName(pickle.Pickler):
