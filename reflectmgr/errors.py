@@ -216,15 +216,25 @@ def as_remote(exc: BaseException) -> BaseException:
     try:
         rv: Any = exc.__reduce__()
         if isinstance(rv, tuple) and len(rv) >= 2 and rv[0] is cls:
-            new = reflected(*rv[1])  # what unpickling did, with the reflected type
-            if len(rv) > 2 and rv[2]:
-                new.__setstate__(rv[2])
+            try:
+                new = reflected(*rv[1])  # what unpickling did, with the reflected type
+            except Exception:  # an __init__ that does not take its own args: built without it
+                new = _bare(reflected, exc)
+            else:
+                if len(rv) > 2 and rv[2]:
+                    new.__setstate__(rv[2])
         else:  # a custom reduce: the same args and attributes on a bare instance
-            new = reflected.__new__(reflected, *exc.args)
-            new.args = exc.args
-            new.__dict__.update(exc.__dict__)
+            new = _bare(reflected, exc)
     except Exception:
         return exc
+    return new
+
+
+def _bare(reflected: Any, exc: BaseException) -> BaseException:
+    """An instance of ``reflected`` with ``exc``'s args and attributes, ``__init__`` not called."""
+    new: BaseException = reflected.__new__(reflected, *exc.args)
+    new.args = exc.args
+    new.__dict__.update(exc.__dict__)
     return new
 
 

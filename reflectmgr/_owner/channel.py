@@ -36,7 +36,7 @@ from .._wire.codec import (
     split_releases,
     swap_encoding,
 )
-from .._wire.exceptions import compact
+from .._wire.exceptions import compact, without_init
 from .._wire.memo_guard import check as check_memo
 from .._wire.opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES, Msg
 from .._wire.tracebacks import capture, render
@@ -354,8 +354,13 @@ class Channel:
         refs = plan(result, shared)
         peer = self.peer
         if refs is None:
-            value = result.target if type(result) is Value else result
-            return (*self._encode_with_releases(value, None, buffers), set())
+            if type(result) is Value:  # asked for by value (reflectmgr.value): no reference instead
+                return (*self._encode_with_releases(result.target, None, buffers), set())
+            try:
+                return (*self._encode_with_releases(result, None, buffers), set())
+            except pickle.PicklingError:
+                buffers.clear()
+                return self._encode_result(Ref(result), False, buffers, exported)  # unpicklable: by reference
         if len(refs) == 1 and id(result) in refs:  # one object by reference: no pickler subclass needed
             target = refs[id(result)]
             desc = peer.describer.describe(type(target))
@@ -424,8 +429,7 @@ class Channel:
             if type(exc).__module__ == "builtins" and plain(exc.args) and plain(exc.__dict__):
                 flags, payload = 0, pickle.dumps((_ERR, releases, exc, tb), PROTOCOL)  # with attributes
             else:
-                flags, payload = encode((_ERR, releases, exc, tb))
-                pickle.loads(payload)  # an exception that pickles but does not load would break the reader
+                flags, payload = _loadable((_ERR, releases, exc, tb), exc)
         except Exception:
             text = f'\n"""\n{render(tb)}"""' if tb is not None else ""
             err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
@@ -433,6 +437,22 @@ class Channel:
         finally:
             swap_encoding(prev)
         self.transport.send(flags, payload)
+
+
+def _loadable(msg: tuple[Any, ...], exc: BaseException) -> tuple[int, bytes]:
+    """The error reply ``msg`` encoded, checked to load (one that pickles but does not load would
+    break the reader): as it is, else with ``exc`` built again without its ``__init__``
+    (``_wire/exceptions.py``); raises if neither loads."""
+    try:
+        flags, payload = encode(msg)
+        pickle.loads(payload)
+    except Exception:
+        stand_in = without_init(exc)
+        if stand_in is None:
+            raise
+        flags, payload = encode((*msg[:2], stand_in, *msg[3:]))
+        pickle.loads(payload)
+    return flags, payload
 
 
 def _never(msg: tuple[Any, ...]) -> bool:

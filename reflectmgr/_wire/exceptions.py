@@ -44,3 +44,34 @@ def rebuild(named: Any, remote: bool = False) -> BaseException:
             except Exception as exc:  # arguments that class does not take: not what compact() sent
                 raise ProtocolError(f"malformed error reply: {named!r:.200}") from exc
     raise ProtocolError(f"malformed error reply: {named!r:.200}")
+
+
+def without_init(exc: BaseException) -> Any:
+    """A stand-in that pickles ``exc`` as its class, ``args`` and attributes, to be built again
+    by :func:`restore` without calling ``__init__``; None if its class has a reduce of its own
+    (which then says how it travels, or that it does not)."""
+    cls = type(exc)
+    if cls.__reduce__ is not BaseException.__reduce__ or cls.__reduce_ex__ is not object.__reduce_ex__:
+        return None
+    return _WithoutInit(exc)
+
+
+class _WithoutInit:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (restore, (type(exc), exc.args, exc.__dict__ or None))
+
+
+def restore(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
+    """The exception :func:`without_init` described: made by its class's ``__new__``, as an
+    exception's ``args`` are, with its attributes."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__setstate__(state)  # BaseException's: the attributes
+    return exc

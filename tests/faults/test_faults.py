@@ -24,7 +24,7 @@ from reflectmgr._transport.auth import client_handshake
 from reflectmgr._transport.sockets import connect as raw_connect
 
 from ..helpers import CHILD, DEATH, baseline_objects, second_session, until_dropped, wait_until
-from ..integration.objects import CodedError, Failing, ReducedError
+from ..integration.objects import CodedError, Failing, NarrowInitError, ReducedError
 from .workers import die_mid_message, hold_proxies, own_a_manager
 
 
@@ -345,6 +345,22 @@ def test_a_remote_exception_is_also_a_remote_error(manager: reflectmgr.Manager, 
     back = pickle.loads(pickle.dumps(e))  # pickles as the original type
     assert type(back) is expected and str(back) == str(local)
     assert type(e) is type(_caught(f, kind))  # one reflected type per original type
+
+
+def test_an_exception_whose_init_refuses_its_own_args_keeps_its_type_and_attributes(
+    manager: reflectmgr.Manager,
+) -> None:
+    # Its pickle does not load (loading calls the class with its args): it arrived as a plain
+    # RemoteError whose message named it, so `except NarrowInitError` missed it.
+    f = manager.new(Failing)
+    with pytest.raises(NarrowInitError) as info:
+        f.boom("narrow")
+    e = info.value
+    assert isinstance(e, reflectmgr.RemoteError) and type(e).__mro__[1] is NarrowInitError
+    assert e.args == ("conflict",) and e.code == 409 and str(e) == "conflict"
+    assert "in boom" in e.traceback_text
+    with pytest.raises(ValueError, match="bad value 42"):  # the connection goes on
+        f.boom("value")
 
 
 def _raised_locally(kind: str) -> BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any
 
 
@@ -127,13 +128,30 @@ class Failing:
             raise CodedError(404, "not found")
         if kind == "reduced":
             raise ReducedError("built by a factory")
+        if kind == "narrow":
+            raise NarrowInitError(409, "conflict")
 
     def counter(self) -> Any:
         yield from range(3)
 
+    def fresh_lock(self) -> Any:
+        return threading.Lock()  # a temporary that does not pickle
+
+    def holder(self) -> Any:
+        return LockHolder()
+
     # Built-in functions as methods: what they raise comes from C, with no frame of this class's.
     stat = staticmethod(os.stat)
     exit = staticmethod(sys.exit)
+
+
+class NarrowInitError(Exception):
+    """Passes its base the message alone, as many do: it pickles, but loading it calls the class
+    with ``("conflict",)``, which its ``__init__`` refuses."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class CodedError(Exception):
@@ -157,6 +175,12 @@ class ReducedError(Exception):
 
     def __reduce__(self) -> Any:
         return (_make_reduced, self.args)
+
+
+class LockHolder:
+    def __init__(self) -> None:
+        self.name = "holder"
+        self.lock = threading.Lock()
 
 
 class UnpicklableError(Exception):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 import reflectmgr
 
 from ..helpers import second_session
-from .objects import Inventory, make_pair
+from .objects import Failing, Inventory, make_pair
 
 
 def test_nested_mutation_reaches_the_manager(m: reflectmgr.Manager) -> None:
@@ -35,6 +37,20 @@ def test_fresh_temporaries_come_back_as_values(m: reflectmgr.Manager) -> None:
     assert m.list([3, 1, 2]).copy() == [3, 1, 2] and type(m.list([1]).copy()) is list
     plain = m.dict(n=5)
     assert type(plain["n"]) is int and type(plain.keys) is not int
+
+
+def test_a_fresh_result_that_does_not_pickle_stays_in_the_manager(m: reflectmgr.Manager) -> None:
+    # It was an error ("message[2] is a _thread.lock object..."), though it lives on in the
+    # manager like any object: it comes back as a proxy, as one holding it inside does.
+    f = m.new(Failing)
+    lock = f.fresh_lock()
+    assert reflectmgr.is_proxy(lock)
+    assert lock.acquire(False) and lock.locked() and not lock.acquire(False)
+    lock.release()
+    holder = f.holder()  # a fresh instance with a lock inside
+    assert reflectmgr.is_proxy(holder) and holder.name == "holder" and not holder.lock.locked()
+    with pytest.raises(reflectmgr.ReflectmgrPicklingError, match="lock"):
+        reflectmgr.value(holder)  # asked for by value: still the error
 
 
 def test_value_is_a_deep_local_copy(m: reflectmgr.Manager) -> None:
