@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 
+from .._wire.exceptions import without_init
 from . import worker
 
 BOOTSTRAP = "import reflectmgr._pools.interp_worker as _rm_w\n_rm_w.bootstrap(_rm_cfg)\n"
@@ -51,12 +52,25 @@ def run(blob: bytes, out: Any) -> None:
         message = ("ok", cloudpickle.dumps(result, protocol=5), "")
     except BaseException as exc:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        try:
-            data = cloudpickle.dumps(exc, protocol=5)
-            pickle.loads(data)
-        except Exception:
+        data = _loadable(exc)
+        if data is None:
             from ..errors import RemoteError
 
             data = cloudpickle.dumps(RemoteError(f"{type(exc).__qualname__}", str(exc), tb), protocol=5)
         message = ("err", data, tb)
     out.put_nowait(pickle.dumps(message, protocol=5))
+
+
+def _loadable(exc: BaseException) -> bytes | None:
+    """``exc`` pickled so that it loads: as it is, else built again without its ``__init__``
+    (``_wire/exceptions.py``); None if neither loads."""
+    for candidate in (exc, without_init(exc)):
+        if candidate is None:
+            continue
+        try:
+            data = cloudpickle.dumps(candidate, protocol=5)
+            pickle.loads(data)
+        except Exception:
+            continue
+        return bytes(data)
+    return None

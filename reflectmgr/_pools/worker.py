@@ -14,6 +14,7 @@ import cloudpickle
 from .._manager import registry
 from .._manager.client import Client, get_client
 from .._wire.codec import plain
+from .._wire.exceptions import without_init
 from ..errors import ReflectmgrError
 
 _client: Client | None = None
@@ -91,10 +92,41 @@ def execute(blob: bytes) -> Any:
 
 def run_task(blob: bytes) -> Any:
     """Process workers: the result goes back through cloudpickle unless plain pickle suffices."""
-    result = execute(blob)
+    try:
+        result = execute(blob)
+    except BaseException as exc:
+        _loadable(exc)
+        raise
     if plain(result):
         return result  # the executor's own pickling does it (proxies reduce themselves)
     return _ByCloudpickle(result)
+
+
+def _loadable(exc: BaseException) -> None:
+    """Make sure the executor's pickle of ``exc`` loads in the caller. One whose ``__init__``
+    refuses its own ``args`` (``super().__init__(msg)`` with other parameters) pickles, but
+    loading it fails in the caller's result thread, which then breaks the whole pool ("terminated
+    abruptly"); the standard executor does that. Its class is registered with the pickler of the
+    executor's queues (this worker's only) to travel as ``without_init`` describes it."""
+    cls = type(exc)
+    if cls in _REGISTERED or without_init(exc) is None:
+        return
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=5))
+        return
+    except Exception:
+        pass
+    from multiprocessing.reduction import ForkingPickler
+
+    ForkingPickler.register(cls, _reduce_without_init)
+    _REGISTERED.add(cls)
+
+
+_REGISTERED: set[type] = set()
+
+
+def _reduce_without_init(exc: BaseException) -> Any:
+    return without_init(exc).__reduce__()
 
 
 def close() -> None:

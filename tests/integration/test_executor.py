@@ -17,7 +17,7 @@ import pytest
 import reflectmgr
 
 from ..helpers import CHILD, DEATH, baseline_objects, in_thread, wait_until
-from .objects import Inventory, RaisesOnLoad, keep_and_raise, read_kept
+from .objects import Inventory, NarrowInitError, RaisesOnLoad, keep_and_raise, read_kept
 
 
 def _add(inv: object, name: str) -> int:
@@ -74,6 +74,23 @@ def test_task_exception_keeps_type_and_worker_traceback(m: reflectmgr.Manager) -
         with pytest.raises(ValueError, match="task failed on 3") as info:
             ex.submit(_boom, 3).result(CHILD)
     assert "_boom" in str(info.value.__cause__)
+
+
+def _narrow(code: int) -> None:
+    raise NarrowInitError(code, f"bad {code}")
+
+
+def test_an_exception_whose_pickle_does_not_load_reaches_the_caller_and_the_pool_goes_on(
+    m: reflectmgr.Manager,
+) -> None:
+    # Loading it calls the class with its args, which its __init__ refuses: the caller's result
+    # thread failed, and the whole pool broke ("terminated abruptly"), as the stdlib's does.
+    with m.executor(max_workers=1) as ex:
+        with pytest.raises(NarrowInitError) as info:
+            ex.submit(_narrow, 7).result(CHILD)
+        assert info.value.code == 7 and info.value.args == ("bad 7",)
+        assert "_narrow" in str(info.value.__cause__)  # the worker's traceback
+        assert ex.submit(abs, -3).result(CHILD) == 3
 
 
 def _die(hold: object) -> None:

@@ -11,7 +11,7 @@ import pytest
 import reflectmgr
 
 from ..helpers import CHILD
-from .objects import Inventory
+from .objects import Inventory, NarrowInitError
 
 pytestmark = pytest.mark.interpreters
 
@@ -66,7 +66,14 @@ def test_proxies_in_and_out_and_errors(any_manager: reflectmgr.Manager) -> None:
         with pytest.raises(LookupError, match="nope") as info:
             ex.submit(_fail, "nope").result(CHILD)
         assert "_fail" in str(info.value.__cause__)
+        with pytest.raises(NarrowInitError) as narrow:  # its own pickle does not load
+            ex.submit(_narrow, 7).result(CHILD)
+        assert narrow.value.code == 7 and narrow.value.args == ("bad 7",)
     assert inv.items["pear"]["qty"] == 1
+
+
+def _narrow(code: int) -> None:
+    raise NarrowInitError(code, f"bad {code}")
 
 
 def test_sessions_end_with_the_pool(any_manager: reflectmgr.Manager) -> None:
