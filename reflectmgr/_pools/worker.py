@@ -112,7 +112,11 @@ def _loadable(exc: BaseException) -> None:
     if cls in _REGISTERED or without_init(exc) is None:
         return
     try:
-        pickle.loads(pickle.dumps(exc, protocol=5))
+        data = pickle.dumps(exc, protocol=5)
+    except Exception:
+        return  # does not pickle at all: the executor reports that itself
+    try:
+        pickle.loads(data)
         return
     except Exception:
         pass
