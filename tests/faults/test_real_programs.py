@@ -263,6 +263,80 @@ def test_ctrl_c_while_the_main_thread_unpickles_a_reply_stays_a_keyboard_interru
     assert m.stats().clients == 1
 
 
+# -- a call that waits, left by its client --------------------------------------------------------
+# The connection's thread in the manager stayed in the call and completed it for nobody: the next
+# item put was taken (lost), the semaphore or lock taken (for ever), the notify() consumed.
+def _interrupt_when(predicate: Callable[[], Any]) -> threading.Thread:
+    """Ctrl-C this process (its main thread, this test's) once ``predicate`` holds."""
+
+    def interrupt() -> None:
+        wait_until(predicate, message="the call to wait in the manager")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    return thread
+
+
+def test_a_get_interrupted_while_it_waits_takes_no_item(manager: reflectmgr.Manager) -> None:
+    q = manager.Queue()
+    sleepers = q.not_empty._waiters  # the manager's own deque of waiting threads
+    interrupter = _interrupt_when(lambda: len(sleepers) == 1)
+    with pytest.raises(KeyboardInterrupt):
+        q.get()
+    interrupter.join()
+    q.put("item")
+    assert q.get(timeout=DEATH) == "item"
+    assert q.qsize() == 0
+
+
+def test_an_acquire_interrupted_while_it_waits_takes_nothing(manager: reflectmgr.Manager) -> None:
+    sem = manager.Semaphore(0)
+    sleepers = sem._cond._waiters
+    interrupter = _interrupt_when(lambda: len(sleepers) == 1)
+    with pytest.raises(KeyboardInterrupt):
+        sem.acquire()
+    interrupter.join()
+    sem.release()
+    assert sem.acquire(timeout=DEATH)
+
+
+@pytest.mark.parametrize("kind", ["queue", "condition"])
+def test_a_client_killed_while_it_waits_leaves_the_next_item_or_notify_to_the_others(
+    manager: reflectmgr.Manager, kind: str
+) -> None:
+    from .workers import wait_in
+
+    obj: Any = manager.Queue() if kind == "queue" else manager.Condition()
+    sleepers = obj.not_empty._waiters if kind == "queue" else obj._waiters
+    child = multiprocessing.get_context("spawn").Process(
+        target=wait_in, args=(obj, "get" if kind == "queue" else "wait")
+    )
+    child.start()
+    wait_until(lambda: len(sleepers) == 1, CHILD, "the child to wait in the manager")
+    child.kill()
+    child.join(DEATH)
+    assert child.exitcode == -signal.SIGKILL
+    # a live waiter, behind the dead one
+    if kind == "queue":
+        thread, out = in_thread(lambda: obj.get(timeout=DEATH))
+    else:
+
+        def wait() -> bool:
+            with obj:
+                return bool(obj.wait(DEATH))
+
+        thread, out = in_thread(wait)
+    wait_until(lambda: len(sleepers) == 2, message="the second waiter")
+    if kind == "queue":
+        obj.put("task")
+    else:
+        with obj:
+            obj.notify()  # one: the dead waiter is first in line
+    thread.join(DEATH + PROMPT)
+    assert out == ["task" if kind == "queue" else True]
+
+
 def test_releases_riding_on_a_message_that_fails_to_unpickle_are_applied(m: reflectmgr.Manager) -> None:
     src = m.dict({str(i): [i] for i in range(50)})
     base = baseline_objects(m)

@@ -99,3 +99,12 @@ def lock_while_another_thread_waits(lock: Any, q: Any, acquired: Any) -> None:
     lock.acquire()
     acquired.set()
     time.sleep(600)  # killed by the test
+
+
+def wait_in(obj: Any, method: str) -> None:
+    """Block in ``obj.method()`` (a queue's get, a condition's wait...) until killed."""
+    if method == "wait":
+        with obj:
+            obj.wait()
+    else:
+        getattr(obj, method)()
