@@ -19,7 +19,6 @@ from __future__ import annotations
 import pickle
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -39,21 +38,18 @@ from .._wire.codec import (
 )
 from .._wire.exceptions import compact, without_init
 from .._wire.memo_guard import check as check_memo
-from .._wire.opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES, Msg, Op
+from .._wire.opcodes import FLAG_OOB, FLAG_REFS, FLAG_RELEASES, Msg
 from .._wire.tracebacks import capture, render
 from ..errors import ProtocolError, ReflectmgrError, RemoteError
-from . import waits
 from .dispatch import HANDLERS, NO_CALL, Handler, HandlerContext
 from .export import LOCAL_BASE, Describer, Ref, Value, plan
 from .inline import WouldBlock
 from .restricted import Restriction
 
 _getrefcount = sys.getrefcount
-_clock = time.monotonic_ns
 _loads = pickle.loads
 _REQUEST, _OK, _ERR, _REF = int(Msg.REQUEST), int(Msg.OK), int(Msg.ERR), int(Msg.REF)
 _KINDS = (_REQUEST, _OK, _ERR, _REF)  # a tuple: a malformed kind may be unhashable
-_WAITING_OPS = frozenset((int(Op.CALLMETHOD), int(Op.DUNDER)))  # calls that may wait (waits.py)
 _tls = threading.local()
 
 
@@ -257,26 +253,17 @@ class Channel:
 
     def _dispatch(self, op: Any, oid: Any, args: tuple[Any, ...], handle: Handler | None = None) -> bool:
         """Run the request and send the reply. With ``handle`` (a trial of the dispatcher's, see
-        inline.py) returns False, having done nothing, if the call would block; without, this is
-        the connection's own thread, where a call that waits is looked after (waits.py)."""
-        watch = False
+        inline.py) returns False, having done nothing, if the call would block."""
         if handle is None:
             handle = HANDLERS.get(op) if type(op) is int else None
             if handle is None:
                 self._send_error(ProtocolError(f"unknown operation {op!r}"))
                 return True
-            watch = op in _WAITING_OPS
         self.served += 1
         try:
             if self.restriction is not None:
                 self.restriction.check(op, args)
-            if watch:
-                began = _clock()
-                result = handle(self.peer, oid, *args)
-                if _clock() - began > waits.WAITED_NS:
-                    result = waits.settle(self.peer, self.transport, op, oid, args, result)
-            else:
-                result = handle(self.peer, oid, *args)
+            result = handle(self.peer, oid, *args)
             shared = _getrefcount(result) > LOCAL_BASE  # before anything else takes a reference
         except WouldBlock:
             return False

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from .._wire.dunders import DUNDERS
 from .._wire.opcodes import Op
 from ..errors import ProtocolError
+from . import waits
 from .export import Ref, Value
 from .table import Account, ObjectTable
 
@@ -86,14 +87,19 @@ def _call(ctx: HandlerContext, oid: int, args: Any, kwargs: Any) -> Any:
 
 @handler(Op.CALLMETHOD)
 def _callmethod(ctx: HandlerContext, oid: int, name: str, args: Any, kwargs: Any) -> Any:
+    if name in waits.NAMES:  # acquire, get, wait...: given back if the client leaves meanwhile
+        return waits.call(ctx, oid, name, args, kwargs)
     return getattr(ctx.table.resolve(oid), name)(*args, **kwargs)
 
 
 _REMOTE = [d.remote for d in DUNDERS]
+_ENTER = waits.ENTER
 
 
 @handler(Op.DUNDER)
 def _dunder(ctx: HandlerContext, oid: int, index: int, args: Any) -> Any:
+    if index == _ENTER:  # as acquire() (waits.py)
+        return waits.enter(ctx, oid, args)
     return _REMOTE[index](ctx.table.resolve(oid), *args)
 
 

@@ -12,8 +12,8 @@ connection ends:
     Lock / RLock / Semaphore / BoundedSemaphore / Condition: acquire, __enter__ -> released
     Condition.wait, wait_for   -> the notification passed on, the lock wait() took back let go
 
-A call that does not wait pays two clock reads: only one that took longer than ``WAITED_NS`` is
-looked after (a wait cut short sooner than that, and a reply already sent, may still be lost with
+dispatch.py sends these methods here (by name, and ``__enter__``); one that does not wait pays
+two clock reads: only one that took longer than ``WAITED_NS`` is looked after (a wait cut short sooner than that, and a reply already sent, may still be lost with
 their client). Objects of the user's that wait in their own code get no such care.
 """
 
@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .._wire.dunders import DUNDERS
-from .._wire.opcodes import Op
 from .queues import Queue
-
-_CALLMETHOD, _DUNDER = int(Op.CALLMETHOD), int(Op.DUNDER)
-_DUNDER_NAMES = [d.name for d in DUNDERS]
 
 
 def _release(obj: Any, result: Any) -> None:
@@ -67,37 +64,48 @@ UNDO: dict[type, dict[str, Undo]] = {
     queue.Queue: {"get": _put_back},
     Queue: {"get": _put_back},
 }
-WAITED_NS = 100_000  # a call on the connection's thread that took longer is taken to have waited
+WAITED_NS = 100_000  # a call that took longer is taken to have waited
+_clock = time.monotonic_ns
+# The methods dispatch.py sends here (the rest run as they are): by name, and __enter__.
+NAMES = frozenset(name for methods in UNDO.values() for name in methods if not name.startswith("__"))
+ENTER = [d.name for d in DUNDERS].index("__enter__")
+_ENTER_REMOTE = DUNDERS[ENTER].remote
 
 
-def watched(op: Any, obj: Any, args: tuple[Any, ...]) -> tuple[str, Undo] | None:
-    """``(method name, undo)`` if this request is a call to look after (see the module), else None."""
-    undo = UNDO.get(type(obj))
-    if undo is None:
-        return None
-    if op == _CALLMETHOD:
-        name = args[0]
-    elif op == _DUNDER and type(args[0]) is int and 0 <= args[0] < len(_DUNDER_NAMES):
-        name = _DUNDER_NAMES[args[0]]
-    else:
-        return None
-    how = undo.get(name) if type(name) is str else None
-    return None if how is None else (name, how)
-
-
-def settle(ctx: Any, transport: Any, op: int, oid: int, args: tuple[Any, ...], result: Any) -> Any:
-    """``result`` of a call that waited: if it is one to look after and its client left while it
-    waited, give back what it took and raise ``EOFError`` (nobody is there for the reply)."""
-    try:
-        obj = ctx.table.resolve(oid)
-    except Exception:  # released meanwhile: nothing to look after
-        return result
-    found = watched(op, obj, args)
-    if found is None:
-        return result
-    try:
-        transport.check_peer()
-    except (EOFError, OSError):
-        found[1](obj, result)
-        raise
+def call(ctx: Any, oid: int, name: str, args: Any, kwargs: Any) -> Any:
+    """``obj.name(*args, **kwargs)``, looked after if it waits (see the module)."""
+    obj = ctx.table.resolve(oid)
+    began = _clock()
+    result = getattr(obj, name)(*args, **kwargs)
+    if _clock() - began > WAITED_NS:
+        _settle(obj, name, result)
     return result
+
+
+def enter(ctx: Any, oid: int, args: Any) -> Any:
+    """``obj.__enter__(*args)``, looked after if it waits."""
+    obj = ctx.table.resolve(oid)
+    began = _clock()
+    result = _ENTER_REMOTE(obj, *args)
+    if _clock() - began > WAITED_NS:
+        _settle(obj, "__enter__", result)
+    return result
+
+
+def _settle(obj: Any, name: str, result: Any) -> None:
+    """If ``obj.name`` is a call to look after and the client of the request being served left
+    while it waited: give back what it took, and raise ``EOFError`` (nobody is there for the
+    reply)."""
+    undo = UNDO.get(type(obj), {}).get(name)
+    if undo is None:
+        return
+    from .channel import serving  # the channel builds on the handlers, not the reverse
+
+    channel = serving()
+    if channel is None:
+        return
+    try:
+        channel.transport.check_peer()
+    except (EOFError, OSError):
+        undo(obj, result)
+        raise
