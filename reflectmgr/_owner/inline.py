@@ -112,8 +112,8 @@ def _blocking(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, .
 
 def _acquire(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     blocking = _blocking(args, kwargs, ("blocking", "timeout"))
-    if blocking is None:
-        raise WouldBlock
+    if blocking is None or (not blocking and (len(args) > 1 or "timeout" in kwargs)):
+        raise WouldBlock  # the real call says what is wrong (a timeout for a call that does not wait)
     if obj.acquire(False):
         return True
     if blocking:

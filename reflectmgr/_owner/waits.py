@@ -13,8 +13,9 @@ connection ends:
     Condition.wait, wait_for   -> the notification passed on, the lock wait() took back let go
 
 dispatch.py sends these methods here (by name, and ``__enter__``); one that does not wait pays
-two clock reads: only one that took longer than ``WAITED_NS`` is looked after (a wait cut short sooner than that, and a reply already sent, may still be lost with
-their client). Objects of the user's that wait in their own code get no such care.
+two clock reads: only one that took longer than ``WAITED_NS`` is looked after (a wait cut short
+sooner than that, and a reply already sent, may still be lost with their client). Objects of the
+user's that wait in their own code get no such care.
 """
 
 from __future__ import annotations

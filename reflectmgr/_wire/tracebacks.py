@@ -41,7 +41,13 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # serving callbacks): its frames come first in a traceback caught by the channel.
 _PLUMBING = frozenset(
     os.path.join(_PACKAGE, *parts)
-    for parts in (("_owner", "channel.py"), ("_owner", "dispatch.py"), ("_owner", "inline.py"), ("_wire", "dunders.py"))
+    for parts in (
+        ("_owner", "channel.py"),
+        ("_owner", "dispatch.py"),
+        ("_owner", "inline.py"),
+        ("_owner", "waits.py"),
+        ("_wire", "dunders.py"),
+    )
 )
 
 

@@ -298,6 +298,12 @@ def test_an_error_of_a_builtin_operation_comes_without_a_remote_traceback(manage
     assert isinstance(e, reflectmgr.RemoteError) and e.args == ("zz",) and str(e) == "'zz'"
     assert e.__cause__ is None and e.traceback_text == ""
     assert not hasattr(ns, "nope") and getattr(ns, "nope", 5) == 5
+    # A lock's own complaint, on the way that looks after calls that wait (waits.py): no frame
+    # of that way either (and the dispatcher's trial leaves the call to say what is wrong)
+    lock = manager.Lock()
+    with pytest.raises(ValueError, match="timeout") as info1:
+        lock.acquire(False, 1)
+    assert info1.value.__cause__ is None and not lock.locked()
     # An OSError raised by C is the object's answer too, not a broken connection.
     f = manager.new(Failing)
     with pytest.raises(FileNotFoundError) as info2:

@@ -99,6 +99,9 @@ def test_a_lock_is_taken_inline_when_free_and_handed_over_when_not() -> None:
     with pytest.raises(WouldBlock):
         _trial(peer, oid, "acquire", timeout=5)
     assert _trial(peer, oid, "acquire", False) is False  # non-blocking: answered inline
+    for args, kwargs in (((False, 1), {}), ((False,), {"timeout": 1})):
+        with pytest.raises(WouldBlock):  # a timeout for a call that does not wait: the real call's ValueError
+            _trial(peer, oid, "acquire", *args, **kwargs)
     assert _trial(peer, oid, "release") is None and not lock.locked()
     with pytest.raises(WouldBlock):
         _trial(peer, oid, "acquire", True, blocking=True)  # a shape the real call must judge
