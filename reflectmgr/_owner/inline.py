@@ -133,10 +133,17 @@ def _event_wait(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return True
 
 
+def _odd_timeout(block: Any, timeout: Any) -> bool:
+    """A timeout the real call may refuse (a negative one, with ``block``): let it say so."""
+    return bool(block) and timeout is not None and not (type(timeout) in (int, float) and timeout >= 0)
+
+
 def _queue_put(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not args or len(args) > 3 or any(k not in ("block", "timeout") for k in kwargs):
         raise WouldBlock
     block = args[1] if len(args) > 1 else kwargs.get("block", True)
+    if _odd_timeout(block, args[2] if len(args) > 2 else kwargs.get("timeout")):
+        raise WouldBlock
     try:
         obj.put(args[0], False)
     except queue.Full:
@@ -150,6 +157,8 @@ def _queue_get(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if len(args) > 2 or any(k not in ("block", "timeout") for k in kwargs):
         raise WouldBlock
     block = args[0] if args else kwargs.get("block", True)
+    if _odd_timeout(block, args[1] if len(args) > 1 else kwargs.get("timeout")):
+        raise WouldBlock
     try:
         return obj.get(False)
     except queue.Empty:

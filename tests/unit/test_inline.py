@@ -121,6 +121,11 @@ def test_queue_and_event_trials() -> None:
         _trial(peer, qid, "put", 2)  # full: a blocking put waits on the connection's thread
     with pytest.raises(queue.Full):
         _trial(peer, qid, "put", 2, block=False)
+    for args, kwargs in (((), {"timeout": -1}), ((True, -1), {})):
+        with pytest.raises(WouldBlock):  # the real call's ValueError, though an item is there
+            _trial(peer, qid, "get", *args, **kwargs)
+    assert _trial(peer, qid, "get", timeout=5) == 1  # a timeout that need not wait: inline
+    assert _trial(peer, qid, "put", 1, timeout=0.5) is None
     assert _trial(peer, qid, "get") == 1
     with pytest.raises(WouldBlock):
         _trial(peer, eid, "wait")
