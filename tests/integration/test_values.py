@@ -53,15 +53,17 @@ def test_a_fresh_result_that_does_not_pickle_stays_in_the_manager(m: reflectmgr.
         reflectmgr.value(holder)  # asked for by value: still the error
 
 
-def test_json_takes_a_local_copy_and_its_python_encoder_the_proxy(m: reflectmgr.Manager) -> None:
+def test_code_that_asks_for_the_real_type_takes_a_local_copy(m: reflectmgr.Manager) -> None:
     # docs/semantics.md, "Code that asks for the real type"
     import json
 
-    d = m.dict(a=[1], b={"c": 2})
-    assert json.loads(json.dumps(reflectmgr.value(d))) == {"a": [1], "b": {"c": 2}}
-    assert json.loads(json.dumps(d, indent=1)) == {"a": [1], "b": {"c": 2}}  # isinstance: it passes
+    d, lst = m.dict(a=[1], b={"c": 2}), m.list([1, 2])
     with pytest.raises(TypeError, match="not JSON serializable"):
-        json.dumps(d)  # the C encoder wants the exact type
+        json.dumps(d)  # json's C encoder wants the exact type
+    assert json.loads(json.dumps(reflectmgr.value(d))) == {"a": [1], "b": {"c": 2}}
+    with pytest.raises(TypeError):
+        [0] + lst  # noqa: RUF005 - the point: list's own concatenation refuses the proxy
+    assert [0] + list(lst) == [0, 1, 2] and lst + [3] == [1, 2, 3]
 
 
 def test_value_is_a_deep_local_copy(m: reflectmgr.Manager) -> None:
