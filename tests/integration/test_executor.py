@@ -12,6 +12,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import psutil
 import pytest
 
 import reflectmgr
@@ -271,7 +272,11 @@ if __name__ == "__main__":
                 ex.submit(unbox, Box(7)).result(), ex.submit(unbox, Inner(8)).result(),
                 list(ex.map(unbox, [Inner(9)])),
             )
+            import psutil  # here: the workers run the top level, and psutil loads in no subinterpreter
+
+            started = [child.pid for child in psutil.Process().children(recursive=True)]
         print(refused)
+        print(*started)
 """
 
 
@@ -290,7 +295,9 @@ def test_a_task_from_the_main_script_sees_its_workers_globals_or_travels_by_valu
         args = [sys.executable, "main_script.py", how]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=CHILD)
     assert proc.returncode == 0, proc.stderr
-    *lines, refused = proc.stdout.splitlines()
+    *lines, refused, started = proc.stdout.splitlines()
+    for pid in map(int, started.split()):  # the manager, the workers: gone with the program
+        wait_until(lambda pid=pid: not psutil.pid_exists(pid), DEATH, f"process {pid} to exit")
     by_value = "-4 [-5] 3 [3] 7 8 [9]"  # the block's own twice(), and its class, travel by value
     if how == "package":  # no script the workers run: an initializer of its own cannot be found
         assert lines == [by_value]
