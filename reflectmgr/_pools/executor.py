@@ -77,6 +77,17 @@ class ManagerExecutor(ProcessPoolExecutor):
         # hook and a copy of the executor whose locks its parent's threads may have held.
         threading._register_atexit(_shutdown_at_exit, weakref.ref(self), os.getpid())  # type: ignore[attr-defined]
 
+    def _adjust_process_count(self) -> None:
+        # Run by the pool's manager thread when a worker exited at its max_tasks_per_child: the
+        # stdlib's asks the idle-worker semaphore first, which may hold a token of a worker now
+        # gone, and then spawns none, so that a backlog of tasks waits for ever (CPython
+        # gh-115634, 3.11 to 3.14; fixed the same way upstream). Replace the worker outright.
+        if threading.current_thread() is getattr(self, "_executor_manager_thread", None):
+            if len(self._processes) < self._max_workers:  # type: ignore[attr-defined]
+                self._spawn_process()
+            return
+        super()._adjust_process_count()
+
     def _spawn_process(self) -> None:
         # A worker needs nothing from __main__ either (tasks from there travel by value): a
         # script read from stdin can use the executor (spawning.py). The stdlib's method since 3.9.

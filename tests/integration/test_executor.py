@@ -183,6 +183,22 @@ def test_initializer_and_shutdown_cancel(m: reflectmgr.Manager) -> None:
     assert any(f.cancelled() for f in slow)
 
 
+def test_workers_that_reach_max_tasks_per_child_are_replaced_while_a_backlog_waits(m: reflectmgr.Manager) -> None:
+    # ProcessPoolExecutor's own replacement asks its idle-worker semaphore first, which may hold a
+    # token of the worker that just left: it spawned none and the backlog waited for ever
+    # (CPython gh-115634, 3.11-3.14); here too, until the executor replaced the worker outright.
+    ex = m.executor(1, max_tasks_per_child=2)
+    try:
+        futures = [ex.submit(os.getpid) for _ in range(8)]
+        pids = [f.result(CHILD) for f in futures]
+        assert len(set(pids)) == 4 and all(pids.count(pid) == 2 for pid in pids)
+        assert sorted(ex.map(abs, range(-5, 1))) == [0, 1, 2, 3, 4, 5]  # map's backlog too
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    for pid in set(pids):
+        wait_until(lambda pid=pid: not psutil.pid_exists(pid), DEATH, f"worker {pid} to exit")
+
+
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="checks the error given below Python 3.13")
 def test_interpreter_pool_below_313_names_the_version(m: reflectmgr.Manager) -> None:
     with pytest.raises(reflectmgr.ReflectmgrError, match=r"Python 3\.13 or newer.*this is Python 3\.1[0-2]"):
