@@ -219,22 +219,25 @@ def as_remote(exc: BaseException) -> BaseException:
             try:
                 new = reflected(*rv[1])  # what unpickling did, with the reflected type
             except Exception:  # an __init__ that does not take its own args: built without it
-                new = _bare(reflected, exc)
+                new = built_without_init(reflected, exc.args, exc.__dict__)
             else:
                 if len(rv) > 2 and rv[2]:
                     new.__setstate__(rv[2])
         else:  # a custom reduce: the same args and attributes on a bare instance
-            new = _bare(reflected, exc)
+            new = built_without_init(reflected, exc.args, exc.__dict__)
     except Exception:
         return exc
     return new
 
 
-def _bare(reflected: Any, exc: BaseException) -> BaseException:
-    """An instance of ``reflected`` with ``exc``'s args and attributes, ``__init__`` not called."""
-    new: BaseException = reflected.__new__(reflected, *exc.args)
-    new.args = exc.args
-    new.__dict__.update(exc.__dict__)
+def built_without_init(cls: Any, args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
+    """An instance of exception class ``cls`` with ``args`` and the attributes ``state``, made by
+    ``__new__`` as an exception's ``args`` are, ``__init__`` not called (also what
+    ``_wire/exceptions.without_init`` pickles: an exception whose ``__init__`` refuses its args)."""
+    new: BaseException = cls.__new__(cls, *args)
+    new.args = args
+    if state:
+        new.__dict__.update(state)
     return new
 
 

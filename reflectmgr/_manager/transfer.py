@@ -131,9 +131,14 @@ def _named_from_main(fn: Any) -> bool | None:
 
 def _by_name(obj: Any) -> bool:
     """A function or class that the workers find by name (pickle's own check aside)."""
-    if type(obj) is not types.FunctionType and not isinstance(obj, type):
-        return False
-    return obj.__module__ != "__main__" or found_in_children(obj)
+    return (type(obj) is types.FunctionType or isinstance(obj, type)) and _found(obj) is not False
+
+
+def _found(obj: Any) -> bool | None:
+    """None if ``obj`` is not a function or class of ``__main__``; else whether the workers find it."""
+    if (type(obj) is types.FunctionType or isinstance(obj, type)) and obj.__module__ == "__main__":
+        return found_in_children(obj)
+    return None
 
 
 class _ByName(pickle.Pickler):
@@ -143,9 +148,8 @@ class _ByName(pickle.Pickler):
     its initializer set there."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if (type(obj) is types.FunctionType or isinstance(obj, type)) and obj.__module__ == "__main__":
-            if not found_in_children(obj):
-                raise pickle.PicklingError(f"{obj!r} is not found by name in the workers")
+        if _found(obj) is False:
+            raise pickle.PicklingError(f"{obj!r} is not found by name in the workers")
         return NotImplemented  # pickle's own
 
 
@@ -155,11 +159,7 @@ class _ByValue(cloudpickle.Pickler):  # type: ignore[misc]
     anything where the workers do not run the script) by value, in globals of its own."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if (
-            isinstance(obj, (types.FunctionType, type))
-            and getattr(obj, "__module__", None) == "__main__"
-            and found_in_children(obj)
-        ):
+        if _found(obj):
             return NotImplemented  # pickle's own: by name
         return super().reducer_override(obj)
 

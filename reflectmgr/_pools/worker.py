@@ -95,14 +95,14 @@ def run_task(blob: bytes) -> Any:
     try:
         result = execute(blob)
     except BaseException as exc:
-        _loadable(exc)
+        _make_loadable(exc)
         raise
     if plain(result):
         return result  # the executor's own pickling does it (proxies reduce themselves)
     return _ByCloudpickle(result)
 
 
-def _loadable(exc: BaseException) -> None:
+def _make_loadable(exc: BaseException) -> None:
     """Make sure the executor's pickle of ``exc`` loads in the caller. One whose ``__init__``
     refuses its own ``args`` (``super().__init__(msg)`` with other parameters) pickles, but
     loading it fails in the caller's result thread, which then breaks the whole pool ("terminated

@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
-from ..errors import ProtocolError, reflected_type
+from ..errors import ProtocolError, built_without_init, reflected_type
 from .codec import plain
 
 
@@ -48,7 +48,7 @@ def rebuild(named: Any, remote: bool = False) -> BaseException:
 
 def without_init(exc: BaseException) -> Any:
     """A stand-in that pickles ``exc`` as its class, ``args`` and attributes, to be built again
-    by :func:`restore` without calling ``__init__``; None if its class has a reduce of its own
+    by :func:`~reflectmgr.errors.built_without_init`; None if its class has a reduce of its own
     (which then says how it travels, or that it does not)."""
     cls = type(exc)
     if cls.__reduce__ is not BaseException.__reduce__ or cls.__reduce_ex__ is not object.__reduce_ex__:
@@ -64,14 +64,4 @@ class _WithoutInit:
 
     def __reduce__(self) -> tuple[Any, ...]:
         exc = self.exc
-        return (restore, (type(exc), exc.args, exc.__dict__ or None))
-
-
-def restore(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
-    """The exception :func:`without_init` described: made by its class's ``__new__``, as an
-    exception's ``args`` are, with its attributes."""
-    exc = cls.__new__(cls, *args)
-    exc.args = args
-    if state:
-        exc.__setstate__(state)  # BaseException's: the attributes
-    return exc
+        return (built_without_init, (type(exc), exc.args, exc.__dict__ or None))
