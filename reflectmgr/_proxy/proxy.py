@@ -13,6 +13,7 @@ Attributes of a proxy itself all start with ``_rm_``; every other name is the re
 
 from __future__ import annotations
 
+import collections.abc
 import sys
 import time
 from collections.abc import Iterator
@@ -56,9 +57,23 @@ class Proxy(PlainReduce):  # proxies reduce themselves with plain pickle (see co
     _rm_desc: TypeDesc
     _rm_local_class: type | None = None
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """``type(p)(...)`` builds a local object of the remote type, as ``p.__class__(...)`` does:
+        the idiom for "another of the same kind" (``dataclasses.asdict``, ``copy`` helpers, a
+        ``type(self)(...)`` in user code). Proxies themselves are made by :func:`new_proxy`."""
+        local = cls._rm_local_class
+        if local is None:
+            raise TypeError(
+                f"cannot build a local {cls.__qualname__} from its proxy's type: the class is not "
+                f"importable in this process (its module {cls._rm_desc[1]!r} is not imported here)"
+            )
+        return local(*args, **kwargs)
+
     # Any: a proxy stands for an object of any type; its attributes are whatever the remote has.
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_rm_"):
+        if name.startswith("_rm_") or name == "__dataclass_fields__":
+            # __dataclass_fields__ only from the local class (proxy_class): the remote one's
+            # fields would not be dataclasses' own (fields(p) would answer [] for any dataclass).
             raise AttributeError(name)
         return self._rm_link.call(_GETATTR, self._rm_oid, name)
 
@@ -204,6 +219,7 @@ _SPECIAL = {"__iter__": _iter, "__reversed__": _reversed, "__call__": _call}
 _DUNDER_METHODS = [
     _SPECIAL.get(d.name) or (_make_exit(i) if d.name == "__exit__" else _make_dunder(i)) for i, d in enumerate(DUNDERS)
 ]
+_TPFLAGS_SEQUENCE, _TPFLAGS_MAPPING = 1 << 5, 1 << 6  # Py_TPFLAGS_SEQUENCE, Py_TPFLAGS_MAPPING
 _HASH = next(i for i, d in enumerate(DUNDERS) if d.name == "__hash__")
 
 
@@ -219,9 +235,23 @@ def proxy_class(desc: TypeDesc) -> type[Proxy]:
     if _HASH not in supported:
         ns["__hash__"] = None
     ns.update(LOCAL_METHODS.get((module, qualname), {}))
-    ns["_rm_local_class"] = _local_class(module, qualname)
-    cls: type[Proxy] = type(name, (Proxy,), ns)
+    local = ns["_rm_local_class"] = _local_class(module, qualname)
+    if local is not None and hasattr(local, "__dataclass_fields__"):
+        # dataclasses looks at type(p): fields(), asdict(), astuple() and replace() then work on
+        # a proxy, reading each field remotely (replace() builds a local object, as p.__class__).
+        ns["__dataclass_fields__"] = local.__dataclass_fields__
+        ns["__dataclass_params__"] = getattr(local, "__dataclass_params__", None)
+    # "list proxy": in the errors of code that wants the real type ("heappush() argument 1 must
+    # be list, not list proxy", "Object of type dict proxy is not JSON serializable").
+    cls: type[Proxy] = type(f"{name} proxy", (Proxy,), ns)
     cls.__qualname__ = qualname
+    if local is not None:
+        # A match statement's sequence and mapping patterns look at the type's flags, not at
+        # isinstance: registering with the ABC sets them (case [x, *rest] on a list proxy).
+        if local.__flags__ & _TPFLAGS_SEQUENCE:
+            collections.abc.Sequence.register(cls)
+        elif local.__flags__ & _TPFLAGS_MAPPING:
+            collections.abc.Mapping.register(cls)
     return cls
 
 

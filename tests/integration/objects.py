@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -20,6 +21,13 @@ class Inventory:
 
     def total(self) -> int:
         return sum(r["qty"] for r in self.items.values())
+
+
+@dataclasses.dataclass
+class Record:
+    name: str
+    tags: list[str] = dataclasses.field(default_factory=list)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Vector:

@@ -198,3 +198,23 @@ def test_a_bound_method_is_the_remote_method_wherever_it_goes(manager: reflectmg
     assert q.get() == 3
     with pytest.raises(AttributeError):
         q.no_such_method  # noqa: B018
+
+
+def test_match_statement_patterns(manager: reflectmgr.Manager) -> None:
+    # Sequence and mapping patterns look at the type's flags, which isinstance does not set.
+    lst, d = manager.list([1, 2, 3]), manager.dict(kind="point", at={"x": 1})
+    match lst:
+        case [first, *rest]:
+            assert (first, rest) == (1, [2, 3])
+        case _:
+            pytest.fail("a list proxy does not match a sequence pattern")
+    match d:
+        case {"kind": "point", "at": {"x": x}}:
+            assert x == 1
+        case _:
+            pytest.fail("a dict proxy does not match a mapping pattern")
+    match manager.new(bytearray, b"ab"):
+        case [*_]:
+            pytest.fail("a bytearray matched a sequence pattern")  # as locally: it does not
+        case bytearray():
+            pass

@@ -7,7 +7,7 @@ import pytest
 import reflectmgr
 
 from ..helpers import second_session
-from .objects import Failing, Inventory, make_pair
+from .objects import Failing, Inventory, Record, make_pair
 
 
 def test_nested_mutation_reaches_the_manager(m: reflectmgr.Manager) -> None:
@@ -63,7 +63,49 @@ def test_code_that_asks_for_the_real_type_takes_a_local_copy(m: reflectmgr.Manag
     assert json.loads(json.dumps(reflectmgr.value(d))) == {"a": [1], "b": {"c": 2}}
     with pytest.raises(TypeError):
         [0] + lst  # noqa: RUF005 - the point: list's own concatenation refuses the proxy
+    with pytest.raises(TypeError, match="must be list, not list proxy"):  # the proxy says so
+        __import__("heapq").heappush(lst, 0)
     assert [0] + list(lst) == [0, 1, 2] and lst + [3] == [1, 2, 3]  # noqa: RUF005 - the recipe itself
+
+
+def test_a_dataclass_proxy_works_with_dataclasses_functions(m: reflectmgr.Manager) -> None:
+    # fields(p) answered [] (the remote Fields' sentinel is not this process's), asdict() and
+    # replace() refused the proxy: dataclasses looks at type(p), which now carries the local
+    # class's fields, and type(p)(...) builds a local object as p.__class__(...) does.
+    import dataclasses
+
+    r = m.new(Record, "a", ["x"])
+    r.tags.append("y")  # a field living in the manager: its proxy
+    assert dataclasses.is_dataclass(r) and [f.name for f in dataclasses.fields(r)] == ["name", "tags", "meta"]
+    assert dataclasses.asdict(r) == {"name": "a", "tags": ["x", "y"], "meta": {}}
+    assert type(dataclasses.asdict(r)["tags"]) is list and dataclasses.astuple(r) == ("a", ["x", "y"], {})
+    other = dataclasses.replace(r, name="b")  # a new, local record, sharing the manager's tags
+    assert type(other) is Record and other.name == "b" and r.name == "a"
+    other.tags.append("z")
+    assert r.tags == ["x", "y", "z"]
+    match r:
+        case Record(name="a", tags=[*tags]):
+            assert tags == ["x", "y", "z"]
+        case _:
+            pytest.fail("a Record proxy does not match Record(...)")
+    assert type(m.list([1]))("ab") == ["a", "b"] and type(type(m.dict())(a=1)) is dict
+
+
+def test_a_proxy_whose_class_is_not_here_is_no_dataclass_and_builds_nothing(m: reflectmgr.Manager) -> None:
+    import dataclasses
+    import sys
+
+    module = m.new(__import__("importlib").import_module, "tests.integration.manager_only")
+    assert "tests.integration.manager_only" not in sys.modules  # nothing local to mirror
+    # module.Unseen itself would come back by name, importing the module here: a proxy of it
+    u = m.new(m.new(getattr, module, "Unseen"), 3)
+    assert reflectmgr.is_proxy(u) and u.x == 3
+    assert not dataclasses.is_dataclass(u)  # not a wrong answer such as fields(u) == ()
+    with pytest.raises(TypeError, match="dataclass"):
+        dataclasses.fields(u)
+    with pytest.raises(TypeError, match="not importable in this process"):
+        type(u)()
+    assert "tests.integration.manager_only" not in sys.modules
 
 
 def test_value_is_a_deep_local_copy(m: reflectmgr.Manager) -> None:
