@@ -115,6 +115,9 @@ class Client(Transfers, ForkHandling, Link):
         self._idle_since: float | None = None
         self.ssl_context = registry.tls.get(registry.key(address))
         self.closed = False
+        # Set by Manager.shutdown() before it asks the manager to stop: a call that loses its
+        # connection from then on was stopped on purpose (ManagerClosedError, not Broken).
+        self.stopping = False
         self._pool: deque[Channel] = deque()
         self._generation = registry.generation[0]
         self._token = os.urandom(16)
@@ -267,8 +270,8 @@ class Client(Transfers, ForkHandling, Link):
             ) from exc
         elif isinstance(exc, (OSError, EOFError)):
             channel.transport.close()
-            if self.closed:
-                raise ManagerClosedError("the manager was shut down") from exc
+            if self.closed or self.stopping:
+                raise ManagerClosedError(f"the manager at {self.address!r} was shut down") from exc
             raise BrokenManagerError(
                 f"lost the connection to the manager at {self.address!r} (pid {self.manager_pid}): "
                 "it exited or was killed"

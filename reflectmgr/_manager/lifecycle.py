@@ -445,6 +445,7 @@ def _shutdown(client: Client, process: Any, owner_pid: int, timeout: float, secr
     except psutil.Error:
         children = []
     grace = timeout
+    client.stopping = True
     try:
         client.call_within(timeout, Op.SHUTDOWN, 0, secret)
     except ManagerTimeoutError:

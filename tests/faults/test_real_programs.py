@@ -301,6 +301,20 @@ def test_an_acquire_interrupted_while_it_waits_takes_nothing(manager: reflectmgr
     assert sem.acquire(timeout=DEATH)
 
 
+def test_a_call_waiting_when_its_owner_shuts_the_manager_down_says_closed(transport: str) -> None:
+    # It said BrokenManagerError, "it exited or was killed": the connection's end reached the
+    # thread before shutdown() marked the client closed.
+    address = ("127.0.0.1", 0) if transport == "tcp" else None
+    with reflectmgr.Manager(address, transport=transport) as mgr:
+        q = mgr.Queue()
+        sleepers = q.not_empty._waiters
+        t, out = in_thread(q.get)
+        wait_until(lambda: len(sleepers) == 1, PROMPT, "the get to wait in the manager")
+    t.join(PROMPT)
+    assert not t.is_alive() and len(out) == 1
+    assert isinstance(out[0], reflectmgr.ManagerClosedError) and "shut down" in str(out[0]), out
+
+
 @pytest.mark.parametrize("kind", ["queue", "condition"])
 def test_a_client_killed_while_it_waits_leaves_the_next_item_or_notify_to_the_others(
     manager: reflectmgr.Manager, kind: str
