@@ -12,8 +12,10 @@ next door: the release flusher (flusher.py), proxies leaving the process (transf
 
 from __future__ import annotations
 
+import atexit
 import os
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -78,6 +80,16 @@ def get_client(address: Address, authkey: bytes | None = None, *, implicit: bool
 class Client(Transfers, ForkHandling, Link):
     """``address``: where this client connects. ``public_address``: where *other processes* reach
     the same manager (differs for an in-process owner, whose own interpreters use pipes)."""
+
+    # A __del__ run while the interpreter exits may call a proxy after this module's globals were
+    # cleared (None): a closed client raises through the class, not a global, so the caller reads
+    # ManagerClosedError, not "'NoneType' object is not subscriptable".
+    _Closed = ManagerClosedError
+
+    def _closed_error(self) -> ManagerClosedError:
+        if self.stopping:
+            return self._Closed(f"the manager at {self.address!r} was shut down")
+        return self._Closed(f"the connection to the manager at {self.address!r} was closed")
 
     def __init__(
         self,
@@ -164,6 +176,8 @@ class Client(Transfers, ForkHandling, Link):
         try:
             transport = connect(self.address, bound, self.ssl_context)
         except OSError as exc:
+            if self.closed or self.stopping:
+                raise self._closed_error() from exc
             raise BrokenManagerError(
                 f"cannot connect to the manager at {self.address!r}: {exc}. "
                 "Is it running, and is this the address it reported?"
@@ -193,6 +207,8 @@ class Client(Transfers, ForkHandling, Link):
             ) from exc
         except (OSError, EOFError) as exc:
             transport.dispose()
+            if self.closed or self.stopping:
+                raise self._closed_error() from exc
             raise BrokenManagerError(
                 f"the manager at {self.address!r} closed the connection during the handshake"
             ) from exc
@@ -208,10 +224,10 @@ class Client(Transfers, ForkHandling, Link):
         """Operation ``op`` on the manager's object ``oid`` with ``args`` (the op's record, see
         _wire/opcodes.py), through this thread's connection. Raises what the object raised,
         BrokenManagerError, ManagerClosedError, ManagerTimeoutError or ReflectmgrPicklingError."""
+        if self.closed:  # first, and through the class: see _Closed
+            raise self._closed_error()
         if self._generation != registry.generation[0]:
             self.adopt_inherited()
-        if self.closed:
-            raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
         mine = getattr(self._local, "mine", None)
         if mine is not None:
             channel = mine.channel
@@ -231,10 +247,10 @@ class Client(Transfers, ForkHandling, Link):
     def call_within(self, timeout: float | None, op: int, oid: int, *args: Any) -> Any:
         """:meth:`call` that waits at most ``timeout`` seconds for each answer of the manager;
         raises :class:`ManagerTimeoutError` after that (and drops the connection it waited on)."""
+        if self.closed:
+            raise self._closed_error()
         if self._generation != registry.generation[0]:
             self.adopt_inherited()
-        if self.closed:
-            raise ManagerClosedError(f"the connection to the manager at {self.address!r} was closed")
         channel, spare = self._checkout(timeout)  # a channel opened now: the handshake, within it too
         channel.transport.set_timeout(timeout)
         try:
@@ -271,7 +287,7 @@ class Client(Transfers, ForkHandling, Link):
         elif isinstance(exc, (OSError, EOFError)):
             channel.transport.close()
             if self.closed or self.stopping:
-                raise ManagerClosedError(f"the manager at {self.address!r} was shut down") from exc
+                raise self._closed_error() from exc
             raise BrokenManagerError(
                 f"lost the connection to the manager at {self.address!r} (pid {self.manager_pid}): "
                 "it exited or was killed"
@@ -399,6 +415,44 @@ class Client(Transfers, ForkHandling, Link):
 def _close_transports(transports: list[Any]) -> None:
     for transport in transports:
         transport.close()
+
+
+class _Exiting(Client):
+    """A client once the atexit functions ran (see _calls_checked_at_exit)."""
+
+    _finalizing = staticmethod(sys.is_finalizing)  # through the class: see Client._Closed
+
+    def call(self, op: int, oid: int, *args: Any) -> Any:
+        if self._finalizing():
+            raise self._exiting_error()
+        return super().call(op, oid, *args)
+
+    def call_within(self, timeout: float | None, op: int, oid: int, *args: Any) -> Any:
+        if self._finalizing():
+            raise self._exiting_error()
+        return super().call_within(timeout, op, oid, *args)
+
+    def _exiting_error(self) -> ManagerClosedError:
+        return self._Closed(
+            f"a call to the manager at {self.address!r} while this interpreter exits (a __del__ run "
+            "as it clears the modules, most likely): reflectmgr's own modules are already cleared; "
+            "the call was not made"
+        )
+
+
+def _calls_checked_at_exit() -> None:
+    """After the atexit functions the interpreter clears every module's globals, reflectmgr's
+    before ``__main__``'s (the last imported first): a ``__del__`` run then that calls a proxy
+    would fail inside our code, in any way. From here on each call first asks whether the
+    interpreter is finalizing and, if so, raises ManagerClosedError (costs nothing before)."""
+    with registry.lock:
+        clients = set(registry.clients.values())
+    for client in clients:
+        if type(client) is Client:
+            client.__class__ = _Exiting
+
+
+atexit.register(_calls_checked_at_exit)
 
 
 class _ThreadChannel:

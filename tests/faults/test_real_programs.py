@@ -116,6 +116,62 @@ def test_a_program_without_a_script_file_starts_a_manager_and_an_executor(how: s
         wait_until(lambda pid=pid: not psutil.pid_exists(pid), DEATH, f"process {pid} to exit")
 
 
+# A __del__ of the main module that calls a proxy as the program ends: it runs while the
+# interpreter clears its modules, reflectmgr's first. It failed inside reflectmgr with a
+# meaningless error ("'NoneType' object is not subscriptable", or a pickling error naming our own
+# message type). An atexit function of the program still works.
+_DEL_AT_EXIT = textwrap.dedent(
+    """
+    import atexit
+    import sys
+
+    import reflectmgr
+
+    class Holder:
+        def __init__(self, d):
+            self.d = d
+
+        def __del__(self):
+            self.d["bye"] = 1
+
+    if sys.argv[1] == "owner":
+        m = reflectmgr.Manager()
+        m.start()
+        d = m.dict()
+    else:
+        address, key = sys.argv[2:]
+        d = reflectmgr.connect(address, bytes.fromhex(key)).root
+    atexit.register(lambda: d.__setitem__("atexit", 1))
+    holder = Holder(d)
+    print(m.pid if sys.argv[1] == "owner" else 0)
+    """
+)
+
+
+@pytest.mark.parametrize("who", ["owner", "connected"])
+def test_a_del_calling_a_proxy_as_the_program_ends_gets_manager_closed_error(
+    m: reflectmgr.Manager, tmp_path: Path, who: str
+) -> None:
+    script = tmp_path / "del_at_exit.py"
+    script.write_text(_DEL_AT_EXIT)
+    proc = subprocess.run(
+        [sys.executable, str(script), who, str(m.address), m.authkey.hex()],
+        capture_output=True,
+        text=True,
+        timeout=CHILD,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Exception ignored in" in proc.stderr and "Holder.__del__" in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    expected = "was shut down" if who == "owner" else "while this interpreter exits"
+    assert last.startswith("reflectmgr.errors.ManagerClosedError: ") and expected in last, proc.stderr
+    if who == "connected":
+        assert m.root.get("atexit") == 1 and "bye" not in m.root  # the atexit call was made
+    pid = int(proc.stdout)
+    if pid:
+        wait_until(lambda: not psutil.pid_exists(pid), DEATH, "the manager to exit with the program")
+
+
 # A script with no `if __name__ == "__main__":` guard, as quick scripts are written. Under spawn,
 # the manager process ran the script again to start, started a manager of its own there, and died
 # (BrokenManagerError). Its module sits in a folder only the script adds to sys.path: the manager
