@@ -17,11 +17,13 @@ loop work, at most ``lanes`` at a time. ``async with`` keeps its lane until it e
 task's calls inside the block use that lane, because an ``RLock`` or a ``Condition`` belongs to
 the connection that acquired it.
 
-Cancellation: the awaiting task is cancelled at once; the call itself still runs to its end in
-the manager (a request cannot be taken back), on its lane, which returns to the pool afterwards,
-and its result is dropped (a proxy in it is released like any other). So cancelling ``await
-q.get()`` may still take an item and drop it, as cancelling a thread's ``get`` would: give
-blocking calls a ``timeout``. A lane blocked in a call that never returns stays busy.
+Cancellation: the awaiting task is cancelled at once, and its lane's connection is closed
+(_Lanes.abandon): the lane's call returns at once, raising, and the lane goes back to the pool.
+The manager sees its client leave the call: a call that waits there (``Queue.get``, an
+``acquire``, ``async with`` on a lock) is undone when it returns, as for a client that died
+(_owner/waits.py), so ``asyncio.wait_for(q.get(), 1)`` loses no item. Another call runs to its
+end in the manager (a request cannot be taken back) and its result is dropped (a proxy in it is
+released like any other).
 
 Not reflected: a remote object's own async protocol (``__aiter__``, ``__anext__``,
 ``__aenter__``, ``__aexit__``, ``__await__``). A coroutine belongs to an event loop, and the
@@ -36,10 +38,13 @@ import contextvars
 from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._manager.lifecycle import Connection, Factories, Manager, connect
 from ._proxy.proxy import is_proxy
+
+if TYPE_CHECKING:
+    from ._manager.client import Client
 
 LANES = 16
 BATCH = 64  # items fetched per lane hop by ``async for``
@@ -60,17 +65,39 @@ class _Lane:
 
     def __init__(self, name: str) -> None:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.channel: Any = None  # the connection of the call it runs (see _Lanes.abandon)
 
 
 class _Lanes:
-    """The pool of lanes of one async manager or connection."""
+    """The pool of lanes of one async manager or connection; ``client()``: the client whose
+    proxies its calls use."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, client: Callable[[], Client]) -> None:
         if count < 1:
             raise ValueError("lanes must be at least 1")
         self._all = [_Lane(f"reflectmgr-lane-{i}") for i in range(count)]
         self._idle: asyncio.Queue[_Lane] | None = None
         self._closed = False
+        self._client = client
+
+    def start(self, lane: _Lane, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``fn(*args)`` on ``lane``, noting the connection it uses first (so it can be abandoned)."""
+        client = self._client
+
+        def on_lane() -> Any:
+            lane.channel = client().own_channel()
+            return fn(*args)
+
+        return asyncio.get_running_loop().run_in_executor(lane.executor, on_lane)
+
+    def abandon(self, lane: _Lane, future: asyncio.Future[Any]) -> None:
+        """The task awaiting ``future`` was cancelled: close the lane's connection, so that its
+        call returns now (raising, dropped) and the lane is free, and so that the manager sees
+        the client leave the call. A call that waits there (``Queue.get``, ``acquire``) is then
+        undone when it returns: the item goes back, the lock is released (_owner/waits.py)."""
+        if lane.channel is not None:
+            lane.channel.transport.close()  # safe from any thread: it wakes the lane's wait
+        future.add_done_callback(lambda f: self._free(f, lane))
 
     def _queue(self) -> asyncio.Queue[_Lane]:
         if self._idle is None:  # made on first use, in the loop that uses it
@@ -94,13 +121,12 @@ class _Lanes:
         if held is not None:
             return await loop.run_in_executor(held.executor, fn, *args)
         lane = await self.take()
-        future = loop.run_in_executor(lane.executor, fn, *args)
+        future = self.start(lane, fn, *args)
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:
             if not future.done():
-                # The call goes on in the manager; its lane is free once it returns (result dropped).
-                future.add_done_callback(lambda f: self._free(f, lane))
+                self.abandon(lane, future)
                 raise
             self.give(lane)
             raise
@@ -111,7 +137,7 @@ class _Lanes:
         return result
 
     def _free(self, future: asyncio.Future[Any], lane: _Lane) -> None:
-        """A cancelled call has returned: drop its result (or error), free its lane."""
+        """An abandoned call has returned: drop its result (or error), free its lane."""
         if not future.cancelled():
             future.exception()  # retrieved, so asyncio does not report it as lost
         self.give(lane)
@@ -220,16 +246,23 @@ class AsyncProxy:
     async def __aenter__(self) -> Any:
         held = _held.get()
         lane = await self._rm_lanes.take() if held is None else None
-        target = lane or held
-        assert target is not None
-        try:
-            entered = await asyncio.get_running_loop().run_in_executor(
-                target.executor, lambda: type(self.sync).__enter__(self.sync)
-            )
-        except BaseException:
-            if lane is not None:
-                self._rm_lanes.give(lane)  # (a cancelled enter may still acquire: as a thread's would)
-            raise
+        enter = type(self.sync).__enter__
+        if lane is None:
+            assert held is not None
+            entered = await asyncio.get_running_loop().run_in_executor(held.executor, enter, self.sync)
+        else:
+            future = self._rm_lanes.start(lane, enter, self.sync)
+            try:
+                entered = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if not future.done():
+                    self._rm_lanes.abandon(lane, future)  # an acquire that waits is undone
+                else:
+                    self._rm_lanes.give(lane)
+                raise
+            except BaseException:
+                self._rm_lanes.give(lane)
+                raise
         token = _held.set(lane) if lane is not None else None
         _entered.set((*_entered.get(), (lane, token)))
         return _wrap(entered, self._rm_lanes)
@@ -271,7 +304,7 @@ class AsyncManager(_AsyncFactories):
     def __init__(self, *args: Any, lanes: int = LANES, **kwargs: Any) -> None:
         self.manager = Manager(*args, **kwargs)
         self._factories = self.manager
-        self._lanes = _Lanes(lanes)
+        self._lanes = _Lanes(lanes, lambda: self.manager.client)
 
     async def __aenter__(self) -> AsyncManager:
         await asyncio.to_thread(self.manager.start)
@@ -296,7 +329,7 @@ class AsyncConnection(_AsyncFactories):
     def __init__(self, connection: Connection, lanes: int = LANES) -> None:
         self.connection = connection
         self._factories = connection
-        self._lanes = _Lanes(lanes)
+        self._lanes = _Lanes(lanes, lambda: connection.client)
 
     async def close(self) -> None:
         self._lanes.close()

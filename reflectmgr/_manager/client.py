@@ -323,6 +323,18 @@ class Client(Transfers, ForkHandling, Link):
         self._local.mine = _ThreadChannel(channel)
         return channel, False
 
+    def own_channel(self) -> Channel:
+        """This thread's own channel, opened now if it has none: the one its next call uses
+        (unless a callback it serves meanwhile needs a spare). Another thread may close its
+        transport to abandon that call: the call wakes up and raises, and the manager sees the
+        connection end (reflectmgr.aio, when the awaiting task is cancelled)."""
+        if self.closed:
+            raise self._closed_error()
+        mine = getattr(self._local, "mine", None)
+        if mine is None or mine.channel.transport.closed:
+            return self._checkout()[0]  # a new own channel (never a spare: there is none to be busy)
+        return mine.channel
+
     def _checkin(self, channel: Channel, spare: bool) -> None:
         if channel.busy or channel.transport.closed or self.closed:
             channel.transport.close()  # interrupted mid-call: out of step with the manager

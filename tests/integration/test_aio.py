@@ -9,7 +9,8 @@ import asyncio
 import gc
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -37,10 +38,19 @@ class Slow:
 
     def __init__(self) -> None:
         self.kept: dict[str, list[int]] = {"items": [1, 2, 3]}
+        self.started = 0
 
     def wait(self, seconds: float) -> dict[str, list[int]]:
+        self.started += 1
         time.sleep(seconds)  # the manager's thread for this connection is busy: the loop must not be
         return self.kept
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Await ``predicate()`` until it holds (each look is a call to the manager), PROMPT at most."""
+    deadline = time.monotonic() + PROMPT
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
 
 
 async def test_items_methods_and_attributes(am: AsyncManager) -> None:
@@ -132,7 +142,7 @@ async def test_cancelling_a_call_is_prompt_and_leaks_nothing(am: AsyncManager) -
     slow = await am.new(Slow)
     objects = (await am.stats()).objects
     task = asyncio.create_task(slow.wait(0.4))
-    await asyncio.sleep(0.05)  # let it reach the manager
+    await until(lambda: slow.started, "the call to reach the manager")
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -150,6 +160,45 @@ async def test_cancelling_a_call_is_prompt_and_leaks_nothing(am: AsyncManager) -
     while not await settled():
         assert time.monotonic() < deadline, "the cancelled call's result was never released"
         await asyncio.sleep(0.05)  # polling the manager's own count
+
+
+async def test_a_get_cancelled_while_it_waits_takes_no_item_and_frees_its_lane(am: AsyncManager) -> None:
+    # asyncio.wait_for(q.get(), timeout) in a consumer loop: each timeout left its lane blocked in
+    # the manager's get for good, so that after `lanes` of them every call hung, and the next
+    # item put went to an abandoned get and was lost.
+    q = await am.Queue()
+    # The manager's deque of waiting threads (a private name: through the proxy itself)
+    sleepers = await asyncio.to_thread(getattr, q.sync.not_empty, "_waiters")
+    for i in range(10):  # more than the 8 lanes
+        task = asyncio.create_task(q.get())
+        await until(lambda i=i: _count(sleepers, i + 1), "the get to wait in the manager")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await q.put("item")  # taken by an abandoned get, which puts it back for the next, ...
+    assert await asyncio.wait_for(q.get(), PROMPT) == "item"
+    assert await q.qsize() == 0
+
+
+async def _count(sleepers: Any, n: int) -> bool:
+    return await asyncio.to_thread(len, sleepers) == n
+
+
+async def test_an_async_with_cancelled_while_it_acquires_takes_nothing(am: AsyncManager) -> None:
+    sem = await am.Semaphore(0)
+    sleepers = await asyncio.to_thread(getattr, sem.sync._cond, "_waiters")
+
+    async def enter() -> None:
+        async with sem:
+            pytest.fail("entered a semaphore nobody released")
+
+    task = asyncio.create_task(enter())
+    await until(lambda: _count(sleepers, 1), "the acquire to wait in the manager")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await sem.release()  # the abandoned acquire, woken, gives it back
+    assert await sem.acquire(timeout=PROMPT)
 
 
 async def test_aconnect_is_another_client(am: AsyncManager) -> None:
