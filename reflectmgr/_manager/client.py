@@ -330,7 +330,7 @@ class Client(Transfers, ForkHandling, Link):
         connection end (reflectmgr.aio, when the awaiting task is cancelled)."""
         if self.closed:
             raise self._closed_error()
-        mine = getattr(self._local, "mine", None)
+        mine: _ThreadChannel | None = getattr(self._local, "mine", None)
         if mine is None or mine.channel.transport.closed:
             return self._checkout()[0]  # a new own channel (never a spare: there is none to be busy)
         return mine.channel
