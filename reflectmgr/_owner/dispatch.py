@@ -9,6 +9,7 @@ has no services and refuses those opcodes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from itertools import islice
 from typing import Any, Protocol
@@ -126,6 +127,11 @@ def _next_batch(ctx: HandlerContext, oid: int, size: int) -> Any:
 @handler(Op.VALUE)
 def _value(ctx: HandlerContext, oid: int) -> Any:
     return Value(ctx.table.resolve(oid))
+
+
+@handler(Op.COPY)
+def _copy(ctx: HandlerContext, oid: int) -> Any:
+    return copy.copy(ctx.table.resolve(oid))  # by the value-or-reference rule, as d.copy() is
 
 
 @handler(Op.DIR)

@@ -28,6 +28,7 @@ from ..errors import ReflectmgrPicklingError, RemoteError
 _GETATTR, _SETATTR, _DELATTR = int(Op.GETATTR), int(Op.SETATTR), int(Op.DELATTR)
 _CALL, _CALLMETHOD, _DUNDER = int(Op.CALL), int(Op.CALLMETHOD), int(Op.DUNDER)
 _ITER, _NEXT_BATCH, _DIR, _VALUE = int(Op.ITER), int(Op.NEXT_BATCH), int(Op.DIR), int(Op.VALUE)
+_COPY = int(Op.COPY)
 
 # First iteration batch, fetched at the first ``next()``: small, so ``next(iter(p))`` stays cheap;
 # then doubling up to the cap, so 100 000 items take about 20 round trips while a batch never
@@ -95,6 +96,12 @@ class Proxy(PlainReduce):  # proxies reduce themselves with plain pickle (see co
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         return self._rm_link.call(_VALUE, self._rm_oid)
+
+    def __copy__(self) -> Any:
+        """``copy.copy(p)``: the object's shallow copy, made in the manager; being fresh, it
+        comes back by value, with the shared objects in it as proxies (as ``d.copy()`` does).
+        It was ``p`` itself: a "copy" that changed with the original."""
+        return self._rm_link.call(_COPY, self._rm_oid)
 
     # -- multiprocessing.managers.BaseProxy's API, for code written against it ----------------
     def _callmethod(self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:

@@ -40,6 +40,7 @@ class Op(IntEnum):
     NEXT_BATCH = 8  # (size) -> (exhausted, items)
     VALUE = 9  # () -> a deep copy, by value
     DIR = 10  # () -> sorted names
+    COPY = 11  # () -> copy.copy(object): a fresh copy travels by value, shared objects in it by reference
     # owner services
     NEW = 20  # (factory, args, kwargs) -> always a reference
     ROOT = 21  # () -> the root dict

@@ -108,6 +108,23 @@ def test_a_proxy_whose_class_is_not_here_is_no_dataclass_and_builds_nothing(m: r
     assert "tests.integration.manager_only" not in sys.modules
 
 
+def test_copy_copy_is_a_shallow_copy_not_the_proxy_itself(m: reflectmgr.Manager) -> None:
+    # It returned the proxy itself: a "backup" that changed with the original.
+    import copy
+
+    d = m.dict(a=[1], b=2)
+    backup = copy.copy(d)
+    assert type(backup) is dict and not reflectmgr.is_proxy(backup)
+    backup["b"] = 3
+    backup["a"].append(5)  # shallow: the inner list is the manager's, shared with d
+    assert d["b"] == 2 and d["a"] == [1, 5] and reflectmgr.is_proxy(backup["a"])
+    inv = m.new(Inventory)
+    inv.add("pear")
+    twin = copy.copy(inv)
+    assert type(twin) is Inventory and twin.items is not None and reflectmgr.is_proxy(twin.items)
+    assert copy.copy(m.new(tuple, [1])) == (1,)
+
+
 def test_value_is_a_deep_local_copy(m: reflectmgr.Manager) -> None:
     d = m.dict(a={"b": [1]})
     v = reflectmgr.value(d)
