@@ -39,6 +39,14 @@ MAX_BATCH = 8192
 TypeDesc = tuple[int, str, str, str, frozenset[int], frozenset[str]]
 
 
+# Attributes a proxy never fetches: __dataclass_fields__ comes from the local class only
+# (proxy_class; the remote fields' sentinel is not dataclasses' own here, so fields(p) answered
+# []); numpy's __array_interface__ and __array_struct__ hold an address in the manager's memory,
+# which numpy would read in this process (a crash, or another object's bytes): np.asarray(p)
+# goes through the proxy's __array__, a copy made in the manager.
+_NOT_FORWARDED = frozenset({"__dataclass_fields__", "__array_interface__", "__array_struct__"})
+
+
 class Remote(Protocol):
     """The part of a Link that a proxy calls through (``proxy._rm_link``)."""
 
@@ -72,9 +80,7 @@ class Proxy(PlainReduce):  # proxies reduce themselves with plain pickle (see co
 
     # Any: a proxy stands for an object of any type; its attributes are whatever the remote has.
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_rm_") or name == "__dataclass_fields__":
-            # __dataclass_fields__ only from the local class (proxy_class): the remote one's
-            # fields would not be dataclasses' own (fields(p) would answer [] for any dataclass).
+        if name.startswith("_rm_") or name in _NOT_FORWARDED:
             raise AttributeError(name)
         return self._rm_link.call(_GETATTR, self._rm_oid, name)
 
@@ -203,6 +209,15 @@ def _call(self: Proxy, *args: Any, **kwargs: Any) -> Any:
     return self._rm_link.call(_CALL, self._rm_oid, args, kwargs)
 
 
+def _array(self: Proxy, dtype: Any = None, copy: bool | None = None) -> Any:
+    """numpy's conversion (``np.asarray(p)``, a ufunc on ``p``): a local array, copied from the
+    manager's object there (see dunders._array_copy)."""
+    if copy is False:
+        raise ValueError("a proxy's array is a local copy of the manager's object: copy=False cannot hold")
+    result = self._rm_link.call(_DUNDER, self._rm_oid, _ARRAY, ())
+    return result if dtype is None else result.astype(dtype, copy=False)
+
+
 def _make_dunder(index: int) -> Any:
     def dunder(self: Proxy, *args: Any) -> Any:
         return self._rm_link.call(_DUNDER, self._rm_oid, index, args)
@@ -222,7 +237,8 @@ def _make_exit(index: int) -> Any:
     return __exit__
 
 
-_SPECIAL = {"__iter__": _iter, "__reversed__": _reversed, "__call__": _call}
+_ARRAY = next(i for i, d in enumerate(DUNDERS) if d.name == "__array__")
+_SPECIAL = {"__iter__": _iter, "__reversed__": _reversed, "__call__": _call, "__array__": _array}
 _DUNDER_METHODS = [
     _SPECIAL.get(d.name) or (_make_exit(i) if d.name == "__exit__" else _make_dunder(i)) for i, d in enumerate(DUNDERS)
 ]

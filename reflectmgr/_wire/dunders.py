@@ -126,6 +126,10 @@ def _table() -> tuple[Dunder, ...]:
         Dunder("__iter__", iter, ("__iter__", "__getitem__")),
         Dunder("__reversed__", reversed, ("__reversed__",)),
         Dunder("__call__", operator.call if hasattr(operator, "call") else _call, ("__call__",)),
+        # numpy's conversion (np.asarray(p)): the proxy's __array__ fetches a copy made here. The
+        # two attributes are refused by the proxy instead (their data is an address in the
+        # manager's memory: read in the client, a crash or another object's bytes).
+        Dunder("__array__", _array_copy, ("__array__", "__array_interface__", "__array_struct__")),
     ]
     for name, fn in _BINARY.items():
         rows.append(Dunder(f"__{name}__", fn, (f"__{name}__",)))
@@ -137,6 +141,12 @@ def _table() -> tuple[Dunder, ...]:
 
 def _call(obj: Any, *args: Any, **kwargs: Any) -> Any:
     return obj(*args, **kwargs)
+
+
+def _array_copy(obj: Any) -> Any:
+    import numpy  # the object has an array protocol: numpy is in the process that made it
+
+    return numpy.array(obj, copy=True)  # fresh: travels by value
 
 
 DUNDERS: tuple[Dunder, ...] = _table()

@@ -263,6 +263,20 @@ class BufferProbe:
         return x * 2  # a fresh object: it comes back by value
 
 
+class ArrayInterface:
+    """An array-like that exposes only numpy's __array_interface__ (as PIL images and many wrappers
+    of foreign memory do): its data pointer is an address in the manager's memory."""
+
+    def __init__(self, n: int) -> None:
+        import numpy
+
+        self.data = numpy.arange(n, dtype=numpy.int64)
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:
+        return dict(self.data.__array_interface__)
+
+
 class RaisesOnLoad:
     """Pickles fine; unpickling it (in the manager, or a worker) raises ``error``."""
 

@@ -11,7 +11,7 @@ import reflectmgr
 from reflectmgr._transport.shm import RING_SIZE
 from reflectmgr._wire.codec import OOB_MIN
 
-from .objects import BufferProbe
+from .objects import ArrayInterface, BufferProbe
 
 SIZES = [OOB_MIN - 1, OOB_MIN, RING_SIZE, 3 * RING_SIZE + 7]
 
@@ -74,3 +74,23 @@ def test_numpy_arrays_round_trip(manager: reflectmgr.Manager) -> None:
     d = manager.dict(arr=arr)
     copy = reflectmgr.value(d["arr"])
     assert isinstance(copy, np.ndarray) and np.array_equal(copy, arr)
+
+
+def test_numpy_converts_a_proxy_to_a_local_copy(manager: reflectmgr.Manager) -> None:
+    # np.asarray(p) raised "invalid __array_struct__" for an array proxy; for an object exposing
+    # __array_interface__ it read the manager's address in this process (a segfault here).
+    np = pytest.importorskip("numpy", reason="NumPy is not installed (pip install -e '.[test]' brings it)")
+    shared = manager.new(np.zeros, (200, 300))
+    shared[:2] = 1.0  # (a slice assignment is done in the manager)
+    local = np.asarray(shared)
+    assert type(local) is np.ndarray and local.shape == (200, 300) and local.sum() == 600.0
+    local[0, 0] = 5.0  # a copy: the manager's array is not changed through it
+    assert shared[0, 0] == 1.0
+    assert np.add(shared, 1).sum() == 600.0 + 60000 and (np.ones(200) @ shared).shape == (300,)
+    assert np.asarray(shared, dtype=np.float32).dtype == np.float32
+    with pytest.raises(ValueError, match="copy=False"):
+        np.array(shared, copy=False)
+    foreign = manager.new(ArrayInterface, 100_000)
+    assert np.array_equal(np.asarray(foreign), np.arange(100_000))
+    with pytest.raises(AttributeError):
+        foreign.__array_interface__  # noqa: B018 - an address of the manager's: never fetched
