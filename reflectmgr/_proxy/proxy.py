@@ -43,8 +43,10 @@ TypeDesc = tuple[int, str, str, str, frozenset[int], frozenset[str]]
 # (proxy_class; the remote fields' sentinel is not dataclasses' own here, so fields(p) answered
 # []); numpy's __array_interface__ and __array_struct__ hold an address in the manager's memory,
 # which numpy would read in this process (a crash, or another object's bytes): np.asarray(p)
-# goes through the proxy's __array__, a copy made in the manager.
-_NOT_FORWARDED = frozenset({"__dataclass_fields__", "__array_interface__", "__array_struct__"})
+# goes through the proxy's __array__, a copy made in the manager. The CUDA interface likewise.
+_NOT_FORWARDED = frozenset(
+    {"__dataclass_fields__", "__array_interface__", "__array_struct__", "__cuda_array_interface__"}
+)
 
 
 class Remote(Protocol):
