@@ -150,12 +150,18 @@ def _walk(root: Any, refs: dict[int, Any]) -> None:
             tx = type(x)
             if tx in ATOMS or id(x) in seen:
                 continue
+            if tx is tuple:  # a row, a dict's item: by value if it holds atoms only, shared or not
+                for y in x:
+                    if type(y) not in ATOMS:
+                        break
+                else:
+                    continue
             if tx is Ref:
                 refs[id(x)] = x.target
             elif _getrefcount(x) > CHILD_BASE:
                 if not _by_value_anyway(x):
                     refs[id(x)] = x
-            elif always_ref(tx):
+            elif tx not in _CONTAINERS and always_ref(tx):  # (a container is not: no hasattr for it)
                 refs[id(x)] = x
             else:
                 seen.add(id(x))

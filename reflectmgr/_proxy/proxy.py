@@ -150,53 +150,31 @@ def remote_method(name: str, qualname: str) -> Any:
     return method
 
 
-class BatchIterator:
+def _batches(it: Proxy) -> Iterator[Any]:
     """Local iterator over a private remote iterator, fetched in growing batches.
 
     The remote iterator exists from ``iter()``; the first batch comes at the first ``next()``.
     So what happens to the container between ``iter()`` and the first ``next()`` is seen, as with
     a local iterator; changes made while a batch is being consumed are seen at the next batch
-    (a dict changed meanwhile raises ``RuntimeError`` there)."""
-
-    __slots__ = ("_i", "_it", "_items", "_size")
-
-    def __init__(self, it: Proxy) -> None:
-        self._it: Proxy | None = it
-        self._items: list[Any] = []
-        self._i = 0
-        self._size = FIRST_BATCH
-
-    def __iter__(self) -> BatchIterator:
-        return self
-
-    def __next__(self) -> Any:
-        i = self._i
-        items = self._items
-        if i < len(items):
-            self._i = i + 1
-            return items[i]
-        it = self._it
-        if it is None:
-            raise StopIteration
-        size = self._size
-        self._size = min(size * 2, MAX_BATCH)
-        done, self._items = it._rm_link.call(_NEXT_BATCH, it._rm_oid, size)
+    (a dict changed meanwhile raises ``RuntimeError`` there). A generator: the items of a batch
+    are handed out by ``yield from`` over its list, with no Python call of ours per item."""
+    call, oid = it._rm_link.call, it._rm_oid
+    size = FIRST_BATCH
+    while True:
+        done, items = call(_NEXT_BATCH, oid, size)
         if done:
-            self._it = None  # drop the remote iterator now, not when this one dies
-        if not self._items:
-            raise StopIteration
-        self._i = 1
-        return self._items[0]
-
-    def __length_hint__(self) -> int:
-        return len(self._items) - self._i
+            del it  # drop the remote iterator now, not when this one dies
+            yield from items
+            return
+        yield from items
+        size = min(size * 2, MAX_BATCH)
 
 
 def _iterate(self: Proxy, reverse: bool) -> Iterator[Any]:
     it = self._rm_link.call(_ITER, self._rm_oid, reverse)
     if it is None:
         return self  # the remote object is its own iterator
-    return BatchIterator(it)
+    return _batches(it)
 
 
 def _iter(self: Proxy) -> Iterator[Any]:
