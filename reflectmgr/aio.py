@@ -18,7 +18,7 @@ task's calls inside the block use that lane, because an ``RLock`` or a ``Conditi
 the connection that acquired it.
 
 Cancellation: the awaiting task is cancelled at once, and its lane's connection is closed
-(_Lanes.abandon): the lane's call returns at once, raising, and the lane goes back to the pool.
+(_Lanes.call_on): the lane's call returns at once, raising, and the lane goes back to the pool.
 The manager sees its client leave the call: a call that waits there (``Queue.get``, an
 ``acquire``, ``async with`` on a lock) is undone when it returns, as for a client that died
 (_owner/waits.py), so ``asyncio.wait_for(q.get(), 1)`` loses no item. Another call runs to its
@@ -65,7 +65,7 @@ class _Lane:
 
     def __init__(self, name: str) -> None:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
-        self.channel: Any = None  # the connection of the call it runs (see _Lanes.abandon)
+        self.channel: Any = None  # the connection of the call it runs (see _Lanes.call_on)
 
 
 class _Lanes:
@@ -80,24 +80,33 @@ class _Lanes:
         self._closed = False
         self._client = client
 
-    def start(self, lane: _Lane, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """``fn(*args)`` on ``lane``, noting the connection it uses first (so it can be abandoned)."""
+    async def call_on(self, lane: _Lane, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on ``lane``, which the caller took and keeps if this returns. If it
+        raises, the lane goes back to the pool; if the awaiting task is cancelled meanwhile, once
+        the call has returned: its connection is closed now, so that the call returns at once
+        (raising, dropped) and the manager sees the client leave it. A call that waits there
+        (``Queue.get``, ``acquire``) is then undone when it returns: the item goes back, the lock
+        is released (_owner/waits.py)."""
         client = self._client
 
         def on_lane() -> Any:
-            lane.channel = client().own_channel()
+            lane.channel = client().own_channel()  # noted first, so that it can be closed
             return fn(*args)
 
-        return asyncio.get_running_loop().run_in_executor(lane.executor, on_lane)
-
-    def abandon(self, lane: _Lane, future: asyncio.Future[Any]) -> None:
-        """The task awaiting ``future`` was cancelled: close the lane's connection, so that its
-        call returns now (raising, dropped) and the lane is free, and so that the manager sees
-        the client leave the call. A call that waits there (``Queue.get``, ``acquire``) is then
-        undone when it returns: the item goes back, the lock is released (_owner/waits.py)."""
-        if lane.channel is not None:
-            lane.channel.transport.close()  # safe from any thread: it wakes the lane's wait
-        future.add_done_callback(lambda f: self._free(f, lane))
+        future = asyncio.get_running_loop().run_in_executor(lane.executor, on_lane)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():
+                self.give(lane)
+            else:
+                if lane.channel is not None:
+                    lane.channel.transport.close()  # safe from any thread: it wakes the lane's wait
+                future.add_done_callback(lambda f: self._free(f, lane))
+            raise
+        except BaseException:
+            self.give(lane)
+            raise
 
     def _queue(self) -> asyncio.Queue[_Lane]:
         if self._idle is None:  # made on first use, in the loop that uses it
@@ -121,18 +130,7 @@ class _Lanes:
         if held is not None:
             return await loop.run_in_executor(held.executor, fn, *args)
         lane = await self.take()
-        future = self.start(lane, fn, *args)
-        try:
-            result = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if not future.done():
-                self.abandon(lane, future)
-                raise
-            self.give(lane)
-            raise
-        except BaseException:
-            self.give(lane)
-            raise
+        result = await self.call_on(lane, fn, *args)
         self.give(lane)
         return result
 
@@ -251,18 +249,7 @@ class AsyncProxy:
             assert held is not None
             entered = await asyncio.get_running_loop().run_in_executor(held.executor, enter, self.sync)
         else:
-            future = self._rm_lanes.start(lane, enter, self.sync)
-            try:
-                entered = await asyncio.shield(future)
-            except asyncio.CancelledError:
-                if not future.done():
-                    self._rm_lanes.abandon(lane, future)  # an acquire that waits is undone
-                else:
-                    self._rm_lanes.give(lane)
-                raise
-            except BaseException:
-                self._rm_lanes.give(lane)
-                raise
+            entered = await self._rm_lanes.call_on(lane, enter, self.sync)  # kept for the block
         token = _held.set(lane) if lane is not None else None
         _entered.set((*_entered.get(), (lane, token)))
         return _wrap(entered, self._rm_lanes)
