@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .._wire.codec import REMOTE_METHOD, PlainReduce, encoding_peer, resolve_local
-from .._wire.dunders import DUNDERS
+from .._wire.dunders import DUNDERS, INDEX
 from .._wire.opcodes import Op
 from ..errors import ReflectmgrPicklingError, RemoteError
 
@@ -198,6 +198,14 @@ def _array(self: Proxy, dtype: Any = None, copy: bool | None = None) -> Any:
     return result if dtype is None else result.astype(dtype, copy=False)
 
 
+def _buffer(self: Proxy, flags: int) -> memoryview:
+    """The buffer protocol (Python 3.12+: ``memoryview(p)``, ``f.write(p)``, ``hashlib``): a
+    read-only view of a copy of the manager's buffer, its format and shape kept. A request to
+    write through it (``f.readinto(p)``) raises ``BufferError``: the writes would be lost."""
+    view = self._rm_link.call(_DUNDER, self._rm_oid, _BUFFER, ())
+    return memoryview(view).toreadonly()
+
+
 def _make_dunder(index: int) -> Any:
     def dunder(self: Proxy, *args: Any) -> Any:
         return self._rm_link.call(_DUNDER, self._rm_oid, index, args)
@@ -217,8 +225,8 @@ def _make_exit(index: int) -> Any:
     return __exit__
 
 
-_ARRAY = next(i for i, d in enumerate(DUNDERS) if d.name == "__array__")
-_SPECIAL = {"__iter__": _iter, "__reversed__": _reversed, "__call__": _call, "__array__": _array}
+_ARRAY, _BUFFER = INDEX["__array__"], INDEX["__buffer__"]
+_SPECIAL = {"__iter__": _iter, "__reversed__": _reversed, "__call__": _call, "__array__": _array, "__buffer__": _buffer}
 _DUNDER_METHODS = [
     _SPECIAL.get(d.name) or (_make_exit(i) if d.name == "__exit__" else _make_dunder(i)) for i, d in enumerate(DUNDERS)
 ]

@@ -130,6 +130,9 @@ def _table() -> tuple[Dunder, ...]:
         # two attributes are refused by the proxy instead (their data is an address in the
         # manager's memory: read in the client, a crash or another object's bytes).
         Dunder("__array__", _array_copy, ("__array__", "__array_interface__", "__array_struct__")),
+        # The buffer protocol from Python (3.12+, PEP 688: memoryview(p), f.write(p), hashing):
+        # the proxy's __buffer__ returns a read-only view of a copy of the manager's buffer.
+        Dunder("__buffer__", memoryview, ("__buffer__",)),
     ]
     for name, fn in _BINARY.items():
         rows.append(Dunder(f"__{name}__", fn, (f"__{name}__",)))

@@ -94,3 +94,28 @@ def test_numpy_converts_a_proxy_to_a_local_copy(manager: reflectmgr.Manager) -> 
     assert np.array_equal(np.asarray(foreign), np.arange(100_000))
     with pytest.raises(AttributeError):
         foreign.__array_interface__  # noqa: B018 - an address of the manager's: never fetched
+
+
+def test_the_buffer_protocol_gives_a_read_only_copy(manager: reflectmgr.Manager) -> None:
+    # Python 3.12+ lets a class serve the buffer protocol (__buffer__, PEP 688): memoryview(p),
+    # f.write(p), hashlib and bytes.join take a shared bytearray or array. 3.11 has no such hook.
+    import hashlib
+    import io
+    import sys
+
+    shared = manager.new(bytearray, b"hello")
+    if sys.version_info < (3, 12):
+        with pytest.raises(TypeError, match="bytes-like object is required, not 'bytearray proxy'"):
+            memoryview(shared)
+        return
+    view = memoryview(shared)
+    assert view.tobytes() == b"hello" and view.readonly
+    out = io.BytesIO()
+    out.write(shared)
+    assert out.getvalue() == b"hello" and b"-".join([shared, shared]) == b"hello-hello"
+    assert hashlib.sha256(shared).digest() == hashlib.sha256(b"hello").digest()
+    with pytest.raises(TypeError, match="read-write"):
+        io.BytesIO(b"xyz").readinto(shared)  # writes through a copy would be lost: refused
+    assert shared == bytearray(b"hello")
+    doubles = memoryview(manager.new(array.array, "d", [1.0, 2.5]))
+    assert (doubles.format, doubles.shape, doubles.tolist()) == ("d", (2,), [1.0, 2.5])
