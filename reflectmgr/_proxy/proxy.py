@@ -242,7 +242,10 @@ def proxy_class(desc: TypeDesc) -> type[Proxy]:
         if not m.startswith("_rm_"):
             ns[m] = remote_method(m, qualname)
     for i in supported:
-        ns[DUNDERS[i].name] = _DUNDER_METHODS[i]
+        # An array converts through __array__, a writable copy: given a __buffer__ too, numpy
+        # would take the buffer first, and make the copy read-only.
+        if i != _BUFFER or _ARRAY not in supported:
+            ns[DUNDERS[i].name] = _DUNDER_METHODS[i]
     if _HASH not in supported:
         ns["__hash__"] = None
     ns.update(LOCAL_METHODS.get((module, qualname), {}))
