@@ -50,6 +50,7 @@ from .transfer import Transfers
 CONNECT_TIMEOUT = 10.0
 default_authkey = registry.default_authkey
 # Operations that carry a user's (args, kwargs): where the pair sits in the op's record.
+_NEW = int(Op.NEW)
 _CALL_ARGUMENTS = {int(Op.CALL): 0, int(Op.NEW): 1, int(Op.CALLMETHOD): 1, int(Op.CALLMETHOD_REF): 1, int(Op.CREATE): 1}
 
 
@@ -297,7 +298,8 @@ class Client(Transfers, ForkHandling, Link):
             where = _CALL_ARGUMENTS.get(op)
             if where is not None:  # name the argument of the user's call that did not pickle
                 original = exc.__cause__ or exc
-                raise codec.diagnose_call(args[where], args[where + 1], original) from original
+                fn = args[0] if op == _NEW else None  # (NEW's record: factory, args, kwargs)
+                raise codec.diagnose_call(args[where], args[where + 1], original, fn) from original
         elif isinstance(exc, ProtocolError):
             channel.transport.close()
         else:

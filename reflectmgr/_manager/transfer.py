@@ -24,8 +24,6 @@ import threading
 import types
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from .._proxy.proxy import Proxy
 from .._transport.inproc import is_inproc
 from .._transport.sockets import Address
@@ -90,7 +88,7 @@ class Transfers:
                 keep.clear()  # pickled again below
             return dumps_for_workers(task)
         except Exception as exc:
-            raise codec.diagnose_call(task[1], task[2], exc) from exc
+            raise codec.diagnose_call(task[1], task[2], exc, task[0]) from exc
         finally:
             _borrowing.keep = None
 
@@ -153,7 +151,7 @@ class _ByName(pickle.Pickler):
         return NotImplemented  # pickle's own
 
 
-class _ByValue(cloudpickle.Pickler):  # type: ignore[misc]
+class _ByValue(codec.Pickler):
     """cloudpickle, with what the workers find by name still by name (``_ByName``); the rest of
     ``__main__`` (a lambda, a closure, what the ``if __name__ == "__main__":`` block defines,
     anything where the workers do not run the script) by value, in globals of its own."""

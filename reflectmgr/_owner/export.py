@@ -119,10 +119,13 @@ def plan(result: Any, shared: bool) -> dict[int, Any] | None:
 
 
 def _by_value_anyway(obj: Any) -> bool:
-    # Shared but immutable, or named: classes and enum members pickle by name, tuples of atoms copy.
+    # Shared but immutable, or named: classes and enum members pickle by name, tuples of atoms copy
+    # (a namedtuple's too: a tuple subclass with no attributes of its own; a namedtuple class sent
+    # by value has an empty __dict__, cloudpickle dropping its empty __slots__).
     if isinstance(obj, (type, enum.Enum)):
         return True
-    if type(obj) in (tuple, frozenset):
+    t = type(obj)
+    if t is tuple or t is frozenset or (isinstance(obj, tuple) and not getattr(obj, "__dict__", None)):
         return all(type(x) in ATOMS for x in obj)
     return False
 

@@ -20,6 +20,7 @@ thread's decoding never sees another's table.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -225,20 +226,57 @@ def _reduce_method(method: types.MethodType) -> Any:
     return _cloud_method_reduce(method)
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+def _cached_property(func: Any, attrname: str | None, doc: str | None) -> functools.cached_property[Any]:
+    prop: functools.cached_property[Any] = functools.cached_property(func)
+    prop.attrname, prop.__doc__ = attrname, doc  # (set by __set_name__, which a class by value skips)
+    return prop
+
+
+def _reduce_cached_property(prop: functools.cached_property[Any]) -> Any:
+    """A ``functools.cached_property`` of a class sent by value: on Python 3.11 it holds an
+    ``RLock``, which does not pickle, so that the whole class did not."""
+    return (_cached_property, (prop.func, prop.attrname, prop.__doc__))
+
+
+# cloudpickle builds a class sent by value empty, then sets its attributes: set then, __slots__
+# does nothing, so the class it made had no slots (its instances a __dict__; one sent back by
+# value did not load into the real class). Passed to the class's creation, it makes them. Not
+# an empty one (a namedtuple's: typing.NamedTuple refuses it there, and it makes no slot).
+_make_skeleton_class = getattr(cloudpickle.cloudpickle, "_make_skeleton_class", None)
+
+
+def _with_slots(cls: type, reduced: Any) -> Any:
+    if type(reduced) is not tuple or reduced[0] is not _make_skeleton_class or not cls.__dict__.get("__slots__"):
+        return reduced
+    newargs = list(reduced[1])
+    newargs[3] = {**newargs[3], "__slots__": cls.__dict__["__slots__"]}  # (type, name, bases, type_kwargs, ...)
+    return (reduced[0], tuple(newargs), *reduced[2:])
+
+
+class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, with a proxy's bound methods by name, and a class by value whole (its
+    ``__slots__``, its ``cached_property``s on Python 3.11)."""
+
     dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
-        {types.MethodType: _reduce_method}, cloudpickle.Pickler.dispatch_table
+        {types.MethodType: _reduce_method, functools.cached_property: _reduce_cached_property},
+        cloudpickle.Pickler.dispatch_table,
     )
+
+    def reducer_override(self, obj: Any) -> Any:
+        reduced = super().reducer_override(obj)
+        if isinstance(obj, type):
+            return _with_slots(obj, reduced)
+        return reduced
 
 
 def _cloud_dumps(obj: Any, buffer_callback: Any) -> bytes:
     """cloudpickle.dumps, with a proxy's bound methods pickled by name."""
     buf = io.BytesIO()
-    _Pickler(buf, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    Pickler(buf, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return buf.getvalue()
 
 
-class _RefPickler(_Pickler):
+class _RefPickler(Pickler):
     def __init__(self, file: io.BytesIO, pid: Callable[[Any], Any], buffer_callback: Any) -> None:
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
         self._pid = pid
@@ -426,8 +464,20 @@ def _diagnose(msg: Any, exc: BaseException, label: str = "message") -> str:
     )
 
 
-def diagnose_call(args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseException) -> ReflectmgrPicklingError:
-    """The error for a call whose arguments do not pickle, naming the argument by position or name."""
+def diagnose_call(
+    args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseException, fn: Any = None
+) -> ReflectmgrPicklingError:
+    """The error for a call that does not pickle, naming what does not: the function or class
+    called, when it travels too (``fn``: ``m.new(cls)``'s class, an executor task's function),
+    else the argument by position or name."""
+    if fn is not None and _fails(fn):
+        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+        return pickling_error(
+            f"{name}, called in the other process, travels by value there and cannot be pickled ({exc}): "
+            "define it in a module both sides import, so that it travels by name, or keep what does "
+            "not pickle (a lock, a file) out of its class attributes and globals.",
+            exc,
+        )
     for i, arg in enumerate(args):
         if _fails(arg):
             return pickling_error(_diagnose(arg, exc, f"argument {i}"), exc)
@@ -439,7 +489,7 @@ def diagnose_call(args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseExcept
 
 def _fails(obj: Any) -> bool:
     try:
-        cloudpickle.dumps(obj, protocol=PROTOCOL)
+        _cloud_dumps(obj, None)
     except Exception:
         return True
     return False

@@ -44,6 +44,19 @@ def test_unpicklable_argument_is_named_and_the_manager_goes_on(manager: reflectm
     assert d == {"k": 1} and len(lst) == 0
 
 
+def test_a_class_that_cannot_travel_by_value_is_named(m: reflectmgr.Manager) -> None:
+    # It said "arguments is a builtins.tuple object, which cannot be pickled": the empty argument
+    # tuple was blamed for the class m.new() sends by value (a local class, here).
+    class HoldsALock:
+        lock = threading.Lock()
+
+    with pytest.raises(reflectmgr.ReflectmgrPicklingError, match=r"HoldsALock, called in the other process"):
+        m.new(HoldsALock)
+    with pytest.raises(reflectmgr.ReflectmgrPicklingError, match="keyword argument 'a'"):
+        m.new(dict, a=threading.Lock())
+    assert m.new(dict, a=1) == {"a": 1}  # and the manager goes on
+
+
 def test_remote_exception_keeps_type_message_and_traceback(manager: reflectmgr.Manager) -> None:
     f = manager.new(Failing)
     with pytest.raises(ValueError, match="bad value 42") as info:

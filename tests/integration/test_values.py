@@ -125,6 +125,53 @@ def test_copy_copy_is_a_shallow_copy_not_the_proxy_itself(m: reflectmgr.Manager)
     assert copy.copy(m.new(tuple, [1])) == (1,)
 
 
+def test_a_class_sent_by_value_keeps_its_slots_and_cached_properties(m: reflectmgr.Manager) -> None:
+    # Classes defined here (not importable by the manager) travel by value, with cloudpickle,
+    # which built them without their __slots__: instances took any attribute, and one sent back
+    # by value did not load into the real class. A functools.cached_property (an RLock on 3.11)
+    # kept the whole class from pickling.
+    import collections
+    import copy
+    import dataclasses
+    import functools
+
+    class Slotted:
+        __slots__ = ("a", "b")
+
+        def __init__(self) -> None:
+            self.a, self.b = 1, [1]
+
+    s = m.new(Slotted)
+    with pytest.raises(AttributeError):
+        s.other = 1
+    assert reflectmgr.value(s).b == [1] and copy.copy(s).a == 1 and type(reflectmgr.value(s)) is Slotted
+
+    @dataclasses.dataclass(slots=True)
+    class Point:
+        x: int
+        y: int = 0
+
+    assert reflectmgr.value(m.new(Point, 1)) == Point(1)
+
+    class Cached:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @functools.cached_property
+        def once(self) -> int:
+            self.calls += 1
+            return self.calls
+
+    c = m.new(Cached)
+    assert (c.once, c.once, c.calls) == (1, 1, 1)
+    # A namedtuple of atoms is a value wherever it is kept, as a tuple is (its class by value
+    # came without its empty __slots__, so it looked like an object with state of its own).
+    Pair = collections.namedtuple("Pair", "x y")
+    d = m.dict(p=Pair(1, 2), q=Pair([1], 2))
+    assert type(d["p"]) is Pair and d["p"] == (1, 2)
+    assert reflectmgr.is_proxy(d["q"])  # a list inside: shared state, by reference
+
+
 def test_value_is_a_deep_local_copy(m: reflectmgr.Manager) -> None:
     d = m.dict(a={"b": [1]})
     v = reflectmgr.value(d)
