@@ -74,3 +74,32 @@ def test_slow_call_runs_alongside_fast_ones(m: reflectmgr.Manager) -> None:
     fast = time.monotonic() - started
     t.join(PROMPT)
     assert results and fast < 1.0  # fifty calls finished while the slow one was still running
+
+
+def test_threads_that_end_leave_no_connection_behind(m: reflectmgr.Manager) -> None:
+    # Each thread has its own connection; when it ends, the connection closed, but the client
+    # kept the transport (its rings mapped, its memfd open) until it next connected: a burst of
+    # 200 short threads left 160 descriptors behind.
+    import gc
+
+    import psutil
+
+    d = m.dict(n=0)
+    d.get("n")  # this thread's own connection, before counting
+    here = psutil.Process()
+    before = here.num_fds()
+    together = threading.Barrier(40)
+
+    def call() -> None:
+        d.get("n")  # a connection of its own ...
+        together.wait(PROMPT)  # ... open while the 39 others' are
+
+    threads = [threading.Thread(target=call) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(PROMPT)
+    assert not any(t.is_alive() for t in threads)
+    gc.collect()
+    assert here.num_fds() - before < 8, here.num_fds() - before
+    assert d.get("n") == 0  # and this thread's connection still serves
