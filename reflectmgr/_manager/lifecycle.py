@@ -406,10 +406,23 @@ class Manager(Factories):
         return self._process.pid if self._process is not None else None
 
     def shutdown(self) -> None:
-        """Stop the manager and its children; every proxy raises ManagerClosedError afterwards."""
-        if self._finalizer is not None:
-            self._finalizer()
-            self._client = None
+        """Stop the manager and its children; every proxy raises ManagerClosedError afterwards.
+
+        Interrupted (Ctrl-C in the middle of it), it raises, and the next ``shutdown()`` (or
+        the program's exit) finishes the job: a finalizer that ran is spent, so it is armed again
+        with what it was given (the steps are safe to run twice)."""
+        finalizer = self._finalizer
+        if finalizer is None:
+            return
+        armed = finalizer.peek()
+        try:
+            finalizer()
+        except BaseException:
+            if armed is not None:
+                _, fn, args, kwargs = armed
+                self._finalizer = weakref.finalize(self, fn, *args, **kwargs)
+            raise
+        self._client = None
 
     def join(self, timeout: float | None = None) -> None:
         if self._process is not None:

@@ -764,6 +764,27 @@ def test_shutdown_without_a_call_timeout_is_bounded_too() -> None:
     assert gone(pid)
 
 
+def test_a_shutdown_interrupted_by_ctrl_c_is_finished_by_the_next() -> None:
+    # The finalizer behind shutdown() was spent once called, even when Ctrl-C interrupted it:
+    # the next shutdown() did nothing, and the manager ran on until the program ended.
+    m = reflectmgr.Manager(shutdown_timeout=1.0)
+    m.start()
+    assert m.pid is not None
+    pid, client = m.pid, m.client
+    m.dict(a=1)
+    _stop(pid)  # so that shutdown waits for its answer, and Ctrl-C lands in the middle of it
+    try:
+        interrupter = _interrupt_when(lambda: client.stopping)
+        with pytest.raises(KeyboardInterrupt):
+            m.shutdown()
+        interrupter.join()
+        m.shutdown()
+        assert wait_until(lambda: gone(pid), DEATH, "the manager to be stopped by the second shutdown")
+    finally:
+        if not gone(pid):
+            psutil.Process(pid).kill()
+
+
 def test_shutdown_of_a_stopped_manager_never_called_waits_its_timeout_not_the_connect_timeout() -> None:
     # No channel was open yet: shutdown's SHUTDOWN call opens one, and its handshake waited the
     # 10 s connect timeout instead of the 0.5 s given (12 s in all, seen).
