@@ -482,4 +482,7 @@ class _ThreadChannel:
         self.channel = channel
 
     def __del__(self) -> None:
-        self.channel.transport.dispose()
+        try:
+            self.channel.transport.dispose()
+        except BufferError:
+            pass  # a view of its rings is still in use somewhere: closed, and freed with that view

@@ -126,13 +126,26 @@ class _Watcher:
                     self._waking[entry] = time.monotonic() + LINGER  # before: a forget() inside gone() ends it
                     _call(entry.gone)  # under the lock: the transport has not closed (its memory is there)
                 now = time.monotonic()
-                for entry, until in list(self._waking.items()):
+                for entry, until in _snapshot(self._waking):
                     if entry not in self._waking:
                         continue  # forgotten by a callback before it (a finalizer run on this thread)
                     if until < now:
                         del self._waking[entry]
                     else:
                         _call(entry.wake)
+
+
+def _snapshot(waking: dict[Watch, float]) -> list[tuple[Watch, float]]:
+    """The items of ``waking`` now. Copying them allocates, and a collection there may run a
+    finalizer on this very thread that closes a transport (a thread's connection, disposed when
+    the thread's storage goes): closing() or forget() then changes the dict mid-copy, and
+    list() raises RuntimeError, which ended the watcher (seen in CI). Copy again then: the
+    finalizer has run."""
+    while True:
+        try:
+            return list(waking.items())
+        except RuntimeError:
+            continue
 
 
 def _call(fn: Callable[[], None]) -> None:

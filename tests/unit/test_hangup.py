@@ -6,6 +6,7 @@ import os
 import select
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,21 @@ def test_a_stale_event_for_a_reused_number_leaves_the_new_connection_alone(
     theirs.close()  # and a real hang-up of it is still seen
     assert wait_until(lambda: calls.gone == 1, PROMPT, "the real hang-up")
     hangup.forget(entry)
+
+
+def test_the_watchers_copy_of_its_wake_list_survives_a_finalizer_changing_it() -> None:
+    # Copying the list allocates; a collection there may run a finalizer on the watcher's own
+    # thread that closes or forgets a transport, changing the dict mid-copy: list() raised
+    # RuntimeError and the watcher thread ended (seen in CI), so no sleeper was woken again.
+    class ChangedOnce(dict[hangup.Watch, float]):
+        copies = 0
+
+        def items(self) -> Any:
+            self.copies += 1
+            if self.copies == 1:
+                raise RuntimeError("dictionary changed size during iteration")
+            return super().items()
+
+    entry = hangup.Watch(-1, lambda: None, lambda: None)
+    waking = ChangedOnce({entry: 1.0})
+    assert hangup._snapshot(waking) == [(entry, 1.0)] and waking.copies == 2
